@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:
+#   make report   installs what is needed (a local .venv), runs the pipeline, prints where the report is
+#   make test     installs the same, then runs the test suite (what .ci/run calls)
+# Variables: CORES (default 2), CONFIG (extra --configfile overlay, e.g. presets/hw4.yaml), PYTHON.
+
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+CONFIG ?=
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+SNAKEMAKE_ARGS = --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
+
+.PHONY: report test install system-deps lint clean
+
+report: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE-1} $(BIN)/snakemake $(SNAKEMAKE_ARGS)
+	@echo
+	@echo "Report: $(CURDIR)/results/report/report.html"
+	@test ! -f results/report/report.pdf || echo "PDF:    $(CURDIR)/results/report/report.pdf"
+
+test: install system-deps
+	$(BIN)/pytest
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Debian packages the browser and PDF checks use (skipped with a reason where they cannot be installed).
+system-deps:
+	@if command -v chromium >/dev/null && command -v pdftoppm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and poppler-utils (browser and PDF page checks)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils) >/dev/null \
+	  || echo "could not install chromium/poppler-utils: those tests will skip"; \
+	else echo "chromium/poppler-utils missing and not root: browser and PDF page tests will skip"; fi
+
+lint: install
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,20 @@
+# diffusion-report: regenerate the report on diffusion models from one config.
+# Stages live in rules/*.smk; all logic is in the importable package scripts/diffusion_report.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/forward.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs,
+    default_target: True

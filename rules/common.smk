@@ -1,0 +1,30 @@
+"""Config validation and input functions shared by every stage's rules."""
+
+import glob
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from diffusion_report.config import ConfigError, validate_config  # noqa: E402
+
+try:
+    validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml", base_dir=Path.cwd())
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+# What the report shows, {stage: {name: path}}, filled in by each stage's .smk file.
+REPORT_INPUTS = {}
+
+
+def get_report_inputs(wildcards):
+    """Every registered artifact, flattened to {"<stage>__<name>": path} for the report rule."""
+    return {f"{stage}__{name}": path for stage, files in REPORT_INPUTS.items() for name, path in files.items()}
+
+
+def get_final_outputs(wildcards):
+    """The report files asked for in config (report.formats)."""
+    return [f"results/report/report.{fmt}" for fmt in config["report"]["formats"]]

@@ -1,0 +1,102 @@
+# Exercise 3: forward diffusion of clean images, MSE per timestep against its expectation.
+
+FWD = config["forward"]
+
+
+rule forward_clean:
+    output:
+        tensor="results/forward/x0.safetensors",
+        png="results/forward/clean.png",
+    params:
+        images=FWD["images"],
+        size=FWD["image_size"],
+    log:
+        "logs/forward_clean/forward_clean.log",
+    benchmark:
+        "benchmarks/forward_clean/forward_clean.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/forward_clean.py"
+
+
+rule forward_grid:
+    input:
+        x0="results/forward/x0.safetensors",
+    output:
+        png="results/forward/grid.png",
+    params:
+        timesteps=FWD["show_timesteps"],
+        schedule=config["schedule"],
+        seed=config["seed"],
+    log:
+        "logs/forward_grid/forward_grid.log",
+    benchmark:
+        "benchmarks/forward_grid/forward_grid.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/forward_grid.py"
+
+
+rule forward_mse:
+    input:
+        x0="results/forward/x0.safetensors",
+    output:
+        csv="results/forward/mse.csv",
+    params:
+        t_max=FWD["mse_max_t"],
+        schedule=config["schedule"],
+        seed=config["seed"],
+    log:
+        "logs/forward_mse/forward_mse.log",
+    benchmark:
+        "benchmarks/forward_mse/forward_mse.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    script:
+        "../scripts/forward_mse.py"
+
+
+rule forward_plots:
+    input:
+        csv="results/forward/mse.csv",
+    output:
+        shown="results/forward/mse_shown.png",
+        curve="results/forward/mse_curve.png",
+    params:
+        timesteps=FWD["show_timesteps"],
+    log:
+        "logs/forward_plots/forward_plots.log",
+    benchmark:
+        "benchmarks/forward_plots/forward_plots.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/forward_plots.py"
+
+
+if FWD["enabled"]:
+    REPORT_INPUTS["forward"] = {
+        "clean": "results/forward/clean.png",
+        "grid": "results/forward/grid.png",
+        "mse": "results/forward/mse.csv",
+        "mse_shown": "results/forward/mse_shown.png",
+        "mse_curve": "results/forward/mse_curve.png",
+    }

@@ -1,0 +1,41 @@
+# The report: every stage's artifacts rendered into one self-contained HTML file and a PDF.
+
+
+rule report_html:
+    input:
+        unpack(get_report_inputs),
+        templates=sorted(glob.glob(str(Path(workflow.basedir) / "report/templates/**/*.j2"), recursive=True)),
+        css="report/style.css",
+    output:
+        html="results/report/report.html",
+    log:
+        "logs/report_html/report_html.log",
+    benchmark:
+        "benchmarks/report_html/report_html.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/report_html.py"
+
+
+rule report_pdf:
+    input:
+        html="results/report/report.html",
+    output:
+        pdf="results/report/report.pdf",
+    log:
+        "logs/report_pdf/report_pdf.log",
+    benchmark:
+        "benchmarks/report_pdf/report_pdf.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    script:
+        "../scripts/report_pdf.py"

@@ -1,0 +1,70 @@
+"""Matplotlib figures shared by the stages (headless, deterministic bytes via io.save_figure)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .io import to_uint8  # noqa: E402
+
+plt.rcParams.update({"svg.hashsalt": "diffusion-report", "figure.dpi": 100, "font.size": 9})
+
+
+def image_grid(
+    images: list[list[torch.Tensor | np.ndarray]],
+    row_labels: list[str] | None = None,
+    col_labels: list[str] | None = None,
+    cell_inches: float = 1.3,
+    title: str | None = None,
+):
+    """A rows x cols grid of images (tensors in [-1, 1] (C, H, W) or uint8 arrays), with labels."""
+    rows, cols = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_inches + 0.6, rows * cell_inches + 0.4), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images[r]):
+                img = images[r][c]
+                arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
+                ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest", vmin=0, vmax=255)
+            if col_labels and r == 0 and c < len(col_labels):
+                ax.set_title(col_labels[c], fontsize=9)
+            if row_labels and c == 0 and r < len(row_labels):
+                ax.set_ylabel(row_labels[r], fontsize=9, rotation=90)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def line_plot(x, series: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str | None = None,
+              dashed: dict[str, np.ndarray] | None = None, logx: bool = False, markers: bool = False):
+    """Lines (and optional dashed reference lines, same colours by order) on one axis."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, y) in enumerate(series.items()):
+        ax.plot(x, y, label=label, color=colours[i % len(colours)], marker="o" if markers else None, lw=1.4)
+    for i, (label, y) in enumerate((dashed or {}).items()):
+        ax.plot(x, y, label=label, color=colours[i % len(colours)] if len(dashed) > 1 else "k", ls="--", lw=1.0)
+    if logx:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    plt.close(fig)

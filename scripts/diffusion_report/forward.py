@@ -1,0 +1,208 @@
+"""The forward (noising) process of DDPM and its corruption measured by MSE (exercise 3).
+
+Notation follows Ho et al. (2020) and :mod:`diffusion_report.schedules`: t = 0 is the clean image,
+``schedule.alpha_bars[t]`` = prod_{i<=t} (1 - beta_i).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .io import make_generator
+from .schedules import Schedule
+
+
+def _coef(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """values[t] broadcast against a batch ``like`` of shape (B, ...) or (...)."""
+    t = torch.as_tensor(t, dtype=torch.long)
+    out = values[t].to(like.dtype)
+    return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """One-step closed form (Ho et al. 2020, eq. 4): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+
+    Args:
+        x0: clean data, shape (B, C, H, W) (or any shape when ``t`` is a scalar).
+        t: a timestep 0..T, or a (B,) tensor of them (one per sample, broadcast over the rest).
+        noise: eps ~ N(0, I), same shape as x0 (or broadcastable to it).
+    Returns:
+        x_t, same shape as ``noise`` broadcast with ``x0``.
+    """
+    sqrt_ab = _coef(schedule.alpha_bars.sqrt(), t, noise)
+    sqrt_1mab = _coef((1.0 - schedule.alpha_bars).sqrt(), t, noise)
+    return sqrt_ab * x0 + sqrt_1mab * noise
+
+
+def q_step(x_prev: torch.Tensor, t: int, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """One Markov step (Ho et al. 2020, eq. 2): x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t."""
+    beta = schedule.betas[t]
+    return (1.0 - beta).sqrt().to(x_prev.dtype) * x_prev + beta.sqrt().to(x_prev.dtype) * noise
+
+
+def q_sample_chain(x0: torch.Tensor, t: int, schedule: Schedule, generator: torch.Generator) -> torch.Tensor:
+    """x_t by running the sequential chain from x_0 for t steps (fresh eps_s at every step)."""
+    x = x0
+    for s in range(1, t + 1):
+        x = q_step(x, s, torch.randn(x.shape, generator=generator, dtype=x.dtype), schedule)
+    return x
+
+
+def timestep_noise(shape: tuple[int, ...], t: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """eps for timestep t, from a generator seeded by (seed, t): the grid and the MSE table share it."""
+    return torch.randn(shape, generator=make_generator(seed, f"forward/t={t}"), dtype=dtype)
+
+
+def noisy_images(x0: torch.Tensor, timesteps: list[int], schedule: Schedule, seed: int) -> torch.Tensor:
+    """x_t of every image at each timestep, shape (len(timesteps), N, C, H, W)."""
+    return torch.stack([q_sample(x0, t, timestep_noise(tuple(x0.shape), t, seed), schedule) for t in timesteps])
+
+
+def mse_per_timestep(x0: torch.Tensor, t_max: int, schedule: Schedule, seed: int, chunk: int = 64) -> torch.Tensor:
+    """Empirical MSE(x_t, x_0) per image for t = 0..t_max, shape (t_max + 1, N).
+
+    The arithmetic is vectorised over a chunk of timesteps at once; each timestep's noise comes
+    from its own seeded generator so the values do not depend on the chunk size.
+    """
+    N = x0.shape[0]
+    out = torch.empty(t_max + 1, N, dtype=torch.float64)
+    for start in range(0, t_max + 1, chunk):
+        ts = torch.arange(start, min(start + chunk, t_max + 1))
+        eps = torch.stack([timestep_noise(tuple(x0.shape), int(t), seed) for t in ts])  # (k, N, C, H, W)
+        sqrt_ab = schedule.alpha_bars.sqrt()[ts].to(x0.dtype).view(-1, 1, 1, 1, 1)
+        sqrt_1mab = (1.0 - schedule.alpha_bars).sqrt()[ts].to(x0.dtype).view(-1, 1, 1, 1, 1)
+        diff = (sqrt_ab - 1.0) * x0.unsqueeze(0) + sqrt_1mab * eps  # x_t - x_0
+        out[ts] = diff.pow(2).mean(dim=(2, 3, 4)).double()
+    return out
+
+
+def expected_mse(x0: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
+    """E[MSE(x_t, x_0)] = (1 - sqrt(abar_t))^2 mean(x_0^2) + (1 - abar_t), per t and image.
+
+    Follows from x_t - x_0 = (sqrt(abar_t) - 1) x_0 + sqrt(1 - abar_t) eps with E[eps] = 0 and
+    E[eps^2] = 1. ``alpha_bars`` shape (K,), x0 (N, ...); returns (K, N) float64.
+    """
+    m2 = x0.double().pow(2).flatten(1).mean(dim=1)  # (N,)
+    ab = alpha_bars.double().unsqueeze(1)  # (K, 1)
+    return (1.0 - ab.sqrt()) ** 2 * m2.unsqueeze(0) + (1.0 - ab)
+
+
+def mse_table(x0: torch.Tensor, names: list[str], t_max: int, schedule: Schedule, seed: int) -> pd.DataFrame:
+    """Per-timestep table: t, one measured-MSE column per image, mean, and expected values."""
+    measured = mse_per_timestep(x0, t_max, schedule, seed)
+    expected = expected_mse(x0, schedule.alpha_bars[: t_max + 1])
+    df = pd.DataFrame({"t": range(t_max + 1)})
+    for i, name in enumerate(names):
+        df[name] = measured[:, i].numpy()
+    df["mean"] = measured.mean(dim=1).numpy()
+    for i, name in enumerate(names):
+        df[f"expected_{name}"] = expected[:, i].numpy()
+    df["expected_mean"] = expected.mean(dim=1).numpy()
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Stage functions called by the rule scripts (scripts/forward_*.py)
+# --------------------------------------------------------------------------------------------
+
+
+def save_clean(sources: list[str], size: int, out_tensor: str, out_png: str) -> None:
+    """Load the clean images into one safetensors file (x0, N x 3 x size x size) and a PNG strip."""
+    from safetensors.torch import save_file
+
+    from . import figures
+    from .images import image_name, load_images
+    from .io import atomic_path, save_figure
+
+    x0 = load_images(sources, size)
+    names = [image_name(s) for s in sources]
+    with atomic_path(out_tensor) as tmp:
+        save_file({"x0": x0}, str(tmp), metadata={"names": ",".join(names)})
+    fig = figures.image_grid([list(x0)], col_labels=names)
+    save_figure(out_png, fig)
+    figures.close(fig)
+
+
+def load_clean(path: str) -> tuple[torch.Tensor, list[str]]:
+    """Inverse of :func:`save_clean`: (x0, names)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        names = fh.metadata()["names"].split(",")
+        return fh.get_tensor("x0"), names
+
+
+def make_grid_figure(x0_path: str, show_timesteps: list[int], schedule: Schedule, seed: int, out_png: str) -> None:
+    """Rows: images; columns: x_t at each shown timestep (t = 0 is the clean image)."""
+    from . import figures
+    from .io import save_figure
+
+    x0, names = load_clean(x0_path)
+    xt = noisy_images(x0, show_timesteps, schedule, seed)  # (K, N, C, H, W)
+    rows = [[xt[k, n] for k in range(len(show_timesteps))] for n in range(x0.shape[0])]
+    fig = figures.image_grid(rows, row_labels=names, col_labels=[f"t = {t}" for t in show_timesteps])
+    save_figure(out_png, fig)
+    figures.close(fig)
+
+
+def write_mse_table(x0_path: str, t_max: int, schedule: Schedule, seed: int, out_csv: str) -> None:
+    from .io import write_csv
+
+    x0, names = load_clean(x0_path)
+    write_csv(out_csv, mse_table(x0, names, t_max, schedule, seed))
+
+
+def image_columns(df: pd.DataFrame) -> list[str]:
+    """The per-image measured columns of an MSE table."""
+    return [c for c in df.columns if c not in ("t", "mean") and not c.startswith("expected_")]
+
+
+def make_mse_plots(mse_csv: str, show_timesteps: list[int], out_shown: str, out_curve: str) -> None:
+    """MSE at the shown timesteps, and the full curve per image with the closed-form expectation."""
+    from . import figures
+    from .io import save_figure
+
+    df = pd.read_csv(mse_csv)
+    names = image_columns(df)
+    shown = df[df["t"].isin(show_timesteps)]
+    fig = figures.line_plot(shown["t"].to_numpy(), {n: shown[n].to_numpy() for n in names} | {"mean": shown["mean"].to_numpy()},
+                            "timestep t", "MSE(x_t, x_0)", "MSE at the shown timesteps", markers=True)
+    save_figure(out_shown, fig)
+    figures.close(fig)
+    fig = figures.line_plot(df["t"].to_numpy(), {n: df[n].to_numpy() for n in names}, "timestep t", "MSE(x_t, x_0)",
+                            "Measured MSE (solid) and closed-form expectation (dashed)",
+                            dashed={f"E[{n}]": df[f"expected_{n}"].to_numpy() for n in names})
+    save_figure(out_curve, fig)
+    figures.close(fig)
+
+
+def report_context(files: dict[str, str], config: dict) -> dict:
+    """Numbers and figures for the report's forward-diffusion section."""
+    df = pd.read_csv(files["mse"])
+    names = image_columns(df)
+    fcfg = config["forward"]
+    shown = [t for t in fcfg["show_timesteps"] if t <= int(df["t"].max())]
+    rows = []
+    for t in shown:
+        r = df[df["t"] == t].iloc[0]
+        row = {"t": t}
+        row.update({n: float(r[n]) for n in names})
+        row["mean"] = float(r["mean"])
+        row["expected mean"] = float(r["expected_mean"])
+        rows.append(row)
+    later = df[df["t"] >= 10]
+    rel = (later["mean"] - later["expected_mean"]).abs() / later["expected_mean"]
+    last = df.iloc[-1]
+    return {
+        "names": names,
+        "rows": rows,
+        "t_max": int(last["t"]),
+        "mse_last": float(last["mean"]),
+        "expected_last": float(last["expected_mean"]),
+        "rel_last": float(abs(last["mean"] - last["expected_mean"]) / last["expected_mean"]),
+        "max_rel_dev": float(rel.max()) if len(rel) else 0.0,
+        "schedule": config["schedule"],
+        "image_size": fcfg["image_size"],
+        "figures": {k: files[k] for k in ("clean", "grid", "mse_shown", "mse_curve")},
+    }

@@ -1,0 +1,154 @@
+"""Artifact I/O: atomic writes, deterministic PNG/CSV, seeded generators, rule-script logging.
+
+No script writes under its final output name until the artifact is complete: everything goes
+through :func:`atomic_path`, which writes to a temporary sibling and renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger("diffusion_report")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path`` (atomic on POSIX).
+
+    On error the temporary file is removed and ``path`` is left untouched. Works for files and
+    for folders (e.g. ``save_pretrained`` targets).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # callers create it (as a file or a folder)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"nothing was written for {final}")
+        if tmp.is_file():
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        if final.is_dir() and tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: str | os.PathLike, df, float_format: str = "%.8g") -> None:
+    """Write a pandas DataFrame as CSV with a fixed float format (same bytes on every run)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+
+
+def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """An image in [-1, 1], shape (C, H, W) tensor or (H, W, C) array, to (H, W, C) uint8."""
+    if isinstance(img, torch.Tensor):
+        img = img.detach().to("cpu", torch.float32)
+        if img.ndim == 3 and img.shape[0] in (1, 3, 4):
+            img = img.permute(1, 2, 0)
+        img = img.numpy()
+    arr = np.clip((np.asarray(img, dtype=np.float64) + 1.0) * 127.5, 0, 255)
+    arr = np.rint(arr).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return arr
+
+
+def save_png(path: str | os.PathLike, img: np.ndarray | torch.Tensor | Image.Image) -> None:
+    """Save an image as PNG with no metadata (identical bytes for identical pixels).
+
+    Tensors/float arrays are taken to be in [-1, 1]; uint8 arrays and PIL images as they are.
+    """
+    if isinstance(img, torch.Tensor) or (isinstance(img, np.ndarray) and img.dtype != np.uint8):
+        img = to_uint8(img)
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=False, compress_level=6)
+
+
+def save_figure(path: str | os.PathLike, fig) -> None:
+    """Save a matplotlib figure with metadata stripped, so reruns give the same bytes."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None}
+    if fmt == "svg":
+        metadata = {"Date": None, "Creator": None}
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches="tight", dpi=fig.dpi)
+
+
+def derive_seed(seed: int, name: str | int) -> int:
+    """A 63-bit seed for one artifact, from the master seed and the artifact's name or index."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def make_generator(seed: int, name: str | int, device: str | torch.device = "cpu") -> torch.Generator:
+    """An explicit torch.Generator for one artifact (never the global RNG)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derive_seed(seed, name))
+    return gen
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_rule(snakemake, main: Callable[..., None]) -> None:
+    """Run a rule script: log to ``snakemake.log[0]``, use the rule's threads, log any error.
+
+    ``main(snakemake)`` does the work. Exceptions are logged with their message (what a user can
+    act on) and re-raised so that Snakemake marks the job failed.
+    """
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    for noisy in ("fontTools", "matplotlib", "PIL", "weasyprint.progress"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1) or 1)))
+    try:
+        main(snakemake)
+    except Exception as exc:  # noqa: BLE001 - logged, then re-raised
+        log.error("%s: %s", type(exc).__name__, exc)
+        raise

@@ -1,0 +1,72 @@
+"""Model loading and device selection, shared by the DDIM and prompt-to-prompt stages.
+
+One loader takes a hub id or a local folder, honours the Hugging Face cache and HF_HUB_OFFLINE,
+prefers safetensors, never runs code from a model folder, and on failure says what was looked for
+and how to provide it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model id or folder could not be loaded; the message says how to provide it."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is absent is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device: {name!r} is not one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA device is available (use auto or cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device: 'mps' was asked for but MPS is not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def load_pretrained(cls, id_or_path: str | os.PathLike, *, config_key: str, subfolder: str | None = None, **kwargs):
+    """``cls.from_pretrained(id_or_path)`` with safetensors preferred and an actionable error.
+
+    ``config_key`` names the config key the value came from, so the error can say what to change.
+    A local folder is used as is; anything else is a hub id looked up in the Hugging Face cache
+    (and downloaded only when HF_HUB_OFFLINE is unset and the hub is reachable).
+    """
+    kwargs.setdefault("use_safetensors", None)  # prefer safetensors, fall back to .bin only if absent
+    kwargs.pop("trust_remote_code", None)  # never execute code from a model folder
+    where = str(id_or_path)
+    is_local = Path(where).expanduser().exists()
+    try:
+        if subfolder:
+            return cls.from_pretrained(where, subfolder=subfolder, **kwargs)
+        return cls.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        part = f" (subfolder {subfolder!r})" if subfolder else ""
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        if is_local:
+            hint = (
+                f"the local folder {where!r}{part} exists but does not hold a loadable {cls.__name__} "
+                "(expected config.json and diffusion_pytorch_model.safetensors or model.safetensors)"
+            )
+        else:
+            hint = (
+                f"{where!r}{part} is not a local folder and was not found in the Hugging Face cache"
+                + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
+                + f". Download it on a machine with internet: `huggingface-cli download {where}` "
+                f"(then copy ~/.cache/huggingface), or set `{config_key}` to a local folder"
+            )
+        raise ModelNotFoundError(f"{config_key}: cannot load {cls.__name__}: {hint}. Cause: {exc}") from exc

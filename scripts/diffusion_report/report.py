@@ -1,0 +1,210 @@
+"""The report: gather every stage's results into plain data, render HTML with jinja2, print a PDF.
+
+Stages register their artifacts in ``REPORT_INPUTS`` (rules/*.smk); each stage module provides
+``report_context(files, config) -> dict``; each section is a jinja2 partial in
+``report/templates/sections/<stage>.html.j2``. Numbers in prose come from those contexts.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import importlib.metadata
+import mimetypes
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .io import atomic_path, sha256_file, write_text
+
+# Report order: stage key -> (module providing report_context, section title for the contents)
+SECTIONS: dict[str, tuple[str, str]] = {
+    "theory": ("theory", "Theory: the forward and reverse processes"),
+    "forward": ("forward", "Forward diffusion"),
+    "ddim": ("ddim", "DDIM sampling from one fixed x_T"),
+    "p2p": ("p2p", "Prompt-to-prompt editing"),
+    "t2i": ("t2i", "The embedded text-to-image model and a ground-truth evaluation"),
+}
+
+PACKAGES = ("snakemake", "torch", "torchvision", "diffusers", "transformers", "numpy", "pandas", "matplotlib",
+            "scikit-image", "scikit-learn", "jinja2", "weasyprint", "pypandoc_binary", "ziamath")
+
+# A fixed date for the PDF metadata, so the same HTML prints to the same bytes.
+PDF_DATE = "2000-01-01T00:00:00Z"
+
+
+@dataclass
+class Numbering:
+    """Figure and table counters for one render (used by the macros)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def next(self, kind: str) -> int:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return self.counts[kind]
+
+
+def data_uri(path: str | Path) -> str:
+    """Inline a file as a data: URI (images and fonts are embedded; nothing is fetched)."""
+    path = Path(path)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number for prose and tables: ``digits`` significant digits, integers as they are."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if x != x:
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}g}"
+
+
+def pct(value, digits: int = 2) -> str:
+    return f"{float(value) * 100:.{digits}g}%"
+
+
+def environment(templates_dir: str | Path):
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals.update(data_uri=data_uri, numbering=Numbering(), fmt=fmt, pct=pct)
+    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri)
+    return env
+
+
+def split_inputs(flat: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{"<stage>__<name>": path} (the report rule's named inputs) -> {stage: {name: path}}."""
+    out: dict[str, dict[str, str]] = {}
+    for key, path in flat.items():
+        stage, _, name = key.partition("__")
+        if name:
+            out.setdefault(stage, {})[name] = str(path)
+    return out
+
+
+def stage_contexts(files: dict[str, dict[str, str]], config: dict) -> list[dict]:
+    """Call each enabled stage's report_context, in report order."""
+    sections = []
+    for stage, (module, title) in SECTIONS.items():
+        if stage not in files:
+            continue
+        mod = importlib.import_module(f"diffusion_report.{module}")
+        sections.append({"stage": stage, "title": title, "ctx": mod.report_context(files[stage], config)})
+    return sections
+
+
+def git_state(repo: str | Path) -> dict:
+    """Commit and dirtiness of the workflow's checkout (or why they are unknown)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return {"commit": "not a git checkout", "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "git not available", "dirty": None}
+
+
+def package_versions() -> list[dict]:
+    rows = []
+    for name in PACKAGES:
+        try:
+            rows.append({"package": name, "version": importlib.metadata.version(name)})
+        except importlib.metadata.PackageNotFoundError:
+            rows.append({"package": name, "version": "not installed"})
+    return rows
+
+
+def benchmark_rows(bench_dir: str | Path) -> list[dict]:
+    """Per-rule wall time and peak memory from Snakemake's benchmark: files (benchmarks/<rule>/*.tsv)."""
+    rows = []
+    for tsv in sorted(Path(bench_dir).glob("*/*.tsv")):
+        try:
+            df = pd.read_csv(tsv, sep="\t")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        if df.empty:
+            continue
+        rss = pd.to_numeric(df.get("max_rss", pd.Series([float("nan")])), errors="coerce")
+        rows.append({
+            "rule": tsv.parent.name,
+            "job": tsv.stem,
+            "wall time (s)": float(df["s"].iloc[-1]),
+            "peak memory (MB)": float(rss.iloc[-1]) if len(rss) else float("nan"),
+        })
+    return rows
+
+
+def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path, bench_dir: str | Path) -> dict:
+    import platform
+
+    artifacts = [
+        {"stage": stage, "artifact": Path(path).name, "path": path, "sha256": sha256_file(path)}
+        for stage, named in files.items() for path in named.values() if Path(path).is_file()
+    ]
+    return {
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+        "git": git_state(repo),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "device": config.get("device", "auto"),
+        "seed": config.get("seed"),
+        "benchmarks": benchmark_rows(bench_dir),
+        "artifacts": artifacts,
+    }
+
+
+def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
+                out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks") -> str:
+    """Render the self-contained HTML report and write it atomically; returns the HTML."""
+    files = split_inputs(flat_inputs)
+    env = environment(templates_dir)
+    page = env.get_template("base.html.j2").render(
+        title=config.get("report", {}).get("title", "Diffusion models"),
+        sections=stage_contexts(files, config),
+        config=config,
+        css=Path(css_path).read_text(encoding="utf-8"),
+        provenance=provenance(config, files, repo, bench_dir),
+        pdf_date=PDF_DATE,
+        escape=html.escape,
+    )
+    write_text(out_html, page)
+    return page
+
+
+def render_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
+    """Print the HTML to PDF with WeasyPrint (same document, print stylesheet, fixed metadata)."""
+    from weasyprint import HTML
+
+    doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
+    doc.metadata.created = PDF_DATE
+    doc.metadata.modified = PDF_DATE
+    with atomic_path(out_pdf) as tmp:
+        doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
+

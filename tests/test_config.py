@@ -1,0 +1,173 @@
+"""Bad configuration is rejected before any job runs, with one line naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, copy_workflow, load_yaml, run_snakemake, write_config
+from diffusion_report.config import ConfigError, validate_config
+
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    return load_yaml(ROOT / "config.yaml")
+
+
+def _set(cfg: dict, dotted: str, value):
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    last = keys[-1]
+    if value is _DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+
+def _bad_files(tmp: Path) -> dict[str, str]:
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "notimage.png").write_bytes(b"this is text, not a PNG")
+    (tmp / "folder.png").mkdir(exist_ok=True)
+    return {"empty": str(tmp / "empty.png"), "notimage": str(tmp / "notimage.png"), "folder": str(tmp / "folder.png")}
+
+
+# (id, dotted key, value, fragments that must appear in the message)
+CASES = [
+    ("unknown top-level key", "sedd", 1, ["unknown key 'sedd'", "did you mean 'seed'"]),
+    ("misspelled nested key", "forward.image_sise", 64, ["forward", "unknown key 'image_sise'", "image_size"]),
+    ("seed wrong type", "seed", "zero", ["seed", "'zero' is not of type 'integer'"]),
+    ("negative seed", "seed", -1, ["seed: -1 is out of range", "[0, "]),
+    ("unknown device", "device", "tpu", ["device", "'tpu' is not allowed", "'cuda'"]),
+    ("unknown schedule", "schedule.kind", "cosin", ["schedule.kind", "'cosin'", "'cosine'"]),
+    ("T zero", "schedule.T", 0, ["schedule.T: 0 is out of range", "an integer in [1, 100000]"]),
+    ("T not integer", "schedule.T", 10.5, ["schedule.T", "integer"]),
+    ("beta above one", "schedule.beta_end", 1.5, ["schedule.beta_end: 1.5 is out of range", "a number in (0, 1)"]),
+    ("beta zero", "schedule.beta_start", 0, ["schedule.beta_start: 0 is out of range", "a number in (0, 1)"]),
+    ("betas reversed", "schedule.beta_start", 0.05, ["schedule.beta_start", "below schedule.beta_end"]),
+    ("empty image list", "forward.images", [], ["forward.images", "should be non-empty"]),
+    ("missing image file", "forward.images", ["no/such/file.png"], ["forward.images[0]", "no/such/file.png", "neither an existing file"]),
+    ("unknown sample name", "forward.images", ["astronot"], ["forward.images[0]", "astronot"]),
+    ("image_size zero", "forward.image_size", 0, ["forward.image_size: 0 is out of range", "[8, 1024]"]),
+    ("image_size absurd", "forward.image_size", 100000, ["forward.image_size: 100000 is out of range", "[8, 1024]"]),
+    ("negative timestep", "forward.show_timesteps", [0, -5], ["forward.show_timesteps.1: -5 is out of range", "[0, inf)"]),
+    ("timestep above T", "forward.show_timesteps", [0, 1001], ["forward.show_timesteps", "1001", "above schedule.T = 1000"]),
+    ("duplicate timesteps", "forward.show_timesteps", [0, 10, 10], ["forward.show_timesteps", "non-unique"]),
+    ("mse_max_t above T", "forward.mse_max_t", 2000, ["forward.mse_max_t", "2000", "above schedule.T"]),
+    ("mse_max_t zero", "forward.mse_max_t", 0, ["forward.mse_max_t: 0 is out of range"]),
+    ("theory timestep above T", "theory.check_timesteps", [5000], ["theory.check_timesteps", "5000"]),
+    ("mc_samples too few", "theory.mc_samples", 3, ["theory.mc_samples: 3 is out of range", "[100, "]),
+    ("ddim step above T", "ddim.step_counts", [10, 2000], ["ddim.step_counts", "2000", "training T = 1000"]),
+    ("ddim step zero", "ddim.step_counts", [0, 10], ["ddim.step_counts.0: 0 is out of range", "[1, inf)"]),
+    ("ddim duplicate steps", "ddim.step_counts", [10, 10], ["ddim.step_counts", "non-unique"]),
+    ("ddim empty steps", "ddim.step_counts", [], ["ddim.step_counts", "non-empty"]),
+    ("eta above one", "ddim.eta", 1.5, ["ddim.eta: 1.5 is out of range", "a number in [0, 1]"]),
+    ("eta negative", "ddim.eta", -0.1, ["ddim.eta: -0.1 is out of range", "a number in [0, 1]"]),
+    ("unknown skip type", "ddim.skip_type", "linear", ["ddim.skip_type", "'uniform'"]),
+    ("unknown model source", "ddim.model.source", "download", ["ddim.model.source", "'train'", "'pretrained'"]),
+    ("guidance zero", "p2p.guidance_scale", 0, ["p2p.guidance_scale: 0 is out of range", "(0, 100]"]),
+    ("guidance negative", "p2p.guidance_scale", -7.5, ["p2p.guidance_scale: -7.5 is out of range"]),
+    ("unknown p2p scheduler", "p2p.scheduler", "euler", ["p2p.scheduler", "'ddim'", "'pndm'"]),
+    ("empty edit list", "p2p.edits", [], ["p2p.edits", "non-empty"]),
+    ("empty prompt", "p2p.edits.0.source", "", ["p2p.edits.0.source"]),
+    ("blank prompt", "p2p.edits.0.target", "   ", ["p2p.edits.0.target", "does not match"]),
+    ("unknown edit mode", "p2p.edits.0.mode", "swap", ["p2p.edits.0.mode", "'replace'"]),
+    ("word swap with different word counts", "p2p.edits.0.target", "a big red square on a white background",
+     ["p2p.edits[0] (shape_swap)", "same number of words", "source has 7, target 8"]),
+    ("blend word not in prompt", "p2p.edits.0.blend_words", ["triangle"], ["p2p.edits[0] (shape_swap).blend_words", "'triangle'"]),
+    ("reweight word not in prompt", "p2p.edits.2.reweight", {"words": ["blue"], "scale": 2.0}, ["reweight.words", "'blue'", "target prompt"]),
+    ("cross_replace_steps above one", "p2p.edits.0.cross_replace_steps", 1.5, ["p2p.edits.0.cross_replace_steps"]),
+    ("edit name unsafe for files", "p2p.edits.0.name", "../evil", ["p2p.edits.0.name", "does not match"]),
+    ("too long prompt", "p2p.edits.1.source", " ".join(["red"] * 80), ["p2p.edits[1] (colour_swap).source", "80 words"]),
+    ("unsupported output format", "report.formats", ["html", "docx"], ["report.formats.1", "'docx' is not allowed"]),
+    ("empty formats", "report.formats", [], ["report.formats", "non-empty"]),
+    ("channels not multiple of 8", "ddim.train.channels", [30, 64], ["ddim.train.channels.0", "multiple of 8"]),
+    ("missing required key", "ddim.eta", _DELETE, ["ddim", "'eta' is a required property"]),
+]
+
+
+@pytest.mark.parametrize("case_id, key, value, fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_config_is_rejected_with_a_message_naming_the_key(default_config, case_id, key, value, fragments):
+    cfg = copy.deepcopy(default_config)
+    _set(cfg, key, value)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    # one line per problem, each starting with "config error:"
+    lines = message.splitlines()[1:]
+    assert lines and all(line.strip().startswith("config error:") for line in lines)
+
+
+@pytest.mark.parametrize("kind", ["empty", "notimage", "folder"])
+def test_bad_image_files_are_rejected(default_config, tmp_path, kind):
+    cfg = copy.deepcopy(default_config)
+    cfg["forward"]["images"] = [_bad_files(tmp_path)[kind]]
+    with pytest.raises(ConfigError, match=r"forward\.images\[0\]"):
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+
+
+def test_unreadable_image_is_rejected(default_config, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can read any file")
+    path = tmp_path / "secret.png"
+    path.write_bytes(b"\x89PNG")
+    path.chmod(0)
+    cfg = copy.deepcopy(default_config)
+    cfg["forward"]["images"] = [str(path)]
+    with pytest.raises(ConfigError, match="not readable"):
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+
+
+def test_huge_image_is_rejected(default_config, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(path)  # 144 Mpx, a few kB on disk
+    cfg = copy.deepcopy(default_config)
+    cfg["forward"]["images"] = [str(path)]
+    with pytest.raises(ConfigError, match=r"forward\.images\[0\].*too large|more than"):
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+
+
+def test_missing_pretrained_model_is_rejected_offline(default_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = copy.deepcopy(default_config)
+    cfg["ddim"]["model"] = {"source": "pretrained", "pretrained": "nobody/no-such-model"}
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    cfg["p2p"]["model"] = {"source": "pretrained", "pretrained": str(empty)}
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+    msg = str(info.value)
+    assert "ddim.model.pretrained: 'nobody/no-such-model' is not in the Hugging Face cache" in msg
+    assert "huggingface-cli download nobody/no-such-model" in msg
+    assert f"p2p.model.pretrained: folder {str(empty)!r} has none of" in msg
+
+
+def test_default_config_is_valid(default_config):
+    validate_config(copy.deepcopy(default_config), SCHEMA, base_dir=ROOT)
+
+
+def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path / "wf")
+    bad = write_config(tmp_path / "bad.yaml", {"schedule": {"kind": "cosin"}, "forward": {"show_timesteps": [0, 5000]}})
+    proc = run_snakemake(work, "--configfile", str(bad), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config error: schedule.kind: 'cosin' is not allowed" in out
+    assert not (work / "results").exists()
+    assert not (work / "logs").exists()

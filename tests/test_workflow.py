@@ -1,0 +1,88 @@
+"""End to end: the whole workflow on the tiny preset in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, copy_workflow, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = copy_workflow(tmp_path_factory.mktemp("wf"))
+    proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, proc
+
+
+def declared_outputs(work: Path) -> list[str]:
+    """Every output file of every job in the DAG, from a dry run's summary."""
+    proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", "--summary", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
+    return [cols[0] for cols in lines[1:]]
+
+
+def test_every_declared_output_exists(tiny_run):
+    work, _ = tiny_run
+    outputs = declared_outputs(work)
+    assert "results/report/report.html" in outputs and "results/report/report.pdf" in outputs
+    for out in outputs:
+        assert (work / out).exists(), f"missing output {out}"
+    # every rule logged and benchmarked
+    assert any((work / "logs").rglob("*.log"))
+    assert {p.parent.name for p in (work / "benchmarks").rglob("*.tsv")} >= {"forward_mse", "report_html"}
+
+
+def test_html_is_self_contained_and_valid(tiny_run):
+    work, _ = tiny_run
+    html = (work / "results/report/report.html").read_text()
+    parser = _Collector()
+    parser.feed(html)
+    tags = parser.tags
+    assert html.startswith("<!DOCTYPE html>")
+    imgs = [a for t, a in tags if t == "img"]
+    assert imgs and all(a["src"].startswith("data:image/") for a in imgs)
+    assert not [t for t, _ in tags if t == "script"]
+    assert not [a for t, a in tags if t == "link"]
+    assert 'id="forward"' in html and 'id="provenance"' in html
+
+
+def test_pdf_is_valid(tiny_run):
+    work, _ = tiny_run
+    pdf = (work / "results/report/report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    from pypdf import PdfReader
+
+    reader = PdfReader(work / "results/report/report.pdf")
+    assert len(reader.pages) >= 3
+    text = "".join(page.extract_text() for page in reader.pages)
+    assert "Forward diffusion" in text and "Provenance" in text
+
+
+def test_noop_rerun_runs_nothing(tiny_run):
+    work, _ = tiny_run
+    proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", "-n", timeout=300)
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean():
+    proc = run_snakemake(ROOT, "--lint", timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Lints for" not in out, out
