@@ -28,7 +28,12 @@ rule forward_grid:
     input:
         x0="results/forward/x0.safetensors",
     output:
-        png="results/forward/grid.png",
+        png=report(
+            "results/forward/grid.png",
+            caption="../report/captions/forward_grid.rst",
+            category="Forward diffusion",
+            labels={"figure": "noisy-image grid"},
+        ),
     params:
         timesteps=FWD["show_timesteps"],
         schedule=config["schedule"],
@@ -51,7 +56,12 @@ rule forward_mse:
     input:
         x0="results/forward/x0.safetensors",
     output:
-        csv="results/forward/mse.csv",
+        csv=report(
+            "results/forward/mse.csv",
+            caption="../report/captions/forward_mse_table.rst",
+            category="Forward diffusion",
+            labels={"table": "MSE per timestep"},
+        ),
     params:
         t_max=FWD["mse_max_t"],
         schedule=config["schedule"],
@@ -74,8 +84,18 @@ rule forward_plots:
     input:
         csv="results/forward/mse.csv",
     output:
-        shown="results/forward/mse_shown.png",
-        curve="results/forward/mse_curve.png",
+        shown=report(
+            "results/forward/mse_shown.png",
+            caption="../report/captions/forward_mse.rst",
+            category="Forward diffusion",
+            labels={"figure": "MSE at the shown timesteps"},
+        ),
+        curve=report(
+            "results/forward/mse_curve.png",
+            caption="../report/captions/forward_mse.rst",
+            category="Forward diffusion",
+            labels={"figure": "MSE curve and expectation"},
+        ),
     params:
         timesteps=FWD["show_timesteps"],
     log:

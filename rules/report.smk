@@ -7,7 +7,12 @@ rule report_html:
         templates=sorted(glob.glob(str(Path(workflow.basedir) / "report/templates/**/*.j2"), recursive=True)),
         css="report/style.css",
     output:
-        html="results/report/report.html",
+        html=report(
+            "results/report/report.html",
+            caption="../report/captions/report.rst",
+            category="Report",
+            labels={"file": "report.html"},
+        ),
     log:
         "logs/report_html/report_html.log",
     benchmark:
@@ -26,7 +31,12 @@ rule report_pdf:
     input:
         html="results/report/report.html",
     output:
-        pdf="results/report/report.pdf",
+        pdf=report(
+            "results/report/report.pdf",
+            caption="../report/captions/report.rst",
+            category="Report",
+            labels={"file": "report.pdf"},
+        ),
     log:
         "logs/report_pdf/report_pdf.log",
     benchmark:

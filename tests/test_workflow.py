@@ -86,3 +86,74 @@ def test_lint_is_clean():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Lints for" not in out, out
+
+
+def test_provenance_lists_every_rule_that_ran_before_the_report(tiny_run):
+    work, _ = tiny_run
+    html = (work / "results/report/report.html").read_text()
+    prov = html[html.index('<section id="provenance"'):]
+    ran = {p.parent.name for p in (work / "benchmarks").rglob("*.tsv")} - {"report_html", "report_pdf"}
+    assert ran
+    for rule in ran:
+        assert f"<td>{rule}</td>" in prov, rule
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(tiny_run):
+    import shutil
+
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    work, _ = tiny_run
+    html = work / "results/report/report.html"
+    problems = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1400})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:80]}"))
+            page.goto(html.as_uri())
+            n_images = page.evaluate("document.images.length")
+            broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+            numbered = page.evaluate("getComputedStyle(document.querySelector('main > section > h2'), '::before').content")
+            page.screenshot(path=str(work / "results/report/screenshot.png"), full_page=False)
+        finally:
+            browser.close()
+    assert n_images >= 4
+    assert broken == []
+    assert problems == []
+    assert "counter(section)" in numbered  # the stylesheet applies (section numbers)
+    assert (work / "results/report/screenshot.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_pdf_pages_and_figures_are_not_blank(tiny_run, tmp_path):
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+    from pypdf import PdfReader
+
+    if not shutil.which("pdftoppm"):
+        pytest.skip("poppler-utils (pdftoppm) is not installed (make test installs it when run as root)")
+    work, _ = tiny_run
+    pdf = work / "results/report/report.pdf"
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert 4 <= len(pages) <= 60
+    for page in pages:
+        arr = np.asarray(Image.open(page).convert("L"), dtype=np.float64)
+        assert arr.std() > 2, f"{page.name} looks blank"
+    images = [img for page in PdfReader(pdf).pages for img in page.images]
+    assert len(images) >= 4
+    for img in images:
+        arr = np.asarray(img.image.convert("RGB"), dtype=np.float64)
+        assert arr.std() > 5, f"figure {img.name} is blank"

@@ -69,7 +69,7 @@ def fmt(value, digits: int = 4) -> str:
         return "n/a"
     if x == 0:
         return "0"
-    if abs(x) >= 1e5 or abs(x) < 1e-3:
+    if abs(x) >= 1e5 or abs(x) < 1e-4:
         return f"{x:.{max(digits - 1, 1)}e}"
     return f"{x:.{digits}g}"
 
