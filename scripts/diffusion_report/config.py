@@ -201,10 +201,24 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[
     return out
 
 
+def output_errors(base_dir: str | os.PathLike = ".") -> list[str]:
+    """The results, logs and benchmarks folders must be (or become) writable folders."""
+    out = []
+    for name in ("results", "logs", "benchmarks"):
+        path = Path(base_dir, name)
+        if path.exists() and not path.is_dir():
+            out.append(f"{name}/: {str(path)!r} exists but is not a folder; move it away so the workflow can write there")
+        elif path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            out.append(f"{name}/: {str(path)!r} is not writable; fix its permissions or run from another folder")
+        elif not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+            out.append(f"{name}/: cannot create {str(path)!r}: {str(path.parent)!r} is not writable")
+    return out
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike, base_dir: str | os.PathLike = ".") -> None:
     """Schema first (fills defaults), then cross-field checks; raise ConfigError listing all problems."""
     errors = schema_errors(config, schema_path)
     if not errors:
-        errors = cross_field_errors(config, base_dir)
+        errors = cross_field_errors(config, base_dir) + output_errors(base_dir)
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {e}" for e in errors))

@@ -7,9 +7,12 @@ through :func:`atomic_path`, which writes to a temporary sibling and renames it 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +34,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # temporaries left by an earlier attempt that was killed (SIGKILL skips the cleanup below)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.part{glob.escape(final.suffix)}"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -44,14 +50,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
         if final.is_dir() and tmp.is_dir():
-            import shutil
-
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         if tmp.is_dir():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
@@ -150,5 +152,27 @@ def run_rule(snakemake, main: Callable[..., None]) -> None:
     try:
         main(snakemake)
     except Exception as exc:  # noqa: BLE001 - logged, then re-raised
-        log.error("%s: %s", type(exc).__name__, exc)
+        reason = _storage_problem(exc)
+        if reason:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            log.error("cannot write the results%s: %s. Free disk space or make the results folder writable, "
+                      "then rerun: nothing was written under a final name.", where, reason)
+        else:
+            log.error("%s: %s", type(exc).__name__, exc)
         raise
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                   errno.EACCES: "Permission denied", errno.EROFS: "Read-only file system", errno.EPERM: "Operation not permitted"}
+
+
+def _storage_problem(exc: BaseException) -> str | None:
+    """A full, read-only or forbidden disk behind ``exc`` (also when a library wraps the OSError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[exc.errno]
+        for reason in _STORAGE_ERRNOS.values():
+            if reason in str(exc) or (reason == "No space left on device" and "os error 28" in str(exc)):
+                return reason
+        exc = exc.__cause__ or exc.__context__
+    return None

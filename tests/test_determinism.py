@@ -1,0 +1,105 @@
+"""Two clean runs in different folders give the same bytes, also when one job is killed with -9.
+
+Run A is uninterrupted. Run B is killed (SIGKILL to the longest job's process) part-way, then
+rerun; Snakemake's incomplete markers and the scripts' atomic writes mean the rerun redoes the
+killed job and the final artifacts equal run A's. The only difference allowed is the report's
+table of measured wall times and memory (benchmark files), which is cut out before comparing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SNAKEMAKE, copy_workflow, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+# The job to kill: the first of these that the tiny preset runs (longest first).
+KILL_PREFERENCE = ("t2i_train.py", "ddim_train.py", "ddim_sample.py", "forward_mse.py")
+COMPARED_SUFFIXES = {".png", ".csv", ".html", ".pdf", ".json", ".safetensors", ".txt"}
+
+
+def digests(results: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(results.rglob("*")):
+        if path.is_file() and path.suffix in COMPARED_SUFFIXES and path.name != "screenshot.png":
+            data = path.read_bytes()
+            if path.suffix == ".html":
+                data = strip_measurements(data.decode()).encode()
+            elif path.name == "report.pdf":
+                continue  # the PDF prints the measured times too; its HTML source is compared instead
+            out[str(path.relative_to(results))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def strip_measurements(html: str) -> str:
+    """Remove the benchmark table (wall times and memory differ from run to run)."""
+    return re.sub(r'<table id="tab-\d+">\s*<caption><span class="label">Table \d+\.</span> Wall time.*?</table>', "",
+                  html, flags=re.S)
+
+
+def scripts_running(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split() if int(p) != os.getpid()]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    a = copy_workflow(tmp_path_factory.mktemp("run_a"))
+    b = copy_workflow(tmp_path_factory.mktemp("run_b"))
+    proc = run_snakemake(a, "--configfile", "presets/tiny.yaml", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = proc.stdout + proc.stderr
+    target = next((s for s in KILL_PREFERENCE if s.removesuffix(".py") in ran), None)
+    assert target, "none of the jobs to kill ran"
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    job = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", "presets/tiny.yaml"], cwd=b, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and job.poll() is None:
+            pids = [p for p in scripts_running(target) if str(b) in Path(f"/proc/{p}/cwd").resolve().as_posix()]
+            if pids:
+                time.sleep(1.0)  # let it get going, then kill it mid-run
+                for p in pids:
+                    os.kill(p, signal.SIGKILL)
+                killed = target
+                break
+            time.sleep(0.2)
+        first_out, _ = job.communicate(timeout=900)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert killed, f"{target} never ran in run B"
+    assert job.returncode != 0, "killing a job must fail the run"
+    rerun = run_snakemake(b, "--configfile", "presets/tiny.yaml", timeout=1500)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return a, b, killed, rerun.stdout + rerun.stderr
+
+
+def test_killed_job_is_redone_and_nothing_differs(two_runs):
+    a, b, killed, rerun_log = two_runs
+    assert killed.removesuffix(".py") in rerun_log  # the killed job ran again
+    da, db = digests(a / "results"), digests(b / "results")
+    assert da.keys() == db.keys()
+    differing = sorted(k for k in da if da[k] != db[k])
+    assert differing == [], differing
+    # no temporary files left behind by the killed job
+    assert not [p for p in (b / "results").rglob("*.part*")]
+
+
+def test_runs_cover_every_kind_of_artifact(two_runs):
+    a, _, _, _ = two_runs
+    kinds = {Path(k).suffix for k in digests(a / "results")}
+    assert {".png", ".csv", ".html"} <= kinds
