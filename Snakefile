@@ -14,6 +14,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/forward.smk"
+include: "rules/theory.smk"
 include: "rules/report.smk"
 
 

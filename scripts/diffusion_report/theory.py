@@ -1,0 +1,665 @@
+"""The theory section (exercises 1-2): derivations rendered to HTML, and numerical checks of them.
+
+Two halves:
+
+* **Rendering** :func:`render_fragment` turns ``report/theory.tex`` into an HTML fragment with
+  pandoc (LaTeX reader -> JSON AST, with citeproc for the reference list), then walks the AST:
+  every ``Math`` node becomes an inline SVG drawn by ziamath (vector glyph outlines, no fonts, no
+  JavaScript, the same in a browser and in WeasyPrint), numbered display equations get an anchor
+  and a number, and ``\\eqref``/``\\ref`` links get that number. Unknown LaTeX commands are errors,
+  never silently dropped or drawn as raw TeX.
+* **Checks** :func:`run_checks` verifies each identity of the derivation on the configured
+  schedule and returns one row per (identity, t): exact float64 identities, and Monte-Carlo
+  comparisons of the sequential chain (Ho et al. 2020, eq. 2) with the closed form (eq. 4) and
+  the posterior (eqs. 6-7), each with a tolerance of :data:`Z_SCORE` standard errors.
+
+Notation is the package's (:mod:`diffusion_report.schedules`): t = 0 is clean data, arrays have
+length T + 1, ``alpha_bars[t]`` = prod_{i<=t} alpha_i.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import logging
+import math
+import re
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+ID_PREFIX = "theory-"
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: LaTeX -> pandoc AST -> (math as SVG, numbered equations) -> HTML fragment
+# ---------------------------------------------------------------------------------------------
+
+SVG_EM = 24.0  # ziamath draws at 24 px per em; SVG sizes are converted to em so math scales with the text
+NUMBERED_ENVS = {"equation": (True, None), "equation*": (False, None), "align": (True, "aligned"),
+                 "align*": (False, "aligned"), "gather": (True, "gathered"), "gather*": (False, "gathered")}
+
+
+class TheoryRenderError(RuntimeError):
+    """theory.tex cannot be rendered faithfully (unknown command, unknown label, ...)."""
+
+
+def pandoc_path() -> str:
+    """The pandoc binary bundled with pypandoc_binary (no system pandoc needed)."""
+    import pypandoc
+
+    return pypandoc.get_pandoc_path()
+
+
+# pandoc messages that lose nothing: packages it does not read, the BibTeX style (citeproc formats the list)
+HARMLESS = re.compile(r"Could not load include file \S+\.sty|Skipped '\\bibliographystyle\{")
+
+
+def run_pandoc(args: list[str], stdin: str, cwd: str | Path | None = None) -> str:
+    """Run pandoc with ``--verbose``; a skipped LaTeX command or any warning is an error."""
+    proc = subprocess.run([pandoc_path(), "--verbose", *args], input=stdin.encode("utf-8"), capture_output=True, cwd=cwd)
+    err = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise TheoryRenderError(f"pandoc failed (exit {proc.returncode}): {err.strip()}")
+    problems = [ln for ln in err.splitlines()
+                if (ln.startswith("[WARNING]") or "Skipped" in ln or "Could not" in ln) and not HARMLESS.search(ln)]
+    if problems:
+        raise TheoryRenderError("pandoc could not convert all of theory.tex:\n" + "\n".join(problems))
+    return proc.stdout.decode("utf-8")
+
+
+def latex_to_ast(tex_path: str | Path, bib_path: str | Path | None) -> dict:
+    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended)."""
+    tex_path = Path(tex_path)
+    args = ["-f", "latex", "-t", "json"]
+    if bib_path is not None:
+        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true",
+                 "-M", "reference-section-title=References"]
+    return json.loads(run_pandoc(args, tex_path.read_text(encoding="utf-8"), cwd=tex_path.parent))
+
+
+def ast_to_html(ast: dict) -> str:
+    """HTML fragment (no <html>/<head>) from a JSON AST; \\section -> <h3> (the report owns h1/h2)."""
+    return run_pandoc(["-f", "json", "-t", "html5", "--shift-heading-level-by=2", f"--id-prefix={ID_PREFIX}",
+                       "--wrap=none", "--syntax-highlighting=none"], json.dumps(ast))
+
+
+def _svg_viewbox(svg: str) -> tuple[float, float, float, float]:
+    m = re.search(r'viewBox="([^"]+)"', svg)
+    if not m:
+        raise TheoryRenderError("ziamath returned an SVG without a viewBox")
+    x, y, w, h = (float(v) for v in m.group(1).split())
+    return x, y, w, h
+
+
+def tex_to_svg(tex: str, display: bool = False) -> str:
+    """One TeX math string -> an inline <svg> of glyph outlines (ziamath, STIX Two Math).
+
+    The size is set in em (24 SVG units = 1 em) and the baseline is aligned with the text by
+    ``vertical-align``. Raises :class:`TheoryRenderError` for commands ziamath does not know
+    (it would otherwise draw them as literal "\\foo" text).
+    """
+    with warnings.catch_warnings():  # ziamath loads its font through a deprecated importlib.resources API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ziamath
+
+        mml = ziamath.tex.tex2mml(tex, inline=not display)
+    bad = sorted({txt.strip() for txt in re.findall(r">([^<]*)<", mml) if "\\" in txt})
+    if bad or "merror" in mml:
+        raise TheoryRenderError(f"math not supported by the SVG renderer: {', '.join(bad) or 'merror'} in ${tex}$")
+    old = ziamath.config.svg2, ziamath.config.precision
+    ziamath.config.svg2, ziamath.config.precision = False, 1  # plain <path>s: no ids that could clash
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            svg = ziamath.Latex(tex, inline=not display).svg()
+    finally:
+        ziamath.config.svg2, ziamath.config.precision = old
+    _, y, w, h = _svg_viewbox(svg)
+    depth = h + y  # below the baseline (SVG y grows downwards, baseline at y = 0)
+    style = f"width:{w / SVG_EM:.3f}em;height:{h / SVG_EM:.3f}em;vertical-align:{-depth / SVG_EM:.3f}em"
+    if display:
+        style += ";flex:none"
+    svg = re.sub(r'\swidth="[^"]*"', f' width="{w / SVG_EM:.3f}em"', svg, count=1)
+    svg = re.sub(r'\sheight="[^"]*"', f' height="{h / SVG_EM:.3f}em"', svg, count=1)
+    return svg.replace("<svg ", f'<svg aria-hidden="true" focusable="false" style="{style}" ', 1)
+
+
+def parse_display(tex: str) -> tuple[str, bool, str | None]:
+    """A DisplayMath string from pandoc -> (body TeX, numbered?, label or None).
+
+    ``\\begin{equation}`` is numbered, ``equation*`` and ``\\[...\\]`` are not; ``align``/``gather``
+    become one numbered ``aligned``/``gathered`` block. ``\\nonumber``/``\\notag`` unnumber.
+    """
+    body, numbered = tex.strip(), False
+    m = re.fullmatch(r"\\begin\{([a-z]+\*?)\}(.*)\\end\{\1\}", body, flags=re.S)
+    if m:
+        env = m.group(1)
+        if env not in NUMBERED_ENVS:
+            raise TheoryRenderError(f"unsupported display environment {env!r}; use equation, align or gather")
+        numbered, inner = NUMBERED_ENVS[env]
+        body = m.group(2).strip()
+        if inner:
+            body = f"\\begin{{{inner}}}{body}\\end{{{inner}}}"
+    labels = re.findall(r"\\label\{([^}]*)\}", body)
+    if len(labels) > 1:
+        raise TheoryRenderError(f"one \\label per display equation, found {labels}")
+    body = re.sub(r"\\label\{[^}]*\}", "", body)
+    if re.search(r"\\(nonumber|notag)\b", body):
+        numbered = False
+        body = re.sub(r"\\(nonumber|notag)\b", "", body)
+    label = labels[0] if labels else None
+    if label and not numbered:
+        raise TheoryRenderError(f"\\label{{{label}}} on an unnumbered equation")
+    return body.strip(), numbered, label
+
+
+def anchor_id(label: str) -> str:
+    """HTML id of a LaTeX label, e.g. eq:closed-form -> theory-eq-closed-form."""
+    return ID_PREFIX + re.sub(r"[^A-Za-z0-9_-]+", "-", label)
+
+
+def _walk(node, fn):
+    """Apply ``fn`` to every dict node of the AST (pre-order); fn returns a replacement or None."""
+    if isinstance(node, list):
+        for i, child in enumerate(node):
+            new = fn(child) if isinstance(child, dict) else None
+            if new is not None:
+                node[i] = new
+            else:
+                _walk(child, fn)
+    elif isinstance(node, dict):
+        for value in node.values():
+            if isinstance(value, (list, dict)):
+                _walk(value, fn)
+
+
+def _stringify(inlines) -> str:
+    out = []
+
+    def grab(n):
+        if n.get("t") == "Str":
+            out.append(n["c"])
+        elif n.get("t") in ("Space", "SoftBreak"):
+            out.append(" ")
+        return None
+
+    _walk(copy.deepcopy(inlines), grab)
+    return "".join(out)
+
+
+def number_equations(ast: dict) -> dict[str, int]:
+    """Equation numbers in document order, {label: number}, for the numbered displays."""
+    numbers: dict[str, int] = {}
+    count = 0
+
+    def visit(n):
+        nonlocal count
+        if n.get("t") == "Math" and n["c"][0]["t"] == "DisplayMath":
+            _, numbered, label = parse_display(n["c"][1])
+            if numbered:
+                count += 1
+                if label:
+                    if label in numbers:
+                        raise TheoryRenderError(f"\\label{{{label}}} is used twice")
+                    numbers[label] = count
+        return None
+
+    _walk(ast["blocks"], visit)
+    return numbers
+
+
+def math_to_svg_ast(ast: dict) -> dict:
+    """Replace every Math node by raw HTML with an SVG; number displays; resolve \\eqref/\\ref.
+
+    Returns a new AST; raises :class:`TheoryRenderError` for an unknown label or leftover raw TeX.
+    """
+    ast = copy.deepcopy(ast)
+    numbers = number_equations(ast)
+    headers: dict[str, str] = {}
+
+    def collect(n):
+        if n.get("t") == "Header" and n["c"][1][0]:
+            headers[n["c"][1][0]] = _stringify(n["c"][2])
+        return None
+
+    _walk(ast["blocks"], collect)
+    count = 0
+
+    def convert(n):
+        nonlocal count
+        t = n.get("t")
+        if t == "Math":
+            kind, tex = n["c"][0]["t"], n["c"][1]
+            if kind == "InlineMath":
+                return {"t": "RawInline", "c": ["html", f'<span class="math inline">{tex_to_svg(tex)}</span>']}
+            body, numbered, label = parse_display(tex)
+            svg = tex_to_svg(body, display=True)
+            # flex row: [spacer | equation | number], so the equation is centred and the number
+            # sits at the right margin, vertically centred on the equation (browser and WeasyPrint)
+            row = "display:flex;align-items:center;margin:0.6em 0;page-break-inside:avoid;break-inside:avoid"
+            side = "flex:1 1 0;min-width:2.5em"
+            if not numbered:
+                return {"t": "RawInline", "c": ["html", f'<span class="math display" style="{row}">'
+                                                        f'<span style="{side}"></span>{svg}<span style="{side}"></span></span>']}
+            count += 1
+            ident = f' id="{anchor_id(label)}"' if label else ""
+            return {"t": "RawInline", "c": ["html",
+                    f'<span class="math display numbered"{ident} style="{row}"><span style="{side}"></span>{svg}'
+                    f'<span class="eqno" style="{side};text-align:right">({count})</span></span>']}
+        if t == "Link" and dict(n["c"][0][2]).get("reference-type") in ("eqref", "ref", "autoref"):
+            attrs = dict(n["c"][0][2])
+            label, rtype = attrs["reference"], attrs["reference-type"]
+            if label in numbers:
+                text = f"({numbers[label]})" if rtype == "eqref" else str(numbers[label])
+                return {"t": "RawInline", "c": ["html", f'<a class="eqref" href="#{anchor_id(label)}">{text}</a>']}
+            if label in headers:
+                return {"t": "RawInline", "c": ["html", f'<a class="secref" href="#{ID_PREFIX}{html.escape(label)}">'
+                                                        f"{html.escape(headers[label])}</a>"]}
+            raise TheoryRenderError(f"\\{rtype}{{{label}}}: no equation or section has this label "
+                                    f"(known: {', '.join(sorted(numbers) + sorted(headers))})")
+        if t in ("RawInline", "RawBlock") and n["c"][0] in ("latex", "tex"):
+            raise TheoryRenderError(f"raw LaTeX that pandoc could not convert: {n['c'][1]!r}")
+        return None
+
+    _walk(ast["blocks"], convert)
+    if numbers and max(numbers.values()) > count:
+        raise TheoryRenderError("equation numbering is inconsistent")
+    return ast
+
+
+def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
+    """theory.tex (+ .bib) -> HTML fragment: sections as <h3>, math as SVG, numbered equations."""
+    ast = latex_to_ast(tex_path, bib_path)
+    n_math = json.dumps(ast).count('{"t": "Math"')
+    html_out = ast_to_html(math_to_svg_ast(ast))
+    n_svg = html_out.count('<span class="math ')
+    if n_svg != n_math or html_out.count("<svg") != n_math:
+        raise TheoryRenderError(f"{n_math} math spans in theory.tex but {n_svg} rendered as SVG")
+    visible = re.sub(r"<svg.*?</svg>", "", html_out, flags=re.S)
+    visible = html.unescape(re.sub(r"<[^>]+>", "", visible))
+    leftover = re.findall(r"\\[A-Za-z]+|\$", visible)
+    if leftover:
+        raise TheoryRenderError(f"raw TeX left in the rendered theory section: {sorted(set(leftover))}")
+    return html_out
+
+
+def render_theory(tex_path: str, out_html: str, bib_path: str | None = None) -> None:
+    """Rule theory_render: write the HTML fragment atomically."""
+    from .io import write_text
+
+    fragment = render_fragment(tex_path, bib_path)
+    log.info("rendered %s: %d math spans, %d numbered equations", tex_path, fragment.count('class="math '),
+             fragment.count('class="eqno"'))
+    write_text(out_html, fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-form quantities of the derivation (each names its equation label in theory.tex)
+# ---------------------------------------------------------------------------------------------
+
+
+def unrolled_noise_coefficients(schedule: Schedule, t: int) -> torch.Tensor:
+    """c_{t,s} = sqrt(beta_s) prod_{i=s+1}^t sqrt(alpha_i) for s = 1..t (eq:unrolled). Shape (t,).
+
+    Built from the betas step by step (not from alpha_bars), so it checks the cumulative product.
+    """
+    betas = schedule.betas[1 : t + 1]
+    alphas = 1.0 - betas
+    # prod_{i=s+1}^t alpha_i: reversed cumulative product, shifted by one
+    tail = torch.flip(torch.cumprod(torch.flip(alphas, [0]), 0), [0])  # prod_{i=s}^t
+    tail = torch.cat([tail[1:], tail.new_ones(1)])
+    return betas.sqrt() * tail.sqrt()
+
+
+def posterior_mean_x0(x_t: torch.Tensor, x0: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """mu_tilde_t(x_t, x_0) (eq:posterior-mean), any shape; t >= 1.
+
+    mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t.
+    """
+    ab, ab_prev, beta, alpha = (schedule.alpha_bars[t], schedule.alpha_bars[t - 1], schedule.betas[t], schedule.alphas[t])
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+
+
+def posterior_mean_eps(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """mu_tilde_t in terms of the noise (eq:posterior-mean-eps): (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
+    ab, beta, alpha = schedule.alpha_bars[t], schedule.betas[t], schedule.alphas[t]
+    return (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+
+
+def mu_theta(x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """Reverse-process mean from a noise prediction (eq:mu-theta): eq:posterior-mean-eps with eps_theta for eps."""
+    return posterior_mean_eps(x_t, eps_pred, t, schedule)
+
+
+def kl_weight(schedule: Schedule, t: int) -> float:
+    """beta_t^2 / (alpha_t (1 - abar_t)): ||mu_tilde - mu_theta||^2 = weight ||eps - eps_theta||^2 (eq:kl-term)."""
+    v = float(1 - schedule.alpha_bars[t])
+    return float(schedule.betas[t]) ** 2 / (float(schedule.alphas[t]) * v) if v > 0 else math.nan
+
+
+def posterior_variance_by_conditioning(schedule: Schedule, t: int) -> torch.Tensor:
+    """Var[x_{t-1} | x_t, x_0] from Gaussian conditioning of the joint (x_{t-1}, x_t) given x_0.
+
+    Var(x_{t-1}|x_0) - Cov(x_{t-1}, x_t|x_0)^2 / Var(x_t|x_0), with Var(x_{t-1}|x_0) = 1 - abar_{t-1}
+    (eq:marginal), Cov = sqrt(alpha_t) (1 - abar_{t-1}) and Var(x_t|x_0) = alpha_t (1 - abar_{t-1}) + beta_t
+    (one step, eq:forward-step). Should equal beta_tilde_t (eq:posterior-var), which completes the square.
+    """
+    v_prev = 1 - schedule.alpha_bars[t - 1]
+    alpha, beta = schedule.alphas[t], schedule.betas[t]
+    cov = alpha.sqrt() * v_prev
+    v_t = alpha * v_prev + beta
+    return v_prev - cov**2 / v_t
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+Z_SCORE = 5.0  # Monte-Carlo tolerance: this many standard errors (two-sided false alarm ~ 6e-7 per row)
+EPS64 = float(torch.finfo(torch.float64).eps)
+ULPS = 64  # float64 identities: this many machine epsilons, times condition number and scale
+MC_ATOL = 1e-12  # floor for Monte-Carlo tolerances whose standard error is exactly 0 (e.g. t = 1)
+CHAIN_X0 = 1.0  # clean value of the chain-vs-closed-form check (a white pixel in [-1, 1])
+COLUMNS = ["identity", "equation", "method", "t", "measured", "expected", "abs_error", "rel_error", "tolerance", "passed"]
+
+
+class CheckFailed(AssertionError):
+    """A numerical check of the theory section failed."""
+
+
+@dataclass(frozen=True)
+class Check:
+    identity: str
+    equation: str  # label in theory.tex
+    method: str  # "exact (float64)" or "Monte Carlo (n=...)" or "forward stage"
+    t: int
+    measured: float
+    expected: float
+    tolerance: float
+
+    def row(self) -> dict:
+        err = abs(self.measured - self.expected)
+        rel = err / abs(self.expected) if self.expected != 0 else (0.0 if err == 0 else math.inf)
+        passed = bool(err <= self.tolerance) and math.isfinite(self.measured)
+        return {"identity": self.identity, "equation": self.equation, "method": self.method, "t": self.t,
+                "measured": self.measured, "expected": self.expected, "abs_error": err, "rel_error": rel,
+                "tolerance": self.tolerance, "passed": passed}
+
+
+def exact_tolerance(condition: float, scale: float) -> float:
+    """Float64 rounding budget: ULPS machine epsilons x the condition number of the computation x
+    the magnitude of the terms. 0 (so the check fails) when a wrong schedule makes it non-finite."""
+    tol = ULPS * EPS64 * condition * scale
+    return tol if math.isfinite(tol) else 0.0
+
+
+def exact_checks(schedule: Schedule, timesteps: list[int], generator: torch.Generator, n: int = 1000) -> list[Check]:
+    """Float64 identities at each t: chain coefficients (eq:unrolled), noise variance (eq:noise-var),
+    the two forms of the posterior mean (eq:posterior-mean vs eq:posterior-mean-eps) and the
+    posterior variance (eq:posterior-var vs Gaussian conditioning).
+
+    Tolerances (:func:`exact_tolerance`): a product or sum of t terms has condition t; the
+    posterior mean divides by 1 - abar_t and, in the noise form, recovers x_0 by dividing by
+    sqrt(abar_t), so its condition is 1/(1 - abar_t) + 1/sqrt(abar_t).
+    """
+    method = "exact (float64)"
+    out = []
+    for t in timesteps:
+        ab = float(schedule.alpha_bars[t])
+        ab_prev = float(schedule.alpha_bars[t - 1])
+        inv = lambda v: 1.0 / v if v > 0 else math.inf  # noqa: E731
+        # x_0 coefficient of the unrolled chain: prod_{i<=t} sqrt(1 - beta_i) vs sqrt(abar_t)
+        chain_coef = torch.prod((1.0 - schedule.betas[1 : t + 1]).sqrt())
+        out.append(Check("chain x0 coefficient = sqrt(abar_t)", "eq:unrolled", method, t,
+                         float(chain_coef), math.sqrt(ab), exact_tolerance(t, 1.0)))
+        c = unrolled_noise_coefficients(schedule, t)
+        out.append(Check("sum of noise variances = 1 - abar_t", "eq:noise-var", method, t,
+                         float((c**2).sum()), 1 - ab, exact_tolerance(t, 1.0)))
+        x0 = torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1
+        eps = torch.randn(n, generator=generator, dtype=torch.float64)
+        x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps  # eq:closed-form
+        mu_a = posterior_mean_x0(x_t, x0, t, schedule)
+        mu_b = posterior_mean_eps(x_t, eps, t, schedule)
+        scale = max(1.0, float(mu_a.abs().max()), float(x_t.abs().max()))
+        out.append(Check("posterior mean: x0 form = noise form (max |diff|)", "eq:posterior-mean-eps", method, t,
+                         float((mu_a - mu_b).abs().max()), 0.0,
+                         exact_tolerance(inv(1 - ab) + inv(math.sqrt(ab)), scale)))
+        # the KL term: distance of the means (x_0 form vs a noise prediction) = weighted noise distance
+        eps_pred = eps + 0.3 * torch.randn(n, generator=generator, dtype=torch.float64)
+        d_mean = float((mu_a - mu_theta(x_t, eps_pred, t, schedule)).pow(2).sum())
+        d_eps = kl_weight(schedule, t) * float((eps - eps_pred).pow(2).sum())
+        out.append(Check("KL term: |mu_tilde - mu_theta|^2 = weight |eps - eps_theta|^2", "eq:kl-term", method, t,
+                         d_mean, d_eps, exact_tolerance(2 * (inv(1 - ab) + inv(math.sqrt(ab))) * max(1.0, scale),
+                                                        abs(d_eps) if math.isfinite(d_eps) else 0.0)))
+        bt = schedule.posterior_variance()[t]
+        out.append(Check("posterior variance = Gaussian conditioning", "eq:posterior-var", method, t,
+                         float(bt), float(posterior_variance_by_conditioning(schedule, t)),
+                         exact_tolerance(inv(1 - ab), max(1 - ab_prev, float(schedule.betas[t])))))
+    return out
+
+
+def run_chain(x0: torch.Tensor, schedule: Schedule, record: set[int], generator: torch.Generator) -> dict[int, torch.Tensor]:
+    """Run the sequential chain (eq:forward-step) from x0 up to max(record); return {t: x_t} for t in record."""
+    from .forward import q_step
+
+    out = {0: x0.clone()} if 0 in record else {}
+    x = x0
+    for s in range(1, max(record) + 1):
+        x = q_step(x, s, torch.randn(x.shape, generator=generator, dtype=x.dtype), schedule)
+        if s in record:
+            out[s] = x.clone()
+    return out
+
+
+def monte_carlo_checks(schedule: Schedule, timesteps: list[int], n: int, generator: torch.Generator) -> list[Check]:
+    """Sequential chain vs closed form, by Monte Carlo with n chains in float64.
+
+    Column 0 starts at x_0 = 0, so x_t is the summed noise of eq:unrolled (its variance: eq:noise-var);
+    column 1 starts at x_0 = CHAIN_X0 (mean and variance of eq:marginal). The pairs (x_{t-1}, x_t)
+    of column 1 give the posterior by least squares: slope = the x_t coefficient of
+    eq:posterior-mean, residual variance = beta_tilde_t (eq:posterior-var).
+    Tolerance Z_SCORE standard errors: mean sqrt(v/n), variance v sqrt(2/(n-1)).
+    """
+    method = f"Monte Carlo (n={n})"
+    record = set(timesteps) | {t - 1 for t in timesteps}
+    x0 = torch.tensor([0.0, CHAIN_X0], dtype=torch.float64).expand(n, 2).contiguous()
+    xs = run_chain(x0, schedule, record, generator)
+    out = []
+    for t in timesteps:
+        ab = float(schedule.alpha_bars[t])
+        v = 1 - ab
+        noise, x_t = xs[t][:, 0], xs[t][:, 1]
+        sd_var = v * math.sqrt(2 / (n - 1))
+        out.append(Check("Var[summed noise] = 1 - abar_t", "eq:noise-var", method, t,
+                         float(noise.var()), v, Z_SCORE * sd_var + MC_ATOL))
+        out.append(Check("E[x_t | x_0]: chain = sqrt(abar_t) x_0", "eq:marginal", method, t,
+                         float(x_t.mean()), math.sqrt(ab) * CHAIN_X0, Z_SCORE * math.sqrt(v / n) + MC_ATOL))
+        out.append(Check("Var[x_t | x_0]: chain = 1 - abar_t", "eq:marginal", method, t,
+                         float(x_t.var()), v, Z_SCORE * sd_var + MC_ATOL))
+        # posterior by regression of x_{t-1} on x_t (both given x_0)
+        x_prev = xs[t - 1][:, 1]
+        dx, dp = x_t - x_t.mean(), x_prev - x_prev.mean()
+        slope = float((dx * dp).sum() / (dx * dx).sum())
+        resid = dp - slope * dx
+        resid_var = float((resid * resid).sum() / (n - 2))
+        ab_prev = float(schedule.alpha_bars[t - 1])
+        bt = float(schedule.posterior_variance()[t])
+        # nan (a failed row, not a crash) when a wrong schedule gives 1 - abar_t = 0
+        coef = math.sqrt(float(schedule.alphas[t])) * (1 - ab_prev) / v if v > 0 else math.nan
+        out.append(Check("posterior: x_t coefficient (regression slope)", "eq:posterior-mean", method, t,
+                         slope, coef, Z_SCORE * math.sqrt(bt / (n * v) if v > 0 else 0.0) + MC_ATOL))
+        out.append(Check("posterior: variance beta_tilde_t (residual variance)", "eq:posterior-var", method, t,
+                         resid_var, bt, Z_SCORE * bt * math.sqrt(2 / (n - 2)) + MC_ATOL))
+    return out
+
+
+def mse_standard_error(x0: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """Standard error of the empirical MSE(x_t, x_0) of one noise draw, per image. x0 (N, ...) -> (N,).
+
+    Per pixel, d = a x_0 + b eps with a = sqrt(abar) - 1, b = sqrt(1 - abar); Var[d^2] = 4 a^2 b^2 x_0^2 + 2 b^4.
+    """
+    a, b = math.sqrt(alpha_bar) - 1, math.sqrt(1 - alpha_bar)
+    x2 = x0.double().flatten(1).pow(2)
+    var = 4 * a * a * b * b * x2 + 2 * b**4
+    return var.mean(dim=1).div(x2.shape[1]).sqrt()
+
+
+def mse_checks_chain(schedule: Schedule, timesteps: list[int], generator: torch.Generator,
+                     shape: tuple[int, ...] = (4, 3, 24, 24)) -> list[Check]:
+    """Expected MSE (eq:expected-mse) vs the MSE of images noised by the sequential chain.
+
+    x_0 is uniform in [-1, 1] (like images); one chain per image; tolerance Z_SCORE standard errors
+    of the mean over images.
+    """
+    from .forward import expected_mse
+
+    x0 = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
+    xs = run_chain(x0, schedule, set(timesteps), generator)
+    out = []
+    for t in timesteps:
+        measured = (xs[t] - x0).pow(2).flatten(1).mean(dim=1).mean()
+        expected = expected_mse(x0, schedule.alpha_bars[t : t + 1])[0].mean()
+        se = mse_standard_error(x0, float(schedule.alpha_bars[t])).pow(2).sum().sqrt() / shape[0]
+        out.append(Check("E[MSE(x_t, x_0)]: chain on random images", "eq:expected-mse", f"Monte Carlo ({shape[0]} images, chain)",
+                         t, float(measured), float(expected), Z_SCORE * float(se) + MC_ATOL))
+    return out
+
+
+def mse_checks_forward(mse: pd.DataFrame, x0: torch.Tensor, schedule: Schedule, timesteps: list[int]) -> list[Check]:
+    """Expected MSE (eq:expected-mse) from the forward stage's clean images vs its measured mean MSE column.
+
+    Only the timesteps present in the table (t <= forward.mse_max_t) are checked.
+    """
+    from .forward import expected_mse
+
+    if "t" not in mse.columns or "mean" not in mse.columns:
+        raise ValueError(f"forward MSE table needs columns 't' and 'mean', has {list(mse.columns)}")
+    by_t = mse.set_index("t")["mean"]
+    out = []
+    for t in timesteps:
+        if t not in by_t.index:
+            continue
+        expected = expected_mse(x0, schedule.alpha_bars[t : t + 1])[0].mean()
+        se = mse_standard_error(x0, float(schedule.alpha_bars[t])).pow(2).sum().sqrt() / x0.shape[0]
+        # the forward stage computes in float32: allow its rounding (~1e-6 relative) on top
+        tol = Z_SCORE * float(se) + 1e-5 * float(expected) + MC_ATOL
+        out.append(Check("E[MSE(x_t, x_0)]: forward stage's images", "eq:expected-mse", f"forward stage ({x0.shape[0]} images)",
+                         t, float(by_t.loc[t]), float(expected), tol))
+    return out
+
+
+def run_checks(schedule: Schedule, timesteps: list[int], mc_samples: int, seed: int,
+               forward_mse: pd.DataFrame | None = None, forward_x0: torch.Tensor | None = None) -> pd.DataFrame:
+    """Every check, one row per (identity, t); columns :data:`COLUMNS`. Deterministic given seed."""
+    bad = [t for t in timesteps if not 1 <= t <= schedule.T]
+    if bad:
+        raise ValueError(f"theory.check_timesteps {bad} outside 1..T = {schedule.T}")
+    from .io import make_generator
+
+    timesteps = sorted(int(t) for t in timesteps)
+    checks = exact_checks(schedule, timesteps, make_generator(seed, "theory/exact"))
+    checks += monte_carlo_checks(schedule, timesteps, mc_samples, make_generator(seed, "theory/chain"))
+    checks += mse_checks_chain(schedule, timesteps, make_generator(seed, "theory/mse"))
+    if forward_mse is not None and forward_x0 is not None:
+        checks += mse_checks_forward(forward_mse, forward_x0, schedule, timesteps)
+    return pd.DataFrame([c.row() for c in checks], columns=COLUMNS)
+
+
+def failures(df: pd.DataFrame) -> list[str]:
+    """One line per failed row, naming the check, its equation and t."""
+    return [f"{r.identity} ({r.equation}) at t={r.t}: measured {r.measured:.6g}, expected {r.expected:.6g}, "
+            f"|error| {r.abs_error:.3g} > tolerance {r.tolerance:.3g} [{r.method}]"
+            for r in df.itertuples() if not r.passed]
+
+
+def assert_checks_passed(df: pd.DataFrame) -> None:
+    lines = failures(df)
+    if lines:
+        raise CheckFailed(f"{len(lines)} of {len(df)} theory checks failed:\n  " + "\n  ".join(lines))
+
+
+def write_checks(schedule_cfg: dict, theory_cfg: dict, seed: int, out_csv: str,
+                 mse_csv: str | None = None, x0_path: str | None = None) -> pd.DataFrame:
+    """Rule theory_checks: run every check, log the table, write the CSV only if all pass."""
+    from .io import write_csv
+
+    schedule = Schedule.from_config(schedule_cfg)
+    fwd_mse = fwd_x0 = None
+    if mse_csv and x0_path:
+        from .forward import load_clean
+
+        fwd_mse = pd.read_csv(mse_csv)
+        fwd_x0, _ = load_clean(x0_path)
+    df = run_checks(schedule, list(theory_cfg["check_timesteps"]), int(theory_cfg["mc_samples"]), int(seed), fwd_mse, fwd_x0)
+    log.info("theory checks:\n%s", df.to_string(index=False))
+    assert_checks_passed(df)
+    write_csv(out_csv, df, float_format="%.10g")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def summarise(df: pd.DataFrame) -> list[dict]:
+    """One row per identity: equation, method, timesteps, worst relative error, worst error/tolerance."""
+    rows = []
+    for (identity, equation, method), g in df.groupby(["identity", "equation", "method"], sort=False):
+        ratio = (g["abs_error"] / g["tolerance"]).max()
+        rows.append({"identity": identity, "equation": equation, "method": method,
+                     "t checked": ", ".join(str(int(t)) for t in g["t"]),
+                     "max |error|": float(g["abs_error"].max()),
+                     "max error / tolerance": float(ratio),
+                     "passed": "yes" if bool(g["passed"].all()) else "NO"})
+    return rows
+
+
+def equation_numbers(fragment: str) -> dict[str, str]:
+    """{label: "(n)"} read back from the rendered fragment's anchors."""
+    found = re.findall(r'<span class="math display numbered" id="' + re.escape(ID_PREFIX) + r'([^"]+)"[^>]*>'
+                       r'(?:(?!class="math ).)*?<span class="eqno"[^>]*>\((\d+)\)</span>', fragment, flags=re.S)
+    return {label: f"({n})" for label, n in found}
+
+
+def report_context(files: dict[str, str], config: dict) -> dict:
+    """Plain data for report/templates/sections/theory.html.j2.
+
+    files: {"html": theory.html fragment, "checks": checks.csv}.
+    """
+    fragment = Path(files["html"]).read_text(encoding="utf-8")
+    df = pd.read_csv(files["checks"])
+    schedule = Schedule.from_config(config["schedule"])
+    numbers = equation_numbers(fragment)
+    summary = summarise(df)
+    for row in summary:  # "eq:marginal" -> "(6)" as the report reader sees it
+        row["equation"] = numbers.get(re.sub(r"[^A-Za-z0-9_-]+", "-", row["equation"]), row["equation"])
+    exact = df[df["method"].str.startswith("exact")]
+    mc = df[df["method"].str.startswith("Monte Carlo")]
+    return {
+        "html": fragment,
+        "summary_rows": summary,
+        "rows": df.to_dict(orient="records"),
+        "n_checks": int(len(df)),
+        "n_passed": int(df["passed"].sum()),
+        "n_identities": len(summary),
+        "timesteps": sorted(int(t) for t in df["t"].unique()),
+        "mc_samples": int(config["theory"]["mc_samples"]),
+        "z_score": Z_SCORE,
+        "exact_ulps": ULPS,
+        "max_exact_error": float(exact["abs_error"].max()) if len(exact) else 0.0,
+        "max_mc_ratio": float((mc["abs_error"] / mc["tolerance"]).max()) if len(mc) else 0.0,
+        "forward_checked": bool(df["method"].str.startswith("forward").any()),
+        "checked_equations": sorted({r["equation"] for r in summary}, key=lambda e: (len(e), e)),
+        "schedule": dict(config["schedule"]),
+        "alpha_bar_T": float(schedule.alpha_bars[-1]),
+    }

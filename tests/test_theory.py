@@ -1,0 +1,364 @@
+"""Tests of the theory section: numerical checks of the derivation and its rendering to HTML/PDF."""
+
+from __future__ import annotations
+
+import html as htmllib
+import json
+import re
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from diffusion_report import forward, theory
+from diffusion_report.io import make_generator
+from diffusion_report.schedules import Schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+TEX = ROOT / "report" / "theory.tex"
+BIB = ROOT / "report" / "references.bib"
+TS = [1, 10, 100, 1000]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return Schedule.make("linear", 1000)
+
+
+def off_by_one(s: Schedule) -> Schedule:
+    """A wrong schedule: alpha_bar_t computed as prod_{i<t} alpha_i (misses one factor)."""
+    ab = torch.cat([s.alpha_bars.new_ones(1), s.alpha_bars[:-1]])
+    return Schedule(betas=s.betas, alphas=s.alphas, alpha_bars=ab)
+
+
+def not_cumulative(s: Schedule) -> Schedule:
+    """A wrong schedule: alpha_bar_t = alpha_t (the sheet's alpha_t read as 1 - beta_t)."""
+    return Schedule(betas=s.betas, alphas=s.alphas, alpha_bars=s.alphas.clone())
+
+
+def rows(checks) -> pd.DataFrame:
+    return pd.DataFrame([c.row() for c in checks], columns=theory.COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------
+# Closed forms
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic"])
+def test_unrolled_noise_variance_is_one_minus_alpha_bar(kind):
+    s = Schedule.make(kind, 300)
+    for t in (1, 2, 50, 300):
+        c = theory.unrolled_noise_coefficients(s, t)
+        assert c.shape == (t,)
+        assert torch.isclose((c**2).sum(), 1 - s.alpha_bars[t], rtol=1e-12, atol=0)
+    # the last coefficient is sqrt(beta_t) (empty product), the first carries every later alpha
+    c = theory.unrolled_noise_coefficients(s, 10)
+    assert torch.isclose(c[-1], s.betas[10].sqrt())
+    assert torch.isclose(c[0], (s.betas[1] * s.alphas[2:11].prod()).sqrt())
+
+
+def test_unrolled_coefficients_reproduce_the_chain(schedule):
+    """Running the chain with known noise equals sqrt(abar_t) x0 + sum_s c_{t,s} eps_s (eq:unrolled)."""
+    g = make_generator(0, "test/unrolled")
+    t = 37
+    eps = torch.randn(t, 5, generator=g, dtype=torch.float64)
+    x0 = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    x = x0
+    for s in range(1, t + 1):
+        x = forward.q_step(x, s, eps[s - 1], schedule)
+    c = theory.unrolled_noise_coefficients(schedule, t)
+    closed = schedule.alpha_bars[t].sqrt() * x0 + (c[:, None] * eps).sum(0)
+    assert torch.allclose(x, closed, rtol=0, atol=1e-13)
+
+
+def test_posterior_mean_forms_agree_and_differ_for_wrong_noise(schedule):
+    g = make_generator(0, "test/posterior")
+    x0 = torch.rand(100, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(100, generator=g, dtype=torch.float64)
+    for t in (1, 2, 500, 1000):
+        ab = schedule.alpha_bars[t]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        a = theory.posterior_mean_x0(x_t, x0, t, schedule)
+        b = theory.posterior_mean_eps(x_t, eps, t, schedule)
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+        assert not torch.allclose(a, theory.posterior_mean_eps(x_t, eps + 0.1, t, schedule), atol=1e-6)
+    # t = 1: the posterior is the point mass at x_0
+    x_1 = schedule.alpha_bars[1].sqrt() * x0 + (1 - schedule.alpha_bars[1]).sqrt() * eps
+    assert torch.allclose(theory.posterior_mean_x0(x_1, x0, 1, schedule), x0, atol=1e-12)
+
+
+def test_posterior_variance_by_conditioning_matches_schedule(schedule):
+    bt = schedule.posterior_variance()
+    for t in (1, 2, 10, 999, 1000):
+        assert torch.isclose(theory.posterior_variance_by_conditioning(schedule, t), bt[t], rtol=1e-12, atol=1e-15)
+    assert bt[1] == 0
+    assert 0 < bt[500] < schedule.betas[500]  # beta_tilde_t < beta_t for t >= 2
+
+
+# ------------------------------------------------------------------------------------------
+# One unit test per check, each also fed a wrong schedule that it must reject
+# ------------------------------------------------------------------------------------------
+
+
+def test_exact_checks_pass_and_reject_wrong_schedules(schedule):
+    df = rows(theory.exact_checks(schedule, TS, make_generator(0, "x")))
+    assert len(df) == 5 * len(TS) and df["passed"].all(), theory.failures(df)
+    for wrong in (off_by_one(schedule), not_cumulative(schedule)):
+        bad = rows(theory.exact_checks(wrong, TS, make_generator(0, "x")))
+        for identity in ("chain x0 coefficient = sqrt(abar_t)", "sum of noise variances = 1 - abar_t",
+                         "posterior mean: x0 form = noise form (max |diff|)",
+                         "KL term: |mu_tilde - mu_theta|^2 = weight |eps - eps_theta|^2"):
+            sub = bad[bad["identity"] == identity]
+            assert not sub[sub["t"] >= 10]["passed"].any(), identity
+
+
+def test_monte_carlo_checks_pass_and_reject_off_by_one(schedule):
+    n = 4000
+    df = rows(theory.monte_carlo_checks(schedule, TS, n, make_generator(0, "mc")))
+    assert df["passed"].all(), theory.failures(df)
+    assert (df["method"] == f"Monte Carlo (n={n})").all()
+    # the tolerance is Z_SCORE standard errors, not a loose constant: the mean check at t = 100
+    row = df[(df["identity"].str.startswith("E[x_t")) & (df["t"] == 100)].iloc[0]
+    assert row["tolerance"] == pytest.approx(theory.Z_SCORE * (1 - float(schedule.alpha_bars[100])) ** 0.5 / n**0.5, rel=1e-6)
+    bad = rows(theory.monte_carlo_checks(off_by_one(schedule), TS, n, make_generator(0, "mc")))
+    failed = set(bad.loc[~bad["passed"], "identity"])
+    assert {"Var[summed noise] = 1 - abar_t", "Var[x_t | x_0]: chain = 1 - abar_t",
+            "posterior: variance beta_tilde_t (residual variance)"} <= failed
+
+
+def test_monte_carlo_mean_check_detects_a_biased_chain(schedule, monkeypatch):
+    """A chain whose noise has mean 0.05 must fail the chain-mean check."""
+    real = torch.randn
+
+    def biased(*args, **kwargs):
+        return real(*args, **kwargs) + 0.05
+
+    monkeypatch.setattr(torch, "randn", biased)
+    df = rows(theory.monte_carlo_checks(schedule, [100], 4000, make_generator(0, "mc")))
+    assert not df[df["identity"].str.startswith("E[x_t")]["passed"].any()
+
+
+def test_expected_mse_chain_check(schedule):
+    df = rows(theory.mse_checks_chain(schedule, TS, make_generator(0, "mse"), shape=(2, 3, 16, 16)))
+    assert df["passed"].all(), theory.failures(df)
+    bad = rows(theory.mse_checks_chain(not_cumulative(schedule), TS, make_generator(0, "mse"), shape=(2, 3, 16, 16)))
+    assert not bad[bad["t"] >= 100]["passed"].any()
+
+
+def test_expected_mse_forward_check(schedule):
+    x0 = torch.rand(3, 3, 32, 32, generator=make_generator(0, "img")) * 2 - 1
+    table = forward.mse_table(x0, ["a", "b", "c"], 500, schedule, seed=3)
+    df = rows(theory.mse_checks_forward(table, x0, schedule, TS + [500]))
+    assert list(df["t"]) == [1, 10, 100, 500]  # t = 1000 is beyond the table (mse_max_t = 500)
+    assert df["passed"].all(), theory.failures(df)
+    # a forward stage that noised with the wrong schedule is caught
+    wrong = forward.mse_table(x0, ["a", "b", "c"], 500, off_by_one(schedule), seed=3)
+    assert not rows(theory.mse_checks_forward(wrong, x0, schedule, TS))["passed"].iloc[0]
+    # so is a table measured on other images than the ones given
+    other = forward.mse_table(x0 * 0.5, ["a", "b", "c"], 500, schedule, seed=3)
+    assert not rows(theory.mse_checks_forward(other, x0, schedule, [500]))["passed"].any()
+
+
+def test_run_checks_is_deterministic_and_fails_loudly(schedule):
+    a = theory.run_checks(schedule, [10, 500], 2000, seed=1)
+    b = theory.run_checks(schedule, [10, 500], 2000, seed=1)
+    c = theory.run_checks(schedule, [10, 500], 2000, seed=2)
+    assert list(a.columns) == theory.COLUMNS
+    pd.testing.assert_frame_equal(a, b)
+    mc = a["method"].str.startswith("Monte Carlo")
+    assert not (a.loc[mc, "measured"].values == c.loc[mc, "measured"].values).all()
+    theory.assert_checks_passed(a)
+    bad = theory.run_checks(off_by_one(schedule), [10, 500], 2000, seed=1)
+    with pytest.raises(theory.CheckFailed, match=r"sum of noise variances = 1 - abar_t \(eq:noise-var\) at t=10"):
+        theory.assert_checks_passed(bad)
+    with pytest.raises(ValueError, match="outside 1..T"):
+        theory.run_checks(schedule, [0, 10], 2000, seed=1)
+
+
+def test_write_checks_writes_only_when_every_check_passes(tmp_path, config, monkeypatch):
+    cfg = dict(config["theory"], mc_samples=1000, check_timesteps=[1, 50])
+    out = tmp_path / "theory" / "checks.csv"
+    df = theory.write_checks(config["schedule"], cfg, 0, str(out))
+    assert out.exists() and len(pd.read_csv(out)) == len(df) and pd.read_csv(out)["passed"].all()
+    out2 = tmp_path / "bad.csv"
+    real = Schedule.from_config
+    monkeypatch.setattr(Schedule, "from_config", classmethod(lambda cls, c: off_by_one(real(c))))
+    with pytest.raises(theory.CheckFailed, match="theory checks failed"):
+        theory.write_checks(config["schedule"], cfg, 0, str(out2))
+    assert not out2.exists() and not list(tmp_path.glob(".bad*"))
+
+
+# ------------------------------------------------------------------------------------------
+# Rendering: pandoc AST -> SVG math, equation numbers, links, references; HTML and PDF
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fragment():
+    return theory.render_fragment(TEX, BIB)
+
+
+def visible_text(fragment: str) -> str:
+    no_svg = re.sub(r"<svg.*?</svg>", "", fragment, flags=re.S)
+    return htmllib.unescape(re.sub(r"<[^>]+>", " ", no_svg))
+
+
+def count_math_nodes(ast) -> int:
+    return json.dumps(ast).count('{"t": "Math"')
+
+
+def test_every_math_span_is_svg_and_no_tex_is_left(fragment):
+    ast = theory.latex_to_ast(TEX, BIB)
+    n_math = count_math_nodes(ast)
+    assert n_math > 50
+    assert fragment.count('<span class="math ') == n_math
+    assert fragment.count("<svg") == n_math == fragment.count("</svg>")
+    assert "<path" in fragment and "<text" not in fragment  # glyphs are outlines, not font text
+    assert "<script" not in fragment.lower() and "mathjax" not in fragment.lower()
+    text = visible_text(fragment)
+    assert not re.search(r"\\[A-Za-z]+|\$|\\\(|\\\[", text), re.findall(r".{20}(?:\\[A-Za-z]+|\$).{20}", text)[:5]
+    assert "Exercise 1" in text and "posterior" in text
+
+
+def test_equations_are_numbered_and_cross_references_resolve(fragment):
+    numbers = [int(n) for n in re.findall(r'<span class="eqno"[^>]*>\((\d+)\)</span>', fragment)]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 15
+    ids = set(re.findall(r'\sid="([^"]+)"', fragment))
+    links = re.findall(r'<a class="eqref" href="#([^"]+)">\((\d+)\)</a>', fragment)
+    assert len(links) >= 20
+    labelled = dict(theory.equation_numbers(fragment))
+    for target, n in links:
+        assert target in ids
+        assert labelled[target.removeprefix(theory.ID_PREFIX)] == f"({n})"
+    # every equation a numerical check refers to exists in the derivation
+    df = theory.run_checks(Schedule.make("linear", 50), [5], 200, seed=0)
+    for label in set(df["equation"]):
+        assert theory.anchor_id(label) in ids, label
+
+
+def test_reference_list_and_citation_links(fragment):
+    for key, author in [("ho2020ddpm", "Ho"), ("song2021ddim", "Song"), ("nichol2021improved", "Nichol"),
+                        ("hertz2022p2p", "Hertz")]:
+        assert f'id="{theory.ID_PREFIX}ref-{key}"' in fragment
+        assert f'href="#{theory.ID_PREFIX}ref-{key}"' in fragment
+        assert author in visible_text(fragment)
+    assert re.search(r"<h3[^>]*>References</h3>", fragment)
+
+
+def test_render_rejects_what_it_cannot_render(tmp_path):
+    def render(body: str):
+        tex = tmp_path / "t.tex"
+        tex.write_text("\\documentclass{article}\\begin{document}\n" + body + "\n\\end{document}\n")
+        return theory.render_fragment(tex)
+
+    ok = render("See \\eqref{eq:a}.\\begin{equation}\\label{eq:a} a = b \\end{equation}\\[c\\]")
+    assert ok.count("<svg") == 2 and 'href="#theory-eq-a">(1)</a>' in ok and ok.count('class="eqno"') == 1
+    with pytest.raises(theory.TheoryRenderError, match="mycmd"):
+        render("Text \\mycmd{x} here.")
+    with pytest.raises(theory.TheoryRenderError, match=r"\\foo"):
+        render("Math $\\foo{x} + y$.")
+    with pytest.raises(theory.TheoryRenderError, match="no equation or section has this label"):
+        render("See \\eqref{eq:missing}. \\begin{equation}\\label{eq:a} a \\end{equation}")
+    with pytest.raises(theory.TheoryRenderError, match="used twice"):
+        render("\\begin{equation}\\label{eq:a} a \\end{equation}\\begin{equation}\\label{eq:a} b \\end{equation}")
+
+
+def test_svg_size_follows_text_and_baseline():
+    svg = theory.tex_to_svg(r"x_t = \sqrt{\bar\alpha_t}\, x_0")
+    w, h, va = (float(v) for v in re.search(r"width:([\d.]+)em;height:([\d.]+)em;vertical-align:(-?[\d.]+)em", svg).groups())
+    assert 2 < w < 10 and 0.8 < h < 2.5 and -1 < va < 0  # a subscript hangs below the baseline
+    flat = theory.tex_to_svg("x")
+    assert float(re.search(r"height:([\d.]+)em", flat).group(1)) < h
+
+
+def _flate_streams(pdf: bytes) -> list[bytes]:
+    out = []
+    for raw in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        try:
+            out.append(zlib.decompress(raw))
+        except zlib.error:
+            pass
+    return out
+
+
+def _curve_ops(pdf: bytes) -> int:
+    return sum(len(re.findall(rb"(?:^|\s)(?:-?[\d.]+\s+){6}c(?=\s)", s)) for s in _flate_streams(pdf) if b" Tf" in s or b" cm" in s)
+
+
+@pytest.fixture(scope="module")
+def pdf_document(fragment):
+    from weasyprint import HTML
+
+    doc = f'<html><head><meta charset="utf-8"></head><body><section id="theory">{fragment}</section></body></html>'
+    return HTML(string=doc).render()
+
+
+@pytest.fixture(scope="module")
+def pdf_bytes(pdf_document) -> bytes:
+    return pdf_document.write_pdf()
+
+
+def test_pdf_draws_every_equation_as_vector_paths(fragment, pdf_document, pdf_bytes):
+    from weasyprint import HTML
+
+    def boxes(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from boxes(child)
+
+    all_boxes = [b for page in pdf_document.pages for b in boxes(page._page_box)]
+    svgs = [b for b in all_boxes if type(getattr(b, "replacement", None)).__name__ == "SVGImage"]
+    assert len(svgs) == fragment.count("<svg")
+    assert all(b.width > 0 and b.height > 0 for b in svgs)
+    text = "".join(b.text for b in all_boxes if type(b).__name__ == "TextBox")
+    assert "Exercise 1" in text and "\\frac" not in text and "$" not in text
+    pdf = pdf_bytes
+    no_math = re.sub(r"<svg.*?</svg>", "", fragment, flags=re.S)
+    plain = HTML(string=f'<html><body>{no_math}</body></html>').write_pdf()
+    # glyph outlines are Bezier curves in the content stream; text alone draws (almost) none
+    assert _curve_ops(pdf) > 20 * len(svgs) > 0
+    assert _curve_ops(plain) < len(svgs)
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler's pdftotext not installed")
+def test_pdf_text_layer_has_the_prose_and_no_tex(pdf_bytes, tmp_path):
+    path = tmp_path / "theory.pdf"
+    path.write_bytes(pdf_bytes)
+    out = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    text = " ".join(out.split())
+    assert "Exercise 1: the forward process in one step" in text
+    assert "References" in text and "Denoising Diffusion Implicit Models" in text
+    assert "\\frac" not in text and "\\sqrt" not in text and "$" not in text
+
+
+# ------------------------------------------------------------------------------------------
+# Report contract
+# ------------------------------------------------------------------------------------------
+
+
+def test_report_context_and_section_template(tmp_path, fragment, config):
+    from diffusion_report import report
+
+    (tmp_path / "theory.html").write_text(fragment)
+    df = theory.run_checks(Schedule.from_config(config["schedule"]), [1, 100], 1000, seed=0)
+    df.to_csv(tmp_path / "checks.csv", index=False)
+    ctx = theory.report_context({"html": str(tmp_path / "theory.html"), "checks": str(tmp_path / "checks.csv")}, config)
+    assert ctx["n_checks"] == len(df) == ctx["n_passed"] and ctx["timesteps"] == [1, 100]
+    assert all(re.fullmatch(r"\(\d+\)", r["equation"]) for r in ctx["summary_rows"])  # labels -> equation numbers
+    env = report.environment(ROOT / "report" / "templates")
+    out = env.get_template("sections/theory.html.j2").render(ctx=ctx, config=config)
+    assert out.lstrip().startswith('<section id="theory">') and "<h2>" in out
+    assert out.count("<svg") == fragment.count("<svg")  # the fragment is inserted unescaped
+    assert "&lt;svg" not in out and "Table 1." in out
+    assert f"{ctx['n_passed']} of {ctx['n_checks']} checks" in out
