@@ -15,6 +15,8 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/forward.smk"
 include: "rules/theory.smk"
+include: "rules/t2i.smk"
+include: "rules/p2p.smk"
 include: "rules/report.smk"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
 
 MAX_PROMPT_WORDS = 75  # CLIP's 77 tokens minus <bos>/<eos>; the exact token count is checked at run time
@@ -69,53 +68,14 @@ def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
     return [_format_schema_error(e) for e in errors] or ["config does not match schemas/config.schema.yaml"]
 
 
-def words(prompt: str) -> list[str]:
-    """Words of a prompt as prompt-to-prompt counts them (split on white space)."""
-    return prompt.split()
+def edit_errors(edits: list[dict]) -> list[str]:
+    """Cross-field checks of prompt-to-prompt edits (the same function the stage itself runs)."""
+    from .prompts import validate_edits
 
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w-]", "", word.lower())
-
-
-def edit_errors(edits: list[dict], prefix: str = "p2p.edits") -> list[str]:
-    """Cross-field checks of prompt-to-prompt edits that the schema cannot express."""
-    out: list[str] = []
-    seen: set[str] = set()
+    out = validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
     for i, edit in enumerate(edits):
-        key = f"{prefix}[{i}] ({edit.get('name', '?')})"
-        name = edit.get("name")
-        if name in seen:
-            out.append(f"{key}.name: {name!r} is used twice; edit names must be unique")
-        seen.add(name)
-        src, tgt = words(edit["source"]), words(edit["target"])
-        for label, ws in (("source", src), ("target", tgt)):
-            if len(ws) > MAX_PROMPT_WORDS:
-                out.append(f"{key}.{label}: {len(ws)} words; at most {MAX_PROMPT_WORDS} fit the text encoder")
-        mode = edit["mode"]
-        base = edit.get("base_mode", "none") if mode == "reweight" else mode
-        if base == "replace" and len(src) != len(tgt):
-            out.append(
-                f"{key}: mode {mode}{' after replace' if mode == 'reweight' else ''} swaps words one for one, "
-                f"so source and target need the same number of words; source has {len(src)}, target {len(tgt)} "
-                "(use mode refine to add words)"
-            )
-        if mode == "reweight" and "reweight" not in edit:
-            out.append(f"{key}.reweight: mode reweight needs reweight: {{words: [...], scale: ...}}")
-        if mode != "reweight" and "reweight" in edit:
-            out.append(f"{key}.reweight: only used with mode reweight (mode is {mode!r})")
-        all_words = {_norm(w) for w in src + tgt}
-        for w in edit.get("reweight", {}).get("words", []):
-            if _norm(w) not in {_norm(x) for x in tgt}:
-                out.append(f"{key}.reweight.words: {w!r} is not a word of the target prompt {edit['target']!r}")
-        for w in edit.get("blend_words", []) or []:
-            if _norm(w) not in all_words:
-                out.append(f"{key}.blend_words: {w!r} is in neither prompt")
-        crs = edit.get("cross_replace_steps")
-        if isinstance(crs, dict):
-            for w in crs:
-                if w != "default" and _norm(w) not in {_norm(x) for x in tgt}:
-                    out.append(f"{key}.cross_replace_steps: {w!r} is not a word of the target prompt (or 'default')")
+        if edit.get("mode") != "reweight" and "reweight" in edit:
+            out.append(f"p2p.edits[{i}] ({edit.get('name', '?')}): reweight is only used with mode reweight (mode is {edit.get('mode')!r})")
     return out
 
 
@@ -151,6 +111,42 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
                 f"run `huggingface-cli download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
             ]
     return []
+
+
+def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
+    """The embedded text-to-image model: step counts within its T, a consistent palette and sizes,
+    prompts within its vocabulary, and shipped weights present when it is not retrained."""
+    out: list[str] = []
+    T = t2i["schedule"]["T"]
+    for key, n in (("t2i.samples.num_steps", t2i["samples"]["num_steps"]), ("t2i.eval.num_steps", t2i["eval"]["num_steps"]),
+                   ("p2p.num_inference_steps", p2p["num_inference_steps"])):
+        if n > T:
+            out.append(f"{key}: {n} is above the embedded model's training T = {T} (t2i.schedule.T); allowed 1..{T}")
+    data = t2i["data"]
+    lo, hi = data["radius"]
+    if lo > hi:
+        out.append(f"t2i.data.radius: [{lo}, {hi}] has min above max")
+    if hi > data["image_size"] / 2:
+        out.append(f"t2i.data.radius: max {hi} does not fit an image of {data['image_size']} pixels (at most {data['image_size'] / 2})")
+    if not data["small_below"] < data["big_above"]:
+        out.append(f"t2i.data.small_below: {data['small_below']} must be below t2i.data.big_above ({data['big_above']})")
+    both = sorted(set(data["colours"]) & set(data["backgrounds"]))
+    if both:
+        out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")
+    vocab = {"a", "on", "background", "small", "big", ""} | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
+    from .prompts import normalize_word
+
+    for i, edit in enumerate(p2p["edits"]):
+        for label in ("source", "target"):
+            unknown = sorted({w for w in edit[label].split() if normalize_word(w) not in vocab})
+            if unknown:
+                out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {', '.join(map(repr, unknown))} not in the embedded model's "
+                           f"vocabulary ({', '.join(sorted(vocab - {''}))}); use p2p.model.source: pretrained for free text")
+    if not t2i["train"]:
+        folder = Path(base_dir, t2i["weights"])
+        if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
+            out.append(f"t2i.weights: {str(folder)!r} has no model/ and SHA256SUMS; set t2i.train: true to train the model here")
+    return out
 
 
 def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[str]:
@@ -198,6 +194,8 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[
     if p2p["enabled"]:
         out += edit_errors(p2p["edits"])
         out += model_errors(p2p["model"], "p2p.model", "model_index.json")
+    if p2p["enabled"] and p2p["model"]["source"] == "train" and "t2i" in config:
+        out += t2i_errors(config["t2i"], p2p, base_dir)
     return out
 
 

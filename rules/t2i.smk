@@ -1,0 +1,127 @@
+# The embedded text-to-image model (pixel-space UNet2DConditionModel + tiny CLIP text encoder,
+# trained on captioned shapes) that prompt-to-prompt uses when p2p.model.source is train, and the
+# ground-truth evaluation of prompt-to-prompt on it (attribute reader, edit success, preservation).
+
+T2I = config["t2i"]
+T2I_WEIGHT_FILES = [
+    "model/model_index.json",
+    "model/t2i_config.json",
+    "model/unet/config.json",
+    "model/unet/diffusion_pytorch_model.safetensors",
+    "model/text_encoder/config.json",
+    "model/text_encoder/model.safetensors",
+    "model/tokenizer/tokenizer.json",
+    "model/tokenizer/tokenizer_config.json",
+    "model/scheduler/scheduler_config.json",
+    "loss.csv",
+    "SHA256SUMS",
+]
+# Shipped weights are inputs (edits to them rerun the rule); training has none.
+T2I_TRAIN_INPUT = [] if T2I["train"] else [f"{T2I['weights']}/{f}" for f in T2I_WEIGHT_FILES]
+
+
+rule t2i_train:
+    input:
+        T2I_TRAIN_INPUT,
+    output:
+        model=directory("results/t2i/model"),
+        loss="results/t2i/loss.csv",
+        loss_plot="results/t2i/loss.png",
+        summary="results/t2i/train_summary.csv",
+    params:
+        t2i={k: v for k, v in T2I.items() if k not in ("reader", "samples", "eval")},
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/t2i_train/t2i_train.log",
+    benchmark:
+        "benchmarks/t2i_train/t2i_train.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=240 if T2I["train"] else 5,
+    script:
+        "../scripts/t2i_train.py"
+
+
+rule t2i_reader:
+    output:
+        csv="results/t2i/reader_accuracy.csv",
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader")},
+        seed=config["seed"],
+    log:
+        "logs/t2i_reader/t2i_reader.log",
+    benchmark:
+        "benchmarks/t2i_reader/t2i_reader.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    script:
+        "../scripts/t2i_reader.py"
+
+
+rule t2i_samples:
+    input:
+        model="results/t2i/model",
+    output:
+        grid="results/t2i/samples.png",
+        accuracy="results/t2i/caption_accuracy.csv",
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "samples", "eval")},
+        seed=config["seed"],
+    log:
+        "logs/t2i_samples/t2i_samples.log",
+    benchmark:
+        "benchmarks/t2i_samples/t2i_samples.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    script:
+        "../scripts/t2i_samples.py"
+
+
+rule t2i_eval:
+    input:
+        model="results/t2i/model",
+    output:
+        per_seed="results/t2i/eval_per_seed.csv",
+        summary="results/t2i/eval_summary.csv",
+        examples="results/t2i/eval_examples.png",
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "eval")},
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/t2i_eval/t2i_eval.log",
+    benchmark:
+        "benchmarks/t2i_eval/t2i_eval.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/t2i_eval.py"
+
+
+if config["p2p"]["enabled"] and config["p2p"]["model"]["source"] == "train":
+    REPORT_INPUTS["t2i"] = {
+        "summary": "results/t2i/train_summary.csv",
+        "loss": "results/t2i/loss.csv",
+        "loss_plot": "results/t2i/loss.png",
+        "reader": "results/t2i/reader_accuracy.csv",
+        "samples": "results/t2i/samples.png",
+        "accuracy": "results/t2i/caption_accuracy.csv",
+        "eval_summary": "results/t2i/eval_summary.csv",
+        "eval_examples": "results/t2i/eval_examples.png",
+    }

@@ -1,0 +1,276 @@
+"""Ground-truth evaluation of the embedded text-to-image model and of prompt-to-prompt editing.
+
+Two measurements, both read by :class:`attributes.AttributeReader`:
+
+* :func:`caption_accuracy`: sample the model on random captions (our reference DDIM sampler),
+  and count how often the read shape / colour / background / size word match the caption.
+* :func:`evaluate_edits`: for each edit type and each of N seeds, generate the (source, target)
+  pair from one x_T twice, with the prompt-to-prompt controller and without control (the
+  baseline), and measure edit success (the target attribute was reached) and preservation (mask
+  IoU, centroid shift and the untouched attributes between the source and the edited image).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffusion_report import attributes, shapes, t2i
+from diffusion_report.io import make_generator
+
+log = logging.getLogger(__name__)
+
+ATTRS = ("shape", "colour", "background")
+
+
+# --------------------------------------------------------------------------- caption accuracy
+def caption_accuracy(
+    model: t2i.T2IModel,
+    reader: attributes.AttributeReader,
+    n: int,
+    seed: int,
+    guidance_scales: list[float],
+    num_steps: int,
+    batch_size: int = 64,
+) -> tuple[pd.DataFrame, dict[float, torch.Tensor], list[str]]:
+    """How often generated images show what their caption says, per guidance scale.
+
+    Captions are ``n`` random generator captions; every guidance scale uses the same captions and
+    the same x_T. Returns (table with columns guidance, n, shape_acc, colour_acc, background_acc,
+    size_acc (over captions with a size word), all_acc (shape, colour and background all right),
+    images per guidance (n, 3, H, W), captions).
+    """
+    spec = model.spec
+    b = shapes.sample(spec, n, make_generator(seed, "t2i/accuracy/captions"))
+    x_T = t2i.initial_noise(spec, n, seed, "t2i/accuracy/x_T")
+    rows, images = [], {}
+    for g in guidance_scales:
+        out = torch.cat([t2i.sample(model, b.captions[i : i + batch_size], x_T[i : i + batch_size], num_steps, g) for i in range(0, n, batch_size)])
+        images[g] = out
+        reads = [reader.read(im) for im in out]
+        ok = {a: np.array([getattr(r, a) == getattr(b, a)[i] for i, r in enumerate(reads)]) for a in ATTRS}
+        sized = [i for i, w in enumerate(b.size_word) if w]
+        size_ok = [reads[i].size_word == b.size_word[i] for i in sized]
+        rows.append(
+            {
+                "guidance": float(g),
+                "n": n,
+                "shape_acc": ok["shape"].mean(),
+                "colour_acc": ok["colour"].mean(),
+                "background_acc": ok["background"].mean(),
+                "size_acc": float(np.mean(size_ok)) if size_ok else float("nan"),
+                "all_acc": (ok["shape"] & ok["colour"] & ok["background"]).mean(),
+            }
+        )
+    return pd.DataFrame(rows), images, b.captions
+
+
+# --------------------------------------------------------------------------- reader rule
+def fit_reader(t2i_cfg: dict, seed: int) -> attributes.AttributeReader:
+    """The attribute reader of the config (deterministic: same config -> same classifier)."""
+    spec = shapes.ShapeSpec.from_config(t2i_cfg["data"])
+    rc = t2i_cfg["reader"]
+    return attributes.AttributeReader(spec).fit(int(rc["train_images"]), seed, float(rc["noise"]))
+
+
+def reader_rule(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
+    """Rule t2i_reader: accuracy of the reader on held-out generated images (CSV)."""
+    from diffusion_report.io import write_csv
+
+    reader = fit_reader(t2i_cfg, seed)
+    df = attributes.reader_accuracy(reader, int(t2i_cfg["reader"]["test_images"]), seed)
+    write_csv(out_csv, df)
+    log.info("reader accuracy:\n%s", df.to_string())
+    return df
+
+
+# --------------------------------------------------------------------------- figures
+def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str] | None = None, cell: float = 0.9) -> None:
+    """A grid of small images (each (3, H, W) in [-1, 1]) drawn with nearest-neighbour upscaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_report.io import save_figure, to_uint8
+
+    rows, cols = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + 2.6, rows * cell + 0.4), dpi=100, squeeze=False)
+    for i, row in enumerate(images):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(to_uint8(row[j]), interpolation="nearest")
+            else:
+                ax.axis("off")
+            if i == 0 and col_labels:
+                ax.set_title(col_labels[j], fontsize=7)
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout(pad=0.3)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- samples rule
+def samples_rule(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict) -> pd.DataFrame:
+    """Rule t2i_samples: sample grid (captions x 8 seeds) and caption accuracy per guidance (CSV)."""
+    from diffusion_report.io import write_csv
+
+    sc = t2i_cfg["samples"]
+    model = t2i.load_model(model_dir)
+    reader = fit_reader(t2i_cfg, seed)
+    df, _, _ = caption_accuracy(model, reader, int(sc["num_images"]), seed, [float(g) for g in sc["guidance_scales"]], int(sc["num_steps"]))
+    write_csv(outputs["accuracy"], df)
+    log.info("caption accuracy:\n%s", df.to_string())
+    b = shapes.sample(model.spec, int(sc["grid_captions"]), make_generator(seed, "t2i/samples/grid"))
+    g = float(t2i_cfg["eval"]["guidance_scale"])
+    rows = []
+    for i, cap in enumerate(b.captions):
+        x_T = t2i.initial_noise(model.spec, 8, seed, f"t2i/samples/grid/{i}")
+        rows.append(list(t2i.sample(model, [cap] * 8, x_T, int(sc["num_steps"]), g)))
+    image_grid_figure(outputs["grid"], rows, b.captions)
+    return df
+
+
+# --------------------------------------------------------------------------- prompt-to-prompt evaluation
+EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big", "reweight_big")
+
+
+@dataclass
+class EditCase:
+    """One edit of one seed: prompts, p2p controller settings and what counts as success."""
+
+    edit: str
+    index: int
+    source: str
+    target: str
+    mode: str  # replace | refine | reweight
+    attribute: str  # shape | colour | background | size
+    target_value: str
+    untouched: tuple[str, ...]
+    reweight: dict | None = None
+    source_truth: dict = field(default_factory=dict)
+
+
+def edit_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int, reweight_scale: float) -> list[EditCase]:
+    """``n`` random cases of one edit type, drawn from ``make_generator(seed, 't2i/eval/<edit>')``."""
+    if edit not in EDIT_TYPES:
+        raise ValueError(f"t2i.eval.edits: unknown edit type {edit!r}; allowed: {', '.join(EDIT_TYPES)}")
+    g = make_generator(seed, f"t2i/eval/{edit}")
+    b = shapes.sample(spec, n, g)
+    options = {"shape": list(spec.shapes), "colour": list(spec.colours), "background": list(spec.backgrounds)}
+    cases = []
+    for i in range(n):
+        truth = {"shape": b.shape[i], "colour": b.colour[i], "background": b.background[i]}
+        src = shapes.caption(truth["colour"], truth["shape"], truth["background"])
+        if edit in ("shape_swap", "colour_swap", "background_swap"):
+            attr = edit.split("_")[0]
+            others = [v for v in options[attr] if v != truth[attr]]
+            new = others[int(torch.randint(len(others), (1,), generator=g))]
+            tgt_truth = dict(truth, **{attr: new})
+            tgt = shapes.caption(tgt_truth["colour"], tgt_truth["shape"], tgt_truth["background"])
+            untouched = tuple(a for a in ATTRS if a != attr)
+            cases.append(EditCase(edit, i, src, tgt, "replace", attr, new, untouched, None, truth))
+        elif edit == "refine_big":
+            tgt = shapes.caption(truth["colour"], truth["shape"], truth["background"], "big")
+            cases.append(EditCase(edit, i, src, tgt, "refine", "size", "big", ATTRS, None, truth))
+        else:  # reweight_big: amplify "big" in a prompt that already says it
+            src = tgt = shapes.caption(truth["colour"], truth["shape"], truth["background"], "big")
+            cases.append(EditCase(edit, i, src, tgt, "reweight", "size", "big", ATTRS, {"words": ["big"], "scale": float(reweight_scale)}, truth))
+    return cases
+
+
+def score_pair(reader: attributes.AttributeReader, case: EditCase, source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
+    """Success and preservation of one (source, edited) pair of images (3, H, W) each."""
+    rs, re_ = reader.read(source_img), reader.read(edited_img)
+    reached = (re_.size_word == case.target_value) if case.attribute == "size" else getattr(re_, case.attribute) == case.target_value
+    kept = [getattr(rs, a) == getattr(re_, a) for a in case.untouched]
+    shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
+    return {
+        "source_ok": all(getattr(rs, a) == case.source_truth[a] for a in ATTRS),
+        "success": bool(reached),
+        "untouched_kept": float(np.mean(kept)),
+        "all_kept": bool(all(kept)),
+        "mask_iou": attributes.iou(rs.mask, re_.mask),
+        "centroid_shift_px": shift,
+        "radius_change_px": re_.radius - rs.radius,
+        "pixel_mae": float((source_img - edited_img).abs().mean()),
+    }
+
+
+def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: float, cross: float, self_: float, self_max_tokens: int | None = None) -> tuple[list[dict], dict]:
+    """Both methods on one case from one x_T. Returns (two metric rows, images {source, p2p, baseline}).
+
+    ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
+    the p2p module's default, 1/16 of the image but at least 8x8).
+    """
+    from diffusion_report import p2p
+    from diffusion_report.text2image import generate, initial_latents
+
+    x_T = initial_latents(pipe, seed, f"t2i/eval/{case.edit}/{case.index}")
+    kw = {"base_mode": "none"} if case.mode == "reweight" else {}
+    if self_max_tokens is not None:
+        kw["self_max_tokens"] = int(self_max_tokens)
+    ctrl = p2p.make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, cross, self_, reweight=case.reweight, **kw)
+    edited, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance, ctrl)
+    plain, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance)
+    rows = []
+    for method, imgs in (("p2p", edited), ("baseline", plain)):
+        row = {"edit": case.edit, "seed_index": case.index, "method": method, "source": case.source, "target": case.target}
+        row.update(score_pair(reader, case, imgs[0], imgs[1]))
+        rows.append(row)
+    return rows, {"source": plain[0], "p2p": edited[1], "baseline": plain[1], "p2p_source": edited[0]}
+
+
+SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae"]
+
+
+def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric per (edit, method), edits in first-seen order, p2p before baseline."""
+    df = per_seed.copy()
+    for c in ("source_ok", "success", "all_kept"):
+        df[c] = df[c].astype(float)
+    out = df.groupby(["edit", "method"], sort=False)[SUMMARY_COLUMNS].mean().reset_index()
+    out.insert(2, "n", df.groupby(["edit", "method"], sort=False).size().values)
+    return out
+
+
+def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 2) -> tuple[pd.DataFrame, dict]:
+    """Every configured edit type over ``t2i.eval.seeds`` cases. Returns (per-seed rows, examples)."""
+    ec = t2i_cfg["eval"]
+    spec = reader.spec
+    rows, examples = [], {}
+    for edit in ec["edits"]:
+        for case in edit_cases(spec, edit, int(ec["seeds"]), seed, float(ec["reweight_scale"])):
+            r, imgs = run_case(pipe, reader, case, seed, int(ec["num_steps"]), float(ec["guidance_scale"]), float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"))
+            rows.extend(r)
+            if case.index < keep_examples:
+                examples[(edit, case.index)] = (case, imgs)
+        log.info("%s: done (%d cases)", edit, int(ec["seeds"]))
+    return pd.DataFrame(rows), examples
+
+
+def eval_rule(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
+    """Rule t2i_eval: per-seed CSV, summary CSV and an examples figure (source | p2p | no control)."""
+    from diffusion_report.io import write_csv
+    from diffusion_report.text2image import load_text2image
+
+    pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
+    reader = fit_reader(t2i_cfg, seed)
+    per_seed, examples = evaluate_edits(pipe, reader, t2i_cfg, seed)
+    summary = summarise(per_seed)
+    write_csv(outputs["per_seed"], per_seed)
+    write_csv(outputs["summary"], summary)
+    rows, labels = [], []
+    for (edit, i), (case, imgs) in examples.items():
+        rows.append([imgs["source"], imgs["p2p"], imgs["baseline"]])
+        labels.append(f"{edit} #{i}\n{case.source}\n-> {case.target}")
+    image_grid_figure(outputs["examples"], rows, labels, ["source", "prompt-to-prompt", "no control"], cell=1.0)
+    log.info("summary:\n%s", summary.to_string())
+    return summary

@@ -1,0 +1,915 @@
+"""Prompt-to-prompt image editing with cross-attention control (Hertz et al. 2022).
+
+The source prompt and the edited (target) prompt are sampled in one batch from the same x_T. While
+they are denoised, the attention probabilities of the target branch are replaced by (a mapping of)
+those of the source branch, so that the layout of the source image carries over:
+
+* :class:`Replace`  word swap ("squirrel" -> "lion"): the same number of words; a token mapping
+  matrix spreads the attention of a word split into several tokens over its replacement's tokens.
+* :class:`Refine`   words added ("... at winter"): a global alignment of the two token sequences;
+  new tokens keep their own attention.
+* :class:`Reweight` the attention equalizer: scales chosen tokens' attention; may follow a
+  replace or refine edit.
+* :class:`LocalBlend` optional: a mask from chosen words' cross-attention; latents outside it
+  follow the source's.
+
+Cross-attention is injected during the first ``cross_replace_steps`` of the steps (a fraction,
+or per word), self-attention during the first ``self_replace_steps``, only at small maps (at most
+1/16 of the latent's pixels: 16x16 for Stable Diffusion's 64x64 latents, as in the paper; at
+least 8x8 for small models).
+
+Everything runs through diffusers' attention-processor API: :func:`install` puts one
+:class:`P2PAttnProcessor` on every attention layer with ``unet.set_attn_processor``; each call
+asks its controller whether this layer at this step needs explicit attention probabilities, and
+otherwise runs diffusers' default processor (``F.scaled_dot_product_attention``). Only the conditional
+half of the classifier-free guidance batch is controlled, as in the original implementation.
+
+Shapes: B prompts; L tokens (the padded prompt length, 77 for CLIP); attention probabilities of one
+layer are (2B, heads, Q, K) with Q = h*w pixels and K = L (cross) or Q (self).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .prompts import MODES, _norm_prompt, normalize_word, prompt_words, validate_edits, word_positions  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
+
+MIN_MAP_SIDE = 8  # small models: store maps and inject self-attention at maps of at least/up to 8x8
+
+
+# ----------------------------------------------------------------------------------------------
+# Words and tokens
+# ----------------------------------------------------------------------------------------------
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special).input_ids)
+
+
+def word_token_spans(text: str, tokenizer, max_len: int | None = None) -> list[tuple[int, int]]:
+    """Token span [start, end) in the padded sequence of each word of ``text``.
+
+    Words are tokenized one by one; the result is checked against the tokenization of the whole
+    prompt, so a tokenizer that merges across words is reported rather than silently mis-mapped.
+    Spans count the leading special tokens (CLIP's start token).
+    """
+    words = prompt_words(text)
+    full = _ids(tokenizer, " ".join(words), special=True)
+    core = _ids(tokenizer, " ".join(words), special=False)
+    lead = _find_sub(full, core)
+    per_word = [_ids(tokenizer, w, special=False) for w in words]
+    if [t for ids in per_word for t in ids] != core:
+        raise ValueError(f"the tokenizer does not split {text!r} at spaces; cannot map words to tokens")
+    spans, pos = [], lead
+    for ids in per_word:
+        spans.append((pos, pos + len(ids)))
+        pos += len(ids)
+    if max_len is not None and pos >= max_len:
+        raise ValueError(f"prompt {text!r} has {pos - lead} tokens; at most {max_len - lead - 1} fit the text encoder")
+    return spans
+
+
+def _find_sub(full: list[int], core: list[int]) -> int:
+    for o in range(len(full) - len(core) + 1):
+        if full[o : o + len(core)] == core:
+            return o
+    raise ValueError("the tokenizer's special tokens interleave the prompt's tokens")
+
+
+def core_token_range(text: str, tokenizer) -> tuple[int, int]:
+    """[start, end) of the prompt's own tokens (no special tokens) in the padded sequence."""
+    spans = word_token_spans(text, tokenizer)
+    if not spans:
+        return (0, 0)
+    return spans[0][0], spans[-1][1]
+
+
+def token_indices(text: str, words: str | Sequence[str], tokenizer) -> list[int]:
+    """Token positions of every occurrence of the given word(s) in ``text``."""
+    if isinstance(words, str):
+        words = [words]
+    spans = word_token_spans(text, tokenizer)
+    out: list[int] = []
+    for w in words:
+        for i in word_positions(text, w):
+            out.extend(range(*spans[i]))
+    return sorted(set(out))
+
+
+def _pad_map(j: int, end_t: int, end_s: int, max_len: int) -> int:
+    """Source position of target position j at or after the target's last prompt token."""
+    return min(end_s + (j - end_t), max_len - 1)
+
+
+def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> torch.Tensor:
+    """Word-swap token mapping M, shape (L, L): edited attention = source attention @ M.
+
+    Words are matched by position (same word count). A word of m source tokens swapped for one
+    of n target tokens gives each target token 1/n of the m source tokens' attention, so the
+    total attention on the word is kept. Special and padding tokens map to their counterparts.
+    """
+    sw, tw = prompt_words(source), prompt_words(target)
+    if len(sw) != len(tw):
+        raise ValueError(f"a word swap needs prompts with the same number of words; source has {len(sw)}, target {len(tw)}")
+    ss, ts = word_token_spans(source, tokenizer, max_len), word_token_spans(target, tokenizer, max_len)
+    M = torch.zeros(max_len, max_len)
+    lead_s = ss[0][0] if ss else 0
+    lead_t = ts[0][0] if ts else 0
+    for j in range(min(lead_s, lead_t)):
+        M[j, j] = 1.0
+    for (s0, s1), (t0, t1) in zip(ss, ts):
+        if s1 - s0 == t1 - t0:
+            for k in range(s1 - s0):
+                M[s0 + k, t0 + k] = 1.0
+        else:
+            M[s0:s1, t0:t1] = 1.0 / (t1 - t0)
+    end_s, end_t = (ss[-1][1] if ss else lead_s), (ts[-1][1] if ts else lead_t)
+    for j in range(end_t, max_len):  # end and padding tokens, in step; those past the source's end get none
+        i = end_s + (j - end_t)
+        if i < max_len:
+            M[i, j] = 1.0
+    return M
+
+
+def global_alignment(a: Sequence, b: Sequence, match: float = 1.0, mismatch: float = -1.0, gap: float = 0.0) -> list[int]:
+    """Needleman-Wunsch alignment of sequence ``b`` to ``a``: for each b[j], its aligned index in a or -1.
+
+    Scores as in the paper's implementation: match +1, mismatch -1, gap 0; so differing elements
+    are left unaligned rather than paired, and each element of ``a`` aligns to at most one of ``b``.
+    """
+    n, m = len(a), len(b)
+    S = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        S[i][0] = i * gap
+    for j in range(1, m + 1):
+        S[0][j] = j * gap
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            diag = S[i - 1][j - 1] + (match if a[i - 1] == b[j - 1] else mismatch)
+            S[i][j] = max(diag, S[i - 1][j] + gap, S[i][j - 1] + gap)
+    out = [-1] * m
+    i, j = n, m
+    while i > 0 and j > 0:
+        if a[i - 1] == b[j - 1] and S[i][j] == S[i - 1][j - 1] + match:
+            out[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif S[i][j] == S[i - 1][j] + gap:
+            i -= 1
+        elif S[i][j] == S[i][j - 1] + gap:
+            j -= 1
+        else:  # a mismatch pair (only when it scores better than two gaps)
+            i, j = i - 1, j - 1
+    return out
+
+
+def refinement_mapper(source: str, target: str, tokenizer, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token alignment for added words: (mapper (L,) long, alphas (L,) float).
+
+    ``mapper[j]`` is the source position whose attention target token j takes; ``alphas[j]`` is
+    1 where token j is aligned to a source token and 0 for new tokens, which keep their own.
+    """
+    s0, s1 = core_token_range(source, tokenizer)
+    t0, t1 = core_token_range(target, tokenizer)
+    word_token_spans(source, tokenizer, max_len)  # length check
+    word_token_spans(target, tokenizer, max_len)
+    src = _ids(tokenizer, " ".join(prompt_words(source)), special=False)
+    tgt = _ids(tokenizer, " ".join(prompt_words(target)), special=False)
+    align = global_alignment(src, tgt)
+    mapper = torch.arange(max_len)
+    alphas = torch.ones(max_len)
+    for j, i in enumerate(align):
+        if i < 0:
+            mapper[t0 + j], alphas[t0 + j] = t0 + j, 0.0
+        else:
+            mapper[t0 + j] = s0 + i
+    for j in range(min(s0, t0)):
+        mapper[j] = j
+    for j in range(t1, max_len):
+        mapper[j] = _pad_map(j, t1, s1, max_len)
+    return mapper, alphas
+
+
+def equalizer(text: str, words: Sequence[str], scale: float, tokenizer, max_len: int) -> torch.Tensor:
+    """Attention scale per token, shape (L,): ``scale`` at the tokens of ``words``, 1 elsewhere."""
+    eq = torch.ones(max_len)
+    idx = token_indices(text, words, tokenizer)
+    if not idx:
+        raise ValueError(f"reweight words {list(words)} do not occur in {text!r}")
+    eq[idx] = float(scale)
+    return eq
+
+
+def step_window(frac: float | Sequence[float], num_steps: int) -> tuple[int, int]:
+    """Steps [start, end) covered by a fraction (or a (start, end) pair of fractions) of the steps.
+
+    A fraction of 1 covers every step, including the extra one some schedulers (PNDM) take.
+    """
+    lo, hi = (0.0, float(frac)) if isinstance(frac, (int, float)) else (float(frac[0]), float(frac[1]))
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"step fractions must satisfy 0 <= start <= end <= 1, got {frac!r}")
+    end = num_steps + 1 if hi >= 1 else int(hi * num_steps)
+    return int(lo * num_steps), end
+
+
+def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer, max_len: int) -> torch.Tensor:
+    """1 where the target's token attention is injected from the source, per step: (S + 1, B - 1, L).
+
+    ``steps`` is a fraction of the steps, or a dict {word: fraction} with key ``default`` for the
+    other tokens (the words are looked up in the target prompts).
+    """
+    per_word = dict(steps) if isinstance(steps, dict) else {"default": steps}
+    default = per_word.pop("default", per_word.pop("default_", 1.0))
+    alpha = torch.zeros(num_steps + 1, len(prompts) - 1, max_len)
+    a, b = step_window(default, num_steps)
+    alpha[a:b] = 1.0
+    for word, frac in per_word.items():
+        a, b = step_window(frac, num_steps)
+        for i, prompt in enumerate(prompts[1:]):
+            idx = token_indices(prompt, word, tokenizer)
+            if not idx:
+                raise ValueError(f"cross_replace_steps word {word!r} does not occur in {prompt!r}")
+            alpha[:, i, idx] = 0.0
+            alpha[a:b, i, idx] = 1.0
+    return alpha
+
+
+# ----------------------------------------------------------------------------------------------
+# Controllers
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_attention_levels(unet) -> list[int]:
+    """Downsampling levels (0 = full latent resolution) that hold cross-attention layers."""
+    cfg = unet.config
+    n = len(cfg.block_out_channels)
+    levels = {i for i, t in enumerate(cfg.down_block_types) if "CrossAttn" in t}
+    levels |= {n - 1 - j for j, t in enumerate(cfg.up_block_types) if "CrossAttn" in t}
+    if getattr(cfg, "mid_block_type", None) and "CrossAttn" in str(cfg.mid_block_type):
+        levels.add(n - 1)
+    return sorted(levels)
+
+
+class AttentionStore:
+    """Cross-attention maps per token, averaged over heads, layers and steps at one resolution.
+
+    ``store_level`` is the downsampling level of the stored maps (maps of side latent / 2**level);
+    ``None`` picks the level with cross-attention closest to latent / 4 (16x16 for Stable
+    Diffusion, as in the paper) among those with maps of at least 8x8 (small models). Only cross-attention layers at that level compute explicit
+    probabilities. ``keep_steps`` also keeps each step's map (for tests and figures).
+
+    After sampling: ``average()`` (B, h, w, L); ``steps`` list of (B, h*w, L) per step;
+    ``step_maps`` the last step's (B, h*w, L).
+    """
+
+    def __init__(self, store_level: int | None = None, keep_steps: bool = False):
+        self.store_level = store_level
+        self.keep_steps = keep_steps
+        self.num_steps = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def begin(self, unet, latent_hw: Sequence[int], batch: int) -> None:
+        """Reset for a new sampling run of ``batch`` prompts on latents of size ``latent_hw``."""
+        h, w = int(latent_hw[0]), int(latent_hw[1])
+        self.batch, self.latent_hw, self.cur_step = batch, (h, w), 0
+        level = self.store_level
+        if level is None:
+            levels = cross_attention_levels(unet) or [0]
+            big = [lv for lv in levels if min(h, w) >> lv >= MIN_MAP_SIDE] or [min(levels)]
+            level = min(big, key=lambda lv: (abs(lv - 2), lv))
+        self.level = level
+        self.store_hw = (max(1, h >> level), max(1, w >> level))
+        self.store_q = self.store_hw[0] * self.store_hw[1]
+        self._sum, self._n_layers = None, 0
+        self._total, self._n_steps = None, 0
+        self.step_maps = None
+        self.steps: list[torch.Tensor] = []
+
+    def needs_probs(self, is_cross: bool, n_query: int) -> bool:
+        """Whether this layer (at the current step) must compute explicit attention probabilities."""
+        return is_cross and n_query == self.store_q
+
+    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """Control one layer's probabilities (2B, heads, Q, K); only the conditional half is edited."""
+        B = self.batch
+        cond = self.forward(probs[B:], is_cross)
+        return torch.cat([probs[:B], cond])
+
+    def forward(self, attn: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """(B, heads, Q, K) of the conditional branch -> the same, edited; stores cross maps."""
+        if is_cross and attn.shape[2] == self.store_q:
+            m = attn.float().mean(1)  # (B, Q, L)
+            self._sum = m if self._sum is None else self._sum + m
+            self._n_layers += 1
+        return attn
+
+    def end_step(self, latents: torch.Tensor) -> torch.Tensor:
+        """Close a denoising step: fold this step's maps in, run the step callback, advance."""
+        if self._n_layers:
+            self.step_maps = self._sum / self._n_layers
+            self._total = self.step_maps if self._total is None else self._total + self.step_maps
+            self._n_steps += 1
+            if self.keep_steps:
+                self.steps.append(self.step_maps.cpu())
+        else:
+            self.step_maps = None
+        latents = self.step_callback(latents)
+        self._sum, self._n_layers = None, 0
+        self.cur_step += 1
+        return latents
+
+    def step_callback(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    # -- results -----------------------------------------------------------------------------
+    def average(self) -> torch.Tensor:
+        """Per-token maps averaged over steps, layers and heads: (B, h, w, L), float32 on the CPU."""
+        if self._total is None:
+            raise RuntimeError(f"no cross-attention map of size {self.store_hw} was seen; choose another store_level")
+        avg = (self._total / self._n_steps).cpu()
+        return avg.reshape(avg.shape[0], *self.store_hw, avg.shape[-1])
+
+
+class LocalBlend:
+    """Keep latents outside the edited region equal to the source's (paper, sec. 3.2).
+
+    The mask of prompt i is its cross-attention on ``words`` (those occurring in prompt i), max-
+    pooled 3x3, resized to the latent, normalised by its maximum and thresholded; the edited
+    branches use the union of the source's mask and their own. Applied after each step from
+    ``start_blend`` of the steps on.
+    """
+
+    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.2):
+        self.alpha = torch.zeros(len(prompts), max_len)  # (B, L)
+        for i, p in enumerate(prompts):
+            idx = token_indices(p, list(words), tokenizer)
+            self.alpha[i, idx] = 1.0
+        if not bool(self.alpha.any()):
+            raise ValueError(f"blend words {list(words)} occur in none of the prompts")
+        self.threshold, self.start_blend = float(threshold), float(start_blend)
+        self.last_mask = None
+
+    def mask(self, step_maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
+        """(B, Q, L) maps -> boolean mask (B, 1, h, w) at the latent size (union with the source's)."""
+        m = (step_maps * self.alpha.to(step_maps)[:, None, :]).sum(-1)
+        m = m.reshape(m.shape[0], 1, *map_hw)
+        m = F.max_pool2d(m, 3, stride=1, padding=1)
+        m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
+        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        mask = m > self.threshold
+        return mask[:1] | mask
+
+    def __call__(self, latents: torch.Tensor, step_maps, map_hw, step: int, num_steps: int) -> torch.Tensor:
+        if step_maps is None or step < int(self.start_blend * num_steps):
+            return latents
+        mask = self.mask(step_maps, map_hw, latents.shape[-2:])
+        self.last_mask = mask.cpu()
+        return latents[:1] + mask.to(latents.dtype) * (latents - latents[:1])
+
+
+class AttentionEdit(AttentionStore):
+    """Base of the editing controllers: prompt 0 is the source, prompts 1.. are edited.
+
+    During the cross window the edited branches' cross-attention becomes
+    ``alpha * edit_cross(source, own) + (1 - alpha) * own`` (alpha per token and step); during the
+    self window their self-attention at maps of at most ``self_max_tokens`` pixels (default
+    1/16 of the latent's, as in the paper, but at least 8x8 for small models) is the source's.
+    Maps are stored after editing.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        tokenizer,
+        num_steps: int,
+        cross_replace_steps,
+        self_replace_steps,
+        max_len: int,
+        local_blend: LocalBlend | None = None,
+        self_max_tokens: int | None = None,
+        store_level: int | None = None,
+        keep_steps: bool = False,
+    ):
+        super().__init__(store_level=store_level, keep_steps=keep_steps)
+        if len(prompts) < 2:
+            raise ValueError("an edit needs a source and at least one target prompt")
+        self.prompts, self.tokenizer, self.max_len = list(prompts), tokenizer, max_len
+        self.num_steps = int(num_steps)
+        self.cross_alpha = cross_replace_alpha(self.prompts, self.num_steps, cross_replace_steps, tokenizer, max_len)
+        self.self_window = step_window(self_replace_steps, self.num_steps)
+        self.local_blend = local_blend
+        self.self_max_tokens_arg = self_max_tokens
+
+    def begin(self, unet, latent_hw, batch):
+        if batch != len(self.prompts):
+            raise ValueError(f"the controller was built for {len(self.prompts)} prompts, got {batch}")
+        super().begin(unet, latent_hw, batch)
+        h, w = self.latent_hw
+        default = max((h * w) // 16, MIN_MAP_SIDE**2)
+        self.self_max_tokens = self.self_max_tokens_arg if self.self_max_tokens_arg is not None else default
+
+    def _alpha_now(self) -> torch.Tensor:
+        return self.cross_alpha[min(self.cur_step, self.num_steps)]  # (B - 1, L)
+
+    def cross_active(self) -> bool:
+        return bool(self._alpha_now().any())
+
+    def self_active(self, n_query: int) -> bool:
+        lo, hi = self.self_window
+        return lo <= self.cur_step < hi and n_query <= self.self_max_tokens
+
+    def needs_probs(self, is_cross: bool, n_query: int) -> bool:
+        if is_cross:
+            return self.cross_active() or n_query == self.store_q
+        return self.self_active(n_query)
+
+    def forward(self, attn, is_cross):
+        base, own = attn[0], attn[1:]
+        if is_cross and self.cross_active():
+            a = self._alpha_now().to(attn)[:, None, None, :]  # (B - 1, 1, 1, L)
+            own = self.edit_cross(base, own) * a + (1 - a) * own
+            attn = torch.cat([base[None], own])
+        elif not is_cross and self.self_active(attn.shape[2]):
+            attn = base[None].expand_as(attn).clone()
+        return super().forward(attn, is_cross)
+
+    def edit_cross(self, base: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Source (heads, Q, L) and edited (B-1, heads, Q, L) cross-attention -> injected (B-1, heads, Q, L)."""
+        raise NotImplementedError
+
+    def step_callback(self, latents):
+        if self.local_blend is None:
+            return latents
+        return self.local_blend(latents, self.step_maps, self.store_hw, self.cur_step, self.num_steps)
+
+
+class Replace(AttentionEdit):
+    """Word swap: the target takes the source's attention through the token mapping matrix."""
+
+    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
+        self.mapper = torch.stack([replacement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]])  # (B-1, L, L)
+
+    def edit_cross(self, base, own):
+        return torch.einsum("hql,bln->bhqn", base, self.mapper.to(base))
+
+
+class Refine(AttentionEdit):
+    """Words added or removed: aligned tokens take the source's attention, new tokens keep theirs."""
+
+    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
+        maps = [refinement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]]
+        self.mapper = torch.stack([m for m, _ in maps])  # (B-1, L)
+        self.alphas = torch.stack([a for _, a in maps])  # (B-1, L)
+
+    def edit_cross(self, base, own):
+        taken = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (B-1, heads, Q, L)
+        a = self.alphas.to(base)[:, None, None, :]
+        return taken * a + own * (1 - a)
+
+
+class Reweight(AttentionEdit):
+    """Attention equalizer: multiply chosen tokens' attention by a scale, after an optional edit."""
+
+    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, equalizer: torch.Tensor, prev: AttentionEdit | None = None, **kw):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
+        self.equalizer = equalizer.reshape(-1, max_len)  # (1 or B-1, L)
+        self.prev = prev
+
+    def edit_cross(self, base, own):
+        if self.prev is not None:
+            base = self.prev.edit_cross(base, own)  # (B-1, heads, Q, L)
+        else:
+            base = base[None].expand_as(own)
+        return base * self.equalizer.to(base)[:, None, None, :]
+
+
+def make_controller(
+    mode: str,
+    prompts: Sequence[str],
+    tokenizer,
+    num_steps: int,
+    cross_replace_steps=0.8,
+    self_replace_steps=0.4,
+    reweight: dict | None = None,
+    blend_words: Sequence[str] | None = None,
+    mask_threshold: float = 0.3,
+    *,
+    base_mode: str | None = None,
+    max_len: int | None = None,
+    self_max_tokens: int | None = None,
+    store_level: int | None = None,
+    keep_steps: bool = False,
+    start_blend: float = 0.2,
+) -> AttentionEdit:
+    """The controller of one edit.
+
+    Args:
+        mode: replace | refine | reweight. ``reweight`` (``{"words": [...], "scale": s}``) also
+            applies on top of replace/refine; mode reweight follows ``base_mode`` (replace, refine
+            or none; default: none when the prompts are equal, refine otherwise).
+        max_len: padded prompt length (default: the tokenizer's ``model_max_length``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    prompts = list(prompts)
+    if max_len is None:
+        from .text2image import text_max_length
+
+        max_len = text_max_length(tokenizer)
+    kw = dict(self_max_tokens=self_max_tokens, store_level=store_level, keep_steps=keep_steps)
+    if blend_words:
+        kw["local_blend"] = LocalBlend(prompts, blend_words, tokenizer, max_len, mask_threshold, start_blend)
+    args = (prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len)
+    if mode == "reweight":
+        if not reweight:
+            raise ValueError("mode reweight needs a reweight block {words, scale}")
+        same = all(_norm_prompt(p) == _norm_prompt(prompts[0]) for p in prompts)
+        if base_mode in (None, ""):
+            base_mode = "none" if same else "refine"
+        if base_mode == "none" and not same:
+            raise ValueError("base_mode none reweights the source prompt itself; the target must equal the source")
+        mode = base_mode
+    base = None
+    if mode == "replace":
+        base = Replace(*args, **kw)
+    elif mode == "refine":
+        base = Refine(*args, **kw)
+    elif mode != "none":
+        raise ValueError(f"base_mode {mode!r} is not one of replace, refine, none")
+    if not reweight:
+        return base
+    eq = torch.stack([equalizer(p, reweight["words"], reweight["scale"], tokenizer, max_len) for p in prompts[1:]])
+    return Reweight(*args, equalizer=eq, prev=base, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention processor
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_probs(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scale + mask): (N, heads, Q, d), (N, heads, K, d) -> (N, heads, Q, K)."""
+    dtype = query.dtype
+    if upcast:
+        query, key = query.float(), key.float()
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    return scores.softmax(dim=-1).to(dtype)
+
+
+class P2PAttnProcessor:
+    """A diffusers attention processor that lets a prompt-to-prompt controller edit probabilities.
+
+    When the controller says this call needs no explicit probabilities, diffusers' default
+    processor runs (``AttnProcessor2_0``: fused ``F.scaled_dot_product_attention``). Counts both
+    routes in ``explicit_calls`` and ``sdpa_calls``.
+    """
+
+    def __init__(self, controller: AttentionStore, name: str):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.controller, self.name = controller, name
+        self.default = AttnProcessor2_0()
+        self.explicit_calls = 0
+        self.sdpa_calls = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        n_query = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        if not self.controller.needs_probs(is_cross, n_query):
+            self.sdpa_calls += 1
+            return self.default(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        self.explicit_calls += 1
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        probs = attention_probs(query, key, head_dim**-0.5, attention_mask)  # SDPA's default scale
+        probs = self.controller(probs, is_cross)
+        out = torch.matmul(probs.to(value.dtype), value)  # (N, heads, Q, d)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def install(unet, controller: AttentionStore) -> dict[str, Any]:
+    """Put a :class:`P2PAttnProcessor` on every attention layer; return the previous processors."""
+    previous = dict(unet.attn_processors)
+    procs = {name: P2PAttnProcessor(controller, name) for name in previous}
+    unet.set_attn_processor(dict(procs))  # diffusers pops entries from the dict it is given
+    controller.processors = procs
+    return previous
+
+
+# ----------------------------------------------------------------------------------------------
+# Config validation
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# The edit stage: images, figures, metrics
+# ----------------------------------------------------------------------------------------------
+
+ARTIFACTS = ("source", "edit", "baseline", "side_by_side", "attention", "metrics")
+METRIC_COLUMNS = ["edit", "mode", "mask", "mask_fraction", "edit_mae", "baseline_mae", "edit_mae_outside", "baseline_mae_outside"]
+
+
+def edit_controller(edit: dict, tokenizer, num_steps: int, max_len: int, mask_threshold: float, **kw) -> AttentionEdit:
+    """The controller of one ``p2p.edits`` entry."""
+    return make_controller(
+        edit["mode"], [edit["source"], edit["target"]], tokenizer, num_steps,
+        edit.get("cross_replace_steps", 0.8), edit.get("self_replace_steps", 0.4),
+        reweight=edit.get("reweight"), blend_words=edit.get("blend_words"), mask_threshold=mask_threshold,
+        base_mode=edit.get("base_mode"), max_len=max_len, **kw,
+    )
+
+
+def edit_tokens(edit: dict, tokenizer, max_len: int) -> tuple[list[int], list[int]]:
+    """Tokens of the edited words in the source and in the target (what the region mask follows).
+
+    Blend words when given; otherwise swapped words (replace), new or dropped tokens (refine), and
+    reweighted words.
+    """
+    src, tgt = edit["source"], edit["target"]
+    if edit.get("blend_words"):
+        return token_indices(src, edit["blend_words"], tokenizer), token_indices(tgt, edit["blend_words"], tokenizer)
+    s_idx: set[int] = set()
+    t_idx: set[int] = set()
+    sw, tw = prompt_words(src), prompt_words(tgt)
+    if len(sw) == len(tw) and edit["mode"] != "refine":
+        ss, ts = word_token_spans(src, tokenizer), word_token_spans(tgt, tokenizer)
+        for k, (a, b) in enumerate(zip(sw, tw)):
+            if normalize_word(a) != normalize_word(b):
+                s_idx.update(range(*ss[k]))
+                t_idx.update(range(*ts[k]))
+    else:
+        _, alphas = refinement_mapper(src, tgt, tokenizer, max_len)
+        t0, t1 = core_token_range(tgt, tokenizer)
+        t_idx.update(j for j in range(t0, t1) if alphas[j] == 0)
+        _, back = refinement_mapper(tgt, src, tokenizer, max_len)
+        s0, s1 = core_token_range(src, tokenizer)
+        s_idx.update(j for j in range(s0, s1) if back[j] == 0)
+    for w in (edit.get("reweight") or {}).get("words", []):
+        s_idx.update(token_indices(src, w, tokenizer))
+        t_idx.update(token_indices(tgt, w, tokenizer))
+    return sorted(s_idx), sorted(t_idx)
+
+
+def attention_mask(maps: torch.Tensor, tokens: Sequence[int], threshold: float, size: tuple[int, int]) -> torch.Tensor:
+    """Region of one prompt's attention on ``tokens``: (h, w, L) maps -> (H, W) bool at ``size``."""
+    if not tokens:
+        return torch.zeros(size, dtype=torch.bool)
+    m = maps[..., list(tokens)].sum(-1)[None, None]
+    m = F.interpolate(m, size=size, mode="nearest")[0, 0]
+    return m / m.max().clamp_min(1e-12) > threshold
+
+
+def region_mask(store: AttentionEdit, edit: dict, tokenizer, max_len: int, threshold: float, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """The edited region at image size, (H, W) bool, and where it came from.
+
+    With local blend: its last mask. Otherwise: the union of the source's and the edited branch's
+    step-averaged attention on the edited words, thresholded at ``threshold`` of its maximum.
+    """
+    if store.local_blend is not None and store.local_blend.last_mask is not None:
+        m = store.local_blend.last_mask[1:2].float()
+        return F.interpolate(m, size=size, mode="nearest")[0, 0].bool(), "local_blend"
+    avg = store.average()
+    s_tok, t_tok = edit_tokens(edit, tokenizer, max_len)
+    return attention_mask(avg[0], s_tok, threshold, size) | attention_mask(avg[1], t_tok, threshold, size), "attention"
+
+
+def pixel_mae(a, b, keep=None) -> float:
+    """Mean absolute difference of two uint8 images (H, W, C), in [0, 1]; over ``keep`` (H, W) if given."""
+    import numpy as np
+
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool)
+        if not keep.any():
+            return float("nan")
+        d = d[keep]
+    return float(d.mean())
+
+
+def token_labels(text: str, tokenizer) -> list[tuple[int, str]]:
+    """(position, text) of the prompt's own tokens, for figure labels."""
+    s0, s1 = core_token_range(text, tokenizer)
+    ids = _ids(tokenizer, " ".join(prompt_words(text)), special=True)
+    out = []
+    for pos in range(s0, s1):
+        tok = tokenizer.convert_ids_to_tokens(int(ids[pos]))
+        out.append((pos, str(tok).replace("</w>", "")))
+    return out
+
+
+def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
+    """Images (H, W, C uint8) in a row with their prompts as titles."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.9), dpi=100)
+    for ax, img, title in zip(axes, images, titles):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(title, 30)), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[int, str]]]]) -> None:
+    """Per-token cross-attention maps: one row per (title, maps (h, w, L), token labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    ncols = max(1, max(len(lbl) for _, _, lbl in rows))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.15 * ncols + 0.4, 1.35 * len(rows) + 0.3), dpi=100, squeeze=False)
+    for r, (title, maps, labels) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(labels):
+                pos, text = labels[c]
+                m = maps[..., pos]
+                ax.imshow((m / m.max().clamp_min(1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title(text, fontsize=8)
+        axes[r, 0].text(-0.15, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale: float, mask_threshold: float = 0.3, seed: int = 0) -> dict:
+    """Run one edit and write its artifacts; return its metrics row.
+
+    The source and target prompts are sampled together under the edit's controller, and the
+    target alone without control (the baseline), all from the same x_T (drawn from the edit's
+    seed, else ``seed``). ``outputs`` maps each of :data:`ARTIFACTS` to a path.
+    """
+    import pandas as pd
+
+    from .io import save_png, to_uint8, write_csv
+    from .text2image import generate, initial_latents
+
+    missing = [k for k in ARTIFACTS if k not in outputs]
+    if missing:
+        raise ValueError(f"run_edit: no output path for {', '.join(missing)}")
+    errors = validate_edits([edit])
+    if errors:
+        raise ValueError("; ".join(errors))
+    max_len = pipe.max_length
+    x_T = initial_latents(pipe, int(edit.get("seed", seed)), "p2p")
+    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold)
+    log.info("%s: %s %r -> %r", edit["name"], edit["mode"], edit["source"], edit["target"])
+    images, store = generate(pipe, [edit["source"], edit["target"]], x_T, num_steps, guidance_scale, ctrl)
+    base_images, base_store = generate(pipe, [edit["target"]], x_T, num_steps, guidance_scale)
+    src, edt, base = to_uint8(images[0]), to_uint8(images[1]), to_uint8(base_images[0])
+    save_png(outputs["source"], src)
+    save_png(outputs["edit"], edt)
+    save_png(outputs["baseline"], base)
+    side_by_side_figure(outputs["side_by_side"], [src, edt, base], [
+        f"source: {edit['source']}", f"{edit['mode']}: {edit['target']}", f"no control: {edit['target']}"])
+    avg, base_avg = store.average(), base_store.average()
+    attention_figure(outputs["attention"], [
+        ("source", avg[0], token_labels(edit["source"], pipe.tokenizer)),
+        ("edited", avg[1], token_labels(edit["target"], pipe.tokenizer)),
+        ("no control", base_avg[0], token_labels(edit["target"], pipe.tokenizer)),
+    ])
+    mask, kind = region_mask(store, edit, pipe.tokenizer, max_len, mask_threshold, tuple(src.shape[:2]))
+    outside = (~mask).numpy()
+    row = {
+        "edit": edit["name"], "mode": edit["mode"], "mask": kind, "mask_fraction": float(mask.float().mean()),
+        "edit_mae": pixel_mae(src, edt), "baseline_mae": pixel_mae(src, base),
+        "edit_mae_outside": pixel_mae(src, edt, outside), "baseline_mae_outside": pixel_mae(src, base, outside),
+    }
+    write_csv(outputs["metrics"], pd.DataFrame([row], columns=METRIC_COLUMNS))
+    log.info("%s: %s", edit["name"], row)
+    return row
+
+
+def load_model(p2p_cfg: dict, device: str = "auto", model_dir: str | None = None):
+    """The text-to-image model of the ``p2p`` config: the trained folder or ``p2p.model.pretrained``."""
+    from .text2image import load_text2image
+
+    if p2p_cfg["model"]["source"] == "train":
+        if not model_dir:
+            raise ValueError("p2p.model.source is 'train' but no trained model folder was given (rule t2i_train's output)")
+        where, key = model_dir, "p2p.model.source"
+    else:
+        where, key = p2p_cfg["model"]["pretrained"], "p2p.model.pretrained"
+    return load_text2image(where, config_key=key, device=device, fp16=bool(p2p_cfg.get("fp16", False)), scheduler=p2p_cfg.get("scheduler", "ddim"))
+
+
+def run_edit_rule(p2p_cfg: dict, edit: dict, outputs: dict, *, seed: int, device: str = "auto", model_dir: str | None = None) -> dict:
+    """Rule p2p_edit: load the model of the config and run one edit."""
+    pipe = load_model(p2p_cfg, device, model_dir)
+    return run_edit(pipe, edit, outputs, num_steps=int(p2p_cfg["num_inference_steps"]),
+                    guidance_scale=float(p2p_cfg["guidance_scale"]), mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)), seed=seed)
+
+
+def aggregate_metrics(paths: Sequence[str], out_csv: str) -> None:
+    """Concatenate the per-edit metrics.csv files (in the given order) into one CSV."""
+    import pandas as pd
+
+    from .io import write_csv
+
+    frames = [pd.read_csv(p) for p in paths]
+    if not frames:
+        raise ValueError("no per-edit metrics to aggregate")
+    write_csv(out_csv, pd.concat(frames, ignore_index=True)[METRIC_COLUMNS])
+
+
+def _fmt_steps(v) -> str:
+    """0.8 -> "80%"; {"default": 0.8, "lion": 0.4} -> "80% (lion: 40%)"."""
+    def pct(x):
+        return f"{float(x) * 100:.0f}%"
+
+    if isinstance(v, dict):
+        rest = {k: x for k, x in v.items() if k not in ("default", "default_")}
+        head = pct(v.get("default", v.get("default_", 1.0)))
+        return head + (" (" + ", ".join(f"{k}: {pct(x)}" for k, x in rest.items()) + ")" if rest else "")
+    return pct(v)
+
+
+def report_context(files: dict[str, str], config: dict) -> dict:
+    """Plain data for the report's prompt-to-prompt section (numbers from results/p2p/metrics.csv)."""
+    import math as _m
+
+    import pandas as pd
+
+    cfg = config["p2p"]
+    df = pd.read_csv(files["metrics"])
+    by_name = {r["edit"]: r for r in df.to_dict("records")}
+    edits = []
+    for e in cfg["edits"]:
+        rw = e.get("reweight")
+        edits.append({
+            "name": e["name"], "mode": e["mode"], "source": e["source"], "target": e["target"],
+            "cross_replace_steps": _fmt_steps(e.get("cross_replace_steps", 0.8)),
+            "self_replace_steps": _fmt_steps(e.get("self_replace_steps", 0.4)),
+            "reweight": f"{', '.join(rw['words'])} x {rw['scale']}" if rw else "",
+            "blend_words": ", ".join(e.get("blend_words") or []),
+            "figure": files.get(f"{e['name']}_figure"), "attention": files.get(f"{e['name']}_attention"),
+            "metrics": by_name.get(e["name"]),
+        })
+    rows = [{
+        "edit": r["edit"], "mode": r["mode"], "mask": r["mask"], "mask fraction": r["mask_fraction"],
+        "|src-edit|": r["edit_mae"], "|src-baseline|": r["baseline_mae"],
+        "|src-edit| outside": r["edit_mae_outside"], "|src-baseline| outside": r["baseline_mae_outside"],
+    } for r in df.to_dict("records")]
+    valid = [r for r in df.to_dict("records") if not _m.isnan(r["edit_mae_outside"]) and not _m.isnan(r["baseline_mae_outside"])]
+    closer = sum(r["edit_mae_outside"] < r["baseline_mae_outside"] for r in valid)
+    ratios = [r["edit_mae_outside"] / r["baseline_mae_outside"] for r in valid if r["baseline_mae_outside"] > 0]
+    model = cfg["model"]
+    return {
+        "edits": edits, "rows": rows, "n_edits": len(edits), "n_compared": len(valid), "n_closer": closer,
+        "median_ratio": float(pd.Series(ratios).median()) if ratios else None,
+        "model": "the embedded text-to-image model trained by this workflow" if model["source"] == "train" else model["pretrained"],
+        "pretrained": model["source"] != "train",
+        "scheduler": cfg.get("scheduler", "ddim").upper(), "num_inference_steps": cfg["num_inference_steps"],
+        "guidance_scale": cfg["guidance_scale"], "mask_threshold": cfg.get("mask_threshold", 0.3),
+    }

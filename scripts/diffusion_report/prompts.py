@@ -1,0 +1,85 @@
+"""Prompt words and the cross-field checks of ``p2p.edits``: pure Python, no torch.
+
+Used both by ``rules/common.smk`` (before any job runs, through diffusion_report.config) and by
+the prompt-to-prompt stage itself, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Sequence
+
+MODES = ("replace", "refine", "reweight")
+_PUNCT = string.punctuation
+
+
+def normalize_word(word: str) -> str:
+    """Case- and punctuation-insensitive form of a word, for matching config words to prompts."""
+    return word.strip().strip(_PUNCT).lower()
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt: split on whitespace."""
+    return text.split()
+
+
+def word_positions(text: str, word: str) -> list[int]:
+    """Indices of the words of ``text`` equal to ``word`` (case and punctuation ignored)."""
+    key = normalize_word(word)
+    return [i for i, w in enumerate(prompt_words(text)) if normalize_word(w) == key]
+
+
+def _norm_prompt(text: str) -> list[str]:
+    return [normalize_word(w) for w in prompt_words(text)]
+
+
+def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None) -> list[str]:
+    """Cross-field checks of ``p2p.edits`` that the schema cannot express; one message per problem.
+
+    Covers empty prompts, duplicate names, a word swap between prompts of different word counts,
+    reweight / blend / per-word cross_replace_steps words missing from the prompts, and (when
+    ``tokenizer_max_words`` is given) prompts longer than that many words.
+    """
+    errors: list[str] = []
+    seen: set[str] = set()
+    for i, e in enumerate(edits):
+        name = str(e.get("name", f"#{i}"))
+        key = f"p2p.edits[{i}] ({name})"
+        if name in seen:
+            errors.append(f"{key}: duplicate name {name!r}; edit names must be unique (they name result folders)")
+        seen.add(name)
+        src, tgt = str(e.get("source") or ""), str(e.get("target") or "")
+        empty = False
+        for label, text in (("source", src), ("target", tgt)):
+            if not text.strip():
+                errors.append(f"{key}: {label} prompt is empty")
+                empty = True
+            elif tokenizer_max_words is not None and len(prompt_words(text)) > tokenizer_max_words:
+                errors.append(f"{key}: {label} prompt has {len(prompt_words(text))} words; at most {tokenizer_max_words} fit the text encoder")
+        mode = e.get("mode")
+        if mode not in MODES:
+            errors.append(f"{key}: mode {mode!r} is not one of {', '.join(MODES)}")
+        if empty:
+            continue
+        ns, nt = len(prompt_words(src)), len(prompt_words(tgt))
+        base_mode = e.get("base_mode")
+        if (mode == "replace" or (mode == "reweight" and base_mode == "replace")) and ns != nt:
+            errors.append(f"{key}: mode replace needs prompts with the same number of words; source has {ns}, target {nt}")
+        if mode == "reweight" and base_mode == "none" and _norm_prompt(src) != _norm_prompt(tgt):
+            errors.append(f"{key}: base_mode none reweights the source prompt itself, so target must equal source; "
+                          "use base_mode replace or refine for a different target")
+        rw = e.get("reweight")
+        if mode == "reweight" and not rw:
+            errors.append(f"{key}: mode reweight needs a reweight block {{words: [...], scale: ...}}")
+        for w in (rw or {}).get("words", []) or []:
+            if not word_positions(tgt, w):
+                errors.append(f"{key}: reweight word {w!r} is not in the target prompt {tgt!r}")
+        for w in e.get("blend_words") or []:
+            if not word_positions(src, w) and not word_positions(tgt, w):
+                errors.append(f"{key}: blend word {w!r} is in neither prompt")
+        cross = e.get("cross_replace_steps")
+        if isinstance(cross, dict):
+            for w in cross:
+                if w not in ("default", "default_") and not word_positions(tgt, w):
+                    errors.append(f"{key}: cross_replace_steps word {w!r} is not in the target prompt {tgt!r}")
+    return errors

@@ -1,0 +1,245 @@
+"""Text-to-image sampling with classifier-free guidance, for prompt-to-prompt editing.
+
+A :class:`Text2Image` bundles the parts of a diffusers text-to-image model (UNet2DConditionModel,
+text encoder, tokenizer, scheduler and, for latent diffusion, the VAE). :func:`generate` runs the
+denoising loop for a batch of prompts from one shared x_T; a prompt-to-prompt controller (see
+:mod:`diffusion_report.p2p`) is installed on the UNet's attention layers for the duration of the
+call through ``unet.set_attn_processor`` and restored afterwards.
+
+Works with Stable Diffusion v1.x (latent space, ``vae`` present), with the tiny models the tests
+build in code, and with pixel-space models (``vae is None``: the final sample is the image).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import make_generator
+from .models import load_pretrained, resolve_device
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("ddim", "pndm")
+
+
+@dataclass
+class Text2Image:
+    """The parts of a text-to-image diffusion model.
+
+    ``vae is None`` means pixel space: the UNet works on images in [-1, 1] and the final sample is
+    the image itself (no decoding).
+    """
+
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    vae: Any = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def max_length(self) -> int:
+        """Length of the padded token sequence fed to the text encoder (77 for CLIP)."""
+        return text_max_length(self.tokenizer, self.text_encoder)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of x_T: the UNet's input channels and sample size."""
+        cfg = self.unet.config
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(cfg.in_channels), int(h), int(w)
+
+
+def text_max_length(tokenizer, text_encoder=None) -> int:
+    """The padded prompt length: the tokenizer's limit, capped by the encoder's position table."""
+    n = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if text_encoder is not None:
+        pos = getattr(text_encoder.config, "max_position_embeddings", None)
+        if pos:
+            n = min(n, int(pos)) if 0 < n < 10**9 else int(pos)
+    if not 0 < n < 10**9:
+        raise ValueError("cannot tell the prompt length: set tokenizer.model_max_length")
+    return n
+
+
+def make_scheduler(kind: str, config, *, latent: bool):
+    """A fresh DDIM or PNDM scheduler from a scheduler config (any diffusers scheduler's).
+
+    For latent models DDIM's ``clip_sample`` is switched off (latents are not bounded by 1).
+    """
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    if kind == "ddim":
+        extra = {"clip_sample": False} if latent else {}
+        return DDIMScheduler.from_config(config, **extra)
+    if kind == "pndm":
+        return PNDMScheduler.from_config(config, skip_prk_steps=True)
+    raise ValueError(f"p2p.scheduler: {kind!r} is not one of {', '.join(SCHEDULERS)}")
+
+
+def load_text2image(
+    id_or_path: str | os.PathLike,
+    *,
+    config_key: str,
+    device: str | torch.device = "auto",
+    fp16: bool = False,
+    scheduler: str = "ddim",
+) -> Text2Image:
+    """Load unet/, text_encoder/, tokenizer/, scheduler/ (and vae/ when present) of a model.
+
+    ``id_or_path`` is a hub id (looked up in the Hugging Face cache) or a local folder in the
+    diffusers layout. A local folder without ``vae/`` is a pixel-space model. ``fp16`` applies on
+    CUDA only. Errors name ``config_key`` and say how to provide the model.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"p2p.scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = torch.float16 if (fp16 and dev.type == "cuda") else torch.float32
+    where = str(id_or_path)
+    local = Path(where).expanduser()
+    has_vae = (local / "vae").is_dir() if local.exists() else True
+
+    unet = load_pretrained(UNet2DConditionModel, where, config_key=config_key, subfolder="unet", torch_dtype=dtype)
+    text_encoder = load_pretrained(AutoModel, where, config_key=config_key, subfolder="text_encoder", dtype=dtype)
+    tokenizer = _load_tokenizer(AutoTokenizer, where, config_key)
+    sched_cfg = _load_scheduler_config(where, config_key)
+    vae = load_pretrained(AutoencoderKL, where, config_key=config_key, subfolder="vae", torch_dtype=dtype) if has_vae else None
+    for m in (unet, text_encoder, vae):
+        if m is not None:
+            m.to(dev).eval().requires_grad_(False)
+    sched = make_scheduler(scheduler, sched_cfg, latent=vae is not None)
+    log.info("loaded %s (%s, %s, %s)", where, "latent" if vae is not None else "pixel space", dev, dtype)
+    return Text2Image(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched, vae=vae, device=dev, dtype=dtype)
+
+
+def _load_tokenizer(auto_cls, where: str, config_key: str):
+    from .models import ModelNotFoundError
+
+    try:
+        return auto_cls.from_pretrained(where, subfolder="tokenizer")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{config_key}: cannot load the tokenizer from {where!r} (subfolder 'tokenizer'): set `{config_key}` "
+            f"to a local folder holding tokenizer/ or a cached hub id. Cause: {exc}"
+        ) from exc
+
+
+def _load_scheduler_config(where: str, config_key: str):
+    from diffusers import DDIMScheduler
+
+    from .models import ModelNotFoundError
+
+    try:
+        return DDIMScheduler.load_config(where, subfolder="scheduler")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{config_key}: cannot load the scheduler config of {where!r} (subfolder 'scheduler'). Download it on a "
+            f"machine with internet (`huggingface-cli download {where}`) or set `{config_key}` to a local folder. "
+            f"Cause: {exc}"
+        ) from exc
+
+
+def initial_latents(pipe: Text2Image, seed: int, name: str | int) -> torch.Tensor:
+    """x_T ~ N(0, I) of shape (1, C, h, w), drawn on the CPU from ``make_generator(seed, name)``.
+
+    Drawing on the CPU in float32 makes x_T the same on every device.
+    """
+    c, h, w = pipe.latent_shape
+    gen = make_generator(seed, name)
+    x = torch.randn((1, c, h, w), generator=gen, dtype=torch.float32)
+    return x.to(pipe.device, pipe.dtype)
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
+    """Token ids padded to ``max_length``, shape (B, max_length)."""
+    enc = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    return enc.input_ids
+
+
+@torch.no_grad()
+def encode_prompts(pipe: Text2Image, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder states of the prompts, shape (B, L, D)."""
+    ids = tokenize(pipe.tokenizer, prompts, pipe.max_length).to(pipe.device)
+    return pipe.text_encoder(ids)[0].to(pipe.dtype)
+
+
+@torch.no_grad()
+def generate(
+    pipe: Text2Image,
+    prompts: list[str],
+    x_T: torch.Tensor,
+    num_steps: int,
+    guidance_scale: float,
+    controller=None,
+    *,
+    plain: bool = False,
+    return_latents: bool = False,
+):
+    """Sample one image per prompt, all from the same x_T, with classifier-free guidance.
+
+    Args:
+        x_T: (1, C, h, w) shared initial noise (see :func:`initial_latents`).
+        controller: a prompt-to-prompt controller; ``None`` means an
+            :class:`~diffusion_report.p2p.AttentionStore` (the images are those of plain sampling).
+        plain: install no processor at all (diffusers' default attention runs everywhere); the
+            returned store is then ``None``. For benchmarks.
+    Returns:
+        images (B, 3, H, W) float32 on the CPU, in [-1, 1]; the controller (attention store);
+        and, with ``return_latents``, the final latents (B, C, h, w).
+    """
+    from . import p2p
+
+    if x_T.ndim != 4 or x_T.shape[0] != 1:
+        raise ValueError(f"x_T must have shape (1, C, h, w), got {tuple(x_T.shape)}")
+    prompts = list(prompts)
+    B = len(prompts)
+    if controller is None and not plain:
+        controller = p2p.AttentionStore()
+    cond = encode_prompts(pipe, prompts)
+    uncond = encode_prompts(pipe, [""] * B)
+    context = torch.cat([uncond, cond])  # (2B, L, D): unconditional half first
+    sched = pipe.scheduler
+    sched.set_timesteps(num_steps, device=pipe.device)
+    latents = x_T.to(pipe.device, pipe.dtype).expand(B, *x_T.shape[1:]).clone() * sched.init_noise_sigma
+
+    restore = None
+    if controller is not None:
+        controller.begin(pipe.unet, latents.shape[-2:], B)
+        restore = p2p.install(pipe.unet, controller)
+    try:
+        for t in sched.timesteps:
+            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
+            out = pipe.unet(model_in, t, encoder_hidden_states=context).sample
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            latents = sched.step(out, t, latents).prev_sample
+            if controller is not None:
+                latents = controller.end_step(latents)
+    finally:
+        if restore is not None:
+            pipe.unet.set_attn_processor(restore)
+    images = decode(pipe, latents)
+    if return_latents:
+        return images, controller, latents
+    return images, controller
+
+
+@torch.no_grad()
+def decode(pipe: Text2Image, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, h, w) -> images (B, 3, H, W) float32 on the CPU, clamped to [-1, 1]."""
+    if pipe.vae is None:
+        img = latents
+    else:
+        img = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return img.float().clamp(-1, 1).cpu()

@@ -1,0 +1,11 @@
+"""Rule p2p_metrics: the per-edit metrics in one CSV, in config order."""
+
+from diffusion_report import p2p
+from diffusion_report.io import run_rule
+
+
+def main(smk):
+    p2p.aggregate_metrics(list(smk.input.metrics), smk.output.csv)
+
+
+run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,269 @@
+"""The embedded text-to-image model: generator, tokenizer, training, reader, p2p evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from diffusion_report import attributes, evaluate, shapes, t2i
+from diffusion_report.io import make_generator
+
+TINY = {
+    "train": True,
+    "weights": "models/none",
+    "seed": 0,
+    "data": {
+        "image_size": 8,
+        "shapes": ["circle", "square", "triangle"],
+        "colours": {"red": "#e02020", "blue": "#2040e0"},
+        "backgrounds": {"white": "#ffffff", "black": "#000000"},
+        "radius": [2.0, 4.0],
+        "small_below": 2.5,
+        "big_above": 3.5,
+        "size_word_prob": 0.5,
+    },
+    "model": {"channels": [16, 32], "attention_levels": 2, "layers_per_block": 1, "attention_heads": 2,
+              "text_width": 16, "text_layers": 1, "text_heads": 2, "max_length": 12},
+    "schedule": {"kind": "cosine", "T": 50, "clip_sample": True},
+    "training": {"steps": 3, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 1, "weight_decay": 0.0,
+                 "ema_decay": 0.9, "caption_dropout": 0.2, "device": "cpu"},
+    "reader": {"train_images": 300, "test_images": 100, "noise": 0.1},
+    "samples": {"guidance_scales": [1.0, 3.0], "num_images": 4, "num_steps": 3, "grid_captions": 2},
+    "eval": {"seeds": 2, "num_steps": 3, "guidance_scale": 2.0, "cross_replace_steps": 0.8, "self_replace_steps": 0.4,
+             "self_max_tokens": 64, "reweight_scale": 3.0, "edits": list(evaluate.EDIT_TYPES)},
+}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def default_spec() -> shapes.ShapeSpec:
+    return shapes.ShapeSpec()
+
+
+# --------------------------------------------------------------------------- generator
+def test_generator_ground_truth_matches_pixels():
+    spec = default_spec()
+    b = shapes.sample(spec, 64, make_generator(0, "test/gt"))
+    assert b.images.shape == (64, 3, 16, 16) and b.masks.shape == (64, 16, 16)
+    for i in range(len(b)):
+        fg = torch.tensor(shapes.hex_to_rgb(spec.colours[b.colour[i]])).view(3, 1, 1)
+        bg = torch.tensor(shapes.hex_to_rgb(spec.backgrounds[b.background[i]])).view(3, 1, 1)
+        img, m = b.images[i].double(), b.masks[i]
+        margin = ((img - bg) ** 2).sum(0).sqrt() - ((img - fg) ** 2).sum(0).sqrt()  # > 0: closer to the shape colour
+        assert (margin[m] > 1e-4).all() and (margin[~m] < 1e-4).all(), f"image {i}: mask disagrees with pixels"
+        # pixels well inside/outside are the exact palette colours
+        assert torch.allclose(img[:, 0, 0].float(), bg.view(3).float(), atol=1e-6) or m[0, 0]
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        extent = max(int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)) / 2
+        assert abs(extent - float(b.radius[i])) <= 1.0
+        assert xs.float().mean() + 0.5 == pytest.approx(float(b.cx[i]), abs=1.0)
+        words = b.captions[i].split()
+        assert b.colour[i] in words and b.shape[i] in words and b.background[i] in words
+        if b.size_word[i] == "big":
+            assert float(b.radius[i]) > spec.big_above
+        if b.size_word[i] == "small":
+            assert float(b.radius[i]) < spec.small_below
+
+
+def test_generator_is_seeded_and_shapes_differ():
+    spec = default_spec()
+    a = shapes.sample(spec, 16, make_generator(0, "x"))
+    b = shapes.sample(spec, 16, make_generator(0, "x"))
+    c = shapes.sample(spec, 16, make_generator(1, "x"))
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert not torch.equal(a.images, c.images)
+    # same place and size, different shapes give different masks
+    masks = [shapes.render(spec, [s], ["red"], ["white"], [8.0], [8.0], [5.0])[1] for s in ("circle", "square", "triangle", "diamond")]
+    areas = [int(m.sum()) for m in masks]
+    assert areas[1] > areas[0] > areas[3] and areas[0] > areas[2]  # square > circle > diamond, circle > triangle
+
+
+# --------------------------------------------------------------------------- tokenizer
+def test_tokenizer_round_trips_vocabulary(tmp_path):
+    from transformers import AutoTokenizer
+
+    spec = default_spec()
+    tok = t2i.build_tokenizer(spec.vocabulary(), 12)
+    tok.save_pretrained(tmp_path / "tokenizer")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    ids = set()
+    for w in spec.vocabulary():
+        for t in (tok, loaded):
+            enc = t(w).input_ids
+            assert enc[0] == t.bos_token_id and enc[-1] == t.eos_token_id and len(enc) == 3
+            assert enc[1] != t.unk_token_id
+            assert t.decode(enc[1:2]) == w
+        ids.add(tok(w).input_ids[1])
+    assert len(ids) == len(spec.vocabulary())  # one id per word
+    cap = "a big red circle on a white background"
+    assert loaded.decode(loaded(cap).input_ids, skip_special_tokens=True) == cap
+    assert tok(cap).input_ids == loaded(cap).input_ids
+    assert loaded("").input_ids == [loaded.bos_token_id, loaded.eos_token_id]
+    assert loaded("a purple circle").input_ids[2] == loaded.unk_token_id
+    padded = t2i.tokenize(loaded, [cap, ""])
+    assert padded.shape == (2, 12) and int(padded[1, 2]) == loaded.pad_token_id
+
+
+# --------------------------------------------------------------------------- training
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
+    from diffusion_report.text2image import generate, initial_latents, load_text2image
+
+    cfg = copy.deepcopy(TINY)
+    cfg["training"]["steps"] = 40
+    model = t2i.build_model(cfg)
+
+    def fixed_loss(m):
+        images, prompts = t2i.training_batch(m.spec, 32, 0.0, make_generator(5, "test/batch"))
+        with torch.no_grad():
+            return float(t2i.diffusion_loss(m, images, prompts, make_generator(5, "test/noise")))
+
+    before = fixed_loss(model)
+    trained, curve = t2i.train(cfg, model=model, log_every=0)
+    after = fixed_loss(trained)
+    assert len(curve) == 40 and list(curve.columns) == ["step", "loss", "lr", "seconds"]
+    assert after < 0.7 * before, (before, after)
+    t2i.save_model(trained, tmp_path / "m", t2i.model_config(cfg))
+    assert json.loads((tmp_path / "m" / "t2i_config.json").read_text())["training"]["steps"] == 40
+    # the prompt-to-prompt loader reads it like Stable Diffusion (pixel space: no vae/)
+    pipe = load_text2image(tmp_path / "m", config_key="t2i.weights", device="cpu")
+    assert pipe.vae is None and pipe.latent_shape == (3, 8, 8)
+    x_T = initial_latents(pipe, 0, "t")
+    img, _ = generate(pipe, ["a red circle on a white background"], x_T, 3, 2.0)
+    ref = t2i.sample(trained, ["a red circle on a white background"], x_T, 3, 2.0)
+    assert img.shape == (1, 3, 8, 8)
+    assert torch.allclose(img, ref, atol=1e-4)  # our sampler and the p2p loader agree
+
+
+def test_training_is_deterministic():
+    cfg = copy.deepcopy(TINY)
+    _, a = t2i.train(cfg, steps=2, log_every=0)
+    m2, b = t2i.train(cfg, steps=2, log_every=0)
+    assert a["loss"].tolist() == b["loss"].tolist()
+
+
+def test_shipped_weight_checksums(tmp_path):
+    cfg = t2i.block_config({k: v for k, v in TINY.items() if k != "seed"}, 0)
+    m = t2i.build_model(cfg)
+    t2i.save_model(m, tmp_path / "w" / "model", t2i.model_config(cfg))
+    pd.DataFrame({"step": [1], "loss": [1.0], "lr": [0.1], "seconds": [0.1]}).to_csv(tmp_path / "w" / "loss.csv", index=False)
+    sums = t2i.sha256_table(tmp_path / "w")
+    (tmp_path / "w" / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
+    t2i.verify_weights(tmp_path / "w")
+    cfg["train"], cfg["weights"] = False, str(tmp_path / "w")
+    out = {k: str(tmp_path / "o" / n) for k, n in
+           (("model", "model"), ("loss", "loss.csv"), ("loss_plot", "loss.png"), ("summary", "s.csv"))}
+    t2i.train_rule(cfg, 0, out)
+    assert (tmp_path / "o" / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    other = copy.deepcopy(cfg)
+    other["model"]["text_width"] = 32
+    with pytest.raises(ValueError, match="different config"):
+        t2i.train_rule(other, 0, {k: v + "2" for k, v in out.items()})
+    with open(tmp_path / "w" / "loss.csv", "a") as fh:
+        fh.write("2,0.5,0.1,0.2\n")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        t2i.verify_weights(tmp_path / "w")
+
+
+# --------------------------------------------------------------------------- attribute reader
+@pytest.fixture(scope="module")
+def reader():
+    return attributes.AttributeReader(default_spec()).fit(600, 0, 0.1)
+
+
+def test_reader_reaches_stated_accuracy(reader):
+    df = attributes.reader_accuracy(reader, 200, 1, noise_levels=(0.0, 0.1))
+    for row in df.to_dict("records"):
+        assert row["shape_acc"] >= 0.95, row
+        assert row["colour_acc"] == 1.0 and row["background_acc"] == 1.0, row
+        assert row["mask_iou"] >= 0.9 and row["centre_err_px"] < 0.5, row
+
+
+def test_reader_scores_edits_by_ground_truth(reader):
+    spec = default_spec()
+    src, _ = shapes.render(spec, ["circle"], ["red"], ["white"], [7.0], [8.0], [5.5])
+    blue, _ = shapes.render(spec, ["circle"], ["blue"], ["white"], [7.0], [8.0], [5.5])
+    moved, _ = shapes.render(spec, ["square"], ["red"], ["black"], [10.0], [9.0], [3.0])
+    for drawn in evaluate.edit_cases(spec, "colour_swap", 8, 0, 2.0):
+        assert drawn.target_value != drawn.source_truth["colour"] and drawn.target_value in drawn.target.split()
+    case = evaluate.EditCase("colour_swap", 0, "", "", "replace", "colour", "blue", ("shape", "background"), None,
+                             {"shape": "circle", "colour": "red", "background": "white"})
+    good = evaluate.score_pair(reader, case, src[0], blue[0])
+    assert good["success"] and good["all_kept"] and good["source_ok"]
+    assert good["mask_iou"] == 1.0 and good["centroid_shift_px"] == 0.0
+    bad = evaluate.score_pair(reader, case, src[0], moved[0])
+    assert not bad["success"] and not bad["all_kept"] and bad["untouched_kept"] == 0.0
+    assert bad["mask_iou"] < 0.5 and bad["centroid_shift_px"] > 2.0 and bad["radius_change_px"] < -1.5
+
+
+# --------------------------------------------------------------------------- p2p evaluation
+def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
+    pytest.importorskip("diffusion_report.p2p")
+    from diffusion_report.text2image import load_text2image
+
+    cfg = copy.deepcopy(TINY)
+    model = t2i.build_model(cfg)
+    t2i.save_model(model, tmp_path / "m", t2i.model_config(cfg))
+    pipe = load_text2image(tmp_path / "m", config_key="t2i.weights", device="cpu")
+    rd = evaluate.fit_reader(cfg, 0)
+    a, ex = evaluate.evaluate_edits(pipe, rd, cfg, 0)
+    b, _ = evaluate.evaluate_edits(pipe, rd, cfg, 0)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 2 * 2 * len(evaluate.EDIT_TYPES)
+    assert set(a["method"]) == {"p2p", "baseline"}
+    s = evaluate.summarise(a)
+    assert list(s["n"]) == [2] * (2 * len(evaluate.EDIT_TYPES))
+    # the reweight baseline is the unedited image itself
+    rw = a[(a.edit == "reweight_big") & (a.method == "baseline")]
+    assert (rw["pixel_mae"] == 0).all() and (rw["mask_iou"] == 1).all()
+    # prompt-to-prompt's source row equals the plain source (the controller only edits the target)
+    for case, imgs in ex.values():
+        assert torch.allclose(imgs["p2p_source"], imgs["source"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- shipped weights, rules, report
+def test_shipped_weights_match_the_default_config(root):
+    import yaml
+
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    weights = root / cfg["t2i"]["weights"]
+    t2i.verify_weights(weights)
+    shipped = json.loads((weights / "model" / "t2i_config.json").read_text())
+    assert shipped == json.loads(json.dumps(t2i.model_config(t2i.block_config(cfg["t2i"], cfg["seed"]))))
+    size = sum(f.stat().st_size for f in weights.rglob("*") if f.is_file())
+    assert size < 20 * 2**20
+
+
+@pytest.mark.slow
+def test_rule_functions_and_report_section(tmp_path, root):
+    pytest.importorskip("diffusion_report.p2p")
+    from diffusion_report import report
+
+    cfg = copy.deepcopy(TINY)
+    seed = cfg.pop("seed")
+    r = tmp_path / "results"
+    files = {
+        "summary": r / "train_summary.csv", "loss": r / "loss.csv", "loss_plot": r / "loss.png",
+        "reader": r / "reader_accuracy.csv", "samples": r / "samples.png", "accuracy": r / "caption_accuracy.csv",
+        "eval_summary": r / "eval_summary.csv", "eval_examples": r / "eval_examples.png",
+    }
+    files = {k: str(v) for k, v in files.items()}
+    t2i.train_rule(cfg, seed, {"model": str(r / "model"), "loss": files["loss"], "loss_plot": files["loss_plot"], "summary": files["summary"]}, device="cpu")
+    evaluate.reader_rule(cfg, seed, files["reader"])
+    evaluate.samples_rule(str(r / "model"), cfg, seed, {"grid": files["samples"], "accuracy": files["accuracy"]})
+    evaluate.eval_rule(str(r / "model"), cfg, seed, {"per_seed": str(r / "per_seed.csv"), "summary": files["eval_summary"], "examples": files["eval_examples"]}, device="cpu")
+    acc = pd.read_csv(files["accuracy"])
+    assert list(acc["guidance"]) == [1.0, 3.0] and acc["n"].eq(4).all()
+    ctx = t2i.report_context(files, {"t2i": cfg})
+    assert ctx["n_edits"] == len(evaluate.EDIT_TYPES) and ctx["summary"]["steps"] == 3
+    env = report.environment(root / "report" / "templates")
+    html = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c=ctx)
+    assert html.lstrip().startswith('<section id="t2i">') and "<h2>" in html
+    assert html.count("<figure") == 3 and html.count("<table") == 3
+    assert f"{ctx['summary']['steps']} steps" in html
