@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from diffusion_report import shapes
 from diffusion_report.io import make_generator
+from diffusion_report.training import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +198,6 @@ def diffusion_loss(model: T2IModel, images: torch.Tensor, prompts: list[str], ge
     cond = model.encode(prompts)
     pred = model.unet(noisy, t, encoder_hidden_states=cond).sample
     return F.mse_loss(pred, noise)
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 10% of ``base``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train(

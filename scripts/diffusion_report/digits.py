@@ -1,0 +1,104 @@
+"""scikit-learn's 8x8 handwritten digits: the embedded, offline training set of the DDIM stage.
+
+The 1797 images ship inside scikit-learn (``sklearn.datasets.load_digits``), so nothing is
+downloaded. They are split once, by a seeded permutation, into
+
+* ``ddpm``   the images the small DDPM is trained on;
+* ``clf``    held-out images the recognisability classifier is trained on;
+* ``test``   held-out images its accuracy is measured on.
+
+The classifier sees images the way it will see samples: 16x16 (or any ``image_size``) in
+[-1, 1], average-pooled back to 8x8. Its mean top-class probability on generated samples is the
+"recognisability" score of a sampler: quality vs. number of steps as a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import make_generator
+
+SPLIT_FRACTIONS = (0.6, 0.2)  # ddpm, clf; the rest is test
+
+
+def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits as images in [-1, 1], shape (N, 1, 8, 8) float32, and labels, shape (N,) int64."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.from_numpy(np.asarray(data.images, dtype=np.float32))  # values 0..16
+    images = images / 8.0 - 1.0
+    return images[:, None], torch.from_numpy(np.asarray(data.target, dtype=np.int64))
+
+
+def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) images to (N, C, image_size, image_size)."""
+    if images.shape[-1] == image_size and images.shape[-2] == image_size:
+        return images
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+
+def split_indices(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded split of range(n) into ``ddpm``, ``clf`` and ``test`` index sets."""
+    perm = torch.randperm(n, generator=make_generator(seed, "digits_split"))
+    n_ddpm = int(round(SPLIT_FRACTIONS[0] * n))
+    n_clf = int(round(SPLIT_FRACTIONS[1] * n))
+    return {"ddpm": perm[:n_ddpm], "clf": perm[n_ddpm : n_ddpm + n_clf], "test": perm[n_ddpm + n_clf :]}
+
+
+def digits_split(image_size: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{"ddpm"|"clf"|"test": (images (N, 1, image_size, image_size) in [-1, 1], labels (N,))}``."""
+    images, labels = load_digits_tensor()
+    images = resize(images, image_size).clamp(-1.0, 1.0)
+    return {k: (images[idx], labels[idx]) for k, idx in split_indices(len(labels), seed).items()}
+
+
+def classifier_features(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) images in [-1, 1] -> (N, 64) features: clipped, average-pooled to 8x8, float64."""
+    x = images.detach().to("cpu", torch.float32).clamp(-1.0, 1.0)
+    if x.shape[1] != 1:
+        raise ValueError(f"the digits classifier needs 1-channel images, got shape {tuple(x.shape)}")
+    x = F.adaptive_avg_pool2d(x, (8, 8))
+    return x.reshape(x.shape[0], -1).numpy().astype(np.float64)
+
+
+@dataclass
+class DigitsClassifier:
+    """A logistic-regression digit classifier on 8x8 features, trained on held-out digits."""
+
+    model: object
+    test_accuracy: float
+    n_train: int
+    n_test: int
+
+    def predict_proba(self, images: torch.Tensor) -> np.ndarray:
+        """Class probabilities, shape (N, 10), for (N, 1, H, W) images in [-1, 1]."""
+        return self.model.predict_proba(classifier_features(images))
+
+    def recognisability(self, images: torch.Tensor, threshold: float = 0.9) -> dict[str, float]:
+        """Mean top-class probability and the fraction of images classified with p >= threshold."""
+        p = self.predict_proba(images).max(axis=1)
+        return {"recognisability": float(p.mean()), "confident_fraction": float((p >= threshold).mean())}
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.predict(classifier_features(images))
+
+
+def train_classifier(image_size: int, seed: int) -> DigitsClassifier:
+    """Fit the recognisability classifier on the ``clf`` split; measure accuracy on ``test``.
+
+    Deterministic: lbfgs logistic regression has no random state.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    split = digits_split(image_size, seed)
+    x_clf, y_clf = split["clf"]
+    x_test, y_test = split["test"]
+    model = LogisticRegression(C=1.0, max_iter=2000)
+    model.fit(classifier_features(x_clf), y_clf.numpy())
+    acc = float((model.predict(classifier_features(x_test)) == y_test.numpy()).mean())
+    return DigitsClassifier(model=model, test_accuracy=acc, n_train=len(y_clf), n_test=len(y_test))

@@ -1,0 +1,282 @@
+"""DDIM stage: the sampler against diffusers, determinism, fixed x_T, timestep selection, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from diffusion_report import ddim, metrics, training
+from diffusion_report.io import sha256_file
+from diffusion_report.models import ModelNotFoundError
+from diffusion_report.schedules import Schedule
+
+T_TINY = 50  # abar_T ~ 0.6: the random UNet's x0_hat stays O(1), so 1e-5 is a meaningful bound
+
+
+def tiny_unet_config() -> dict:
+    return {
+        "sample_size": 8,
+        "in_channels": 1,
+        "out_channels": 1,
+        "layers_per_block": 1,
+        "block_out_channels": (8, 16),
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 4,
+        "attention_head_dim": 8,
+    }
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return training.build_unet(tiny_unet_config(), seed=123).eval()
+
+
+@pytest.fixture(scope="module")
+def x_T():
+    return torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(7))
+
+
+def schedule_of(sched) -> Schedule:
+    """Our schedule with exactly the scheduler's (float32) alpha_bars, so only the updates differ.
+
+    diffusers takes beta_t = 1 - abar_t / abar_{t-1} from float32 cumulative products, which
+    differs from the configured beta_t by up to ~1e-3 relative for small betas.
+    """
+    ab = torch.cat([torch.ones(1, dtype=torch.float64), sched.alphas_cumprod.double()])
+    return Schedule.from_betas(1.0 - ab[1:] / ab[:-1])
+
+
+def diffusers_ddim(unet, x_T, sched, steps, eta=0.0, seed=None):
+    sched.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = x_T.clone()
+    with torch.no_grad():
+        for k in sched.timesteps:
+            x = sched.step(unet(x, k).sample, k, x, eta=eta, generator=gen).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [10, T_TINY])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_matches_diffusers(unet, x_T, steps, clip):
+    sched = DDIMScheduler(num_train_timesteps=T_TINY, clip_sample=clip)  # "leading" spacing, alpha_0 = 1
+    schedule = Schedule.from_betas(sched.betas.double())
+    ours = ddim.ddim_sample(unet, x_T, schedule, steps, clip_sample=clip)
+    ref = diffusers_ddim(unet, x_T, sched, steps)
+    assert ours.abs().max() > 0.1  # not a trivial output
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("steps", [10, T_TINY])
+def test_ddim_eta1_matches_diffusers(unet, x_T, steps):
+    sched = DDIMScheduler(num_train_timesteps=T_TINY, clip_sample=False)
+    schedule = Schedule.from_betas(sched.betas.double())
+    ours = ddim.ddim_sample(unet, x_T, schedule, steps, eta=1.0, generator=torch.Generator().manual_seed(5))
+    ref = diffusers_ddim(unet, x_T, sched, steps, eta=1.0, seed=5)
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def test_ddpm_matches_diffusers_and_ddim_eta1(unet, x_T):
+    # float64 throughout: diffusers' DDPM step takes beta_t = 1 - abar_t / abar_{t-1} from its
+    # alphas_cumprod, which in float32 is off by ~1e-3 relative for small betas
+    import copy
+
+    unet64, x64 = copy.deepcopy(unet).double(), x_T.double()
+    sched = DDPMScheduler(num_train_timesteps=T_TINY, clip_sample=False)  # fixed_small variance
+    sched.alphas_cumprod = sched.alphas_cumprod.double()
+    schedule = schedule_of(sched)
+    gen = torch.Generator().manual_seed(11)
+    x = x64.clone()
+    with torch.no_grad():
+        for k in sched.timesteps:
+            x = sched.step(unet64(x, k).sample, k, x, generator=gen).prev_sample
+    ours = ddim.ddpm_sample(unet64, x64, schedule, generator=torch.Generator().manual_seed(11))
+    assert (ours - x).abs().max().item() <= 1e-5
+    # DDIM with eta = 1 over all T steps is DDPM (DDIM paper, sec. 4.1): same noise, same result
+    ddim_all = ddim.ddim_sample(unet64, x64, schedule, T_TINY, eta=1.0, generator=torch.Generator().manual_seed(11))
+    assert (ours - ddim_all).abs().max().item() <= 1e-5
+    # and the noise matters: eta = 0 lands elsewhere
+    assert (ours - ddim.ddim_sample(unet64, x64, schedule, T_TINY)).abs().max().item() > 1e-2
+
+
+def test_uniform_timesteps_are_diffusers_leading_plus_one():
+    for T, S in [(1000, 10), (1000, 50), (1000, 1000), (100, 7)]:
+        sched = DDIMScheduler(num_train_timesteps=T)
+        sched.set_timesteps(S)
+        assert ddim.select_timesteps(S, T, "uniform") == (sched.timesteps + 1).tolist()
+    ts = ddim.select_timesteps(1000, 1000, "uniform")
+    assert ts[0] == 1000 and ts[-1] == 1
+
+
+def test_quadratic_timesteps():
+    ts = ddim.select_timesteps(10, 1000, "quadratic")
+    # ermongroup/ddim: seq = [int(s) for s in np.linspace(0, sqrt(0.8 T), S) ** 2], shifted to t = k + 1
+    expected = [int(s) + 1 for s in np.linspace(0, math.sqrt(800), 10) ** 2][::-1]
+    assert ts == expected
+    assert ts[-1] == 1 and ts[0] == 801
+    gaps = -np.diff(ts)
+    assert np.all(gaps > 0) and gaps[0] > gaps[-1]  # dense near t = 1, sparse near T
+    many = ddim.select_timesteps(500, 1000, "quadratic")
+    assert len(many) == len(set(many)) and len(many) < 500  # duplicates near t = 1 removed
+
+
+def test_step_count_above_T_is_an_error(unet, x_T):
+    with pytest.raises(ValueError, match="ddim.step_counts"):
+        ddim.select_timesteps(1001, 1000)
+    with pytest.raises(ValueError, match=r"ddim.step_counts.*\[200\]"):
+        ddim.check_step_counts([10, 200], T_TINY)
+    with pytest.raises(ValueError, match="ddim.skip_type"):
+        ddim.select_timesteps(10, 1000, "cubic")
+
+
+def test_eta0_is_deterministic(unet, x_T):
+    schedule = Schedule.make("linear", T_TINY)
+    a = ddim.ddim_sample(unet, x_T, schedule, 20)
+    b = ddim.ddim_sample(unet, x_T, schedule, 20)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# rule-level: x_T artifact, sampling files, figures, report context
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, unet):
+    d = tmp_path_factory.mktemp("ddim") / "model"
+    unet.save_pretrained(d, safe_serialization=True)
+    training.ddpm_scheduler({"kind": "linear", "T": T_TINY, "beta_start": 1e-4, "beta_end": 0.02}).save_pretrained(d)
+    return d
+
+
+def stage_config(model_dir, step_counts=(5, 20, T_TINY)) -> dict:
+    return {
+        "seed": 3,
+        "device": "cpu",
+        "ddim": {
+            "model": {"source": "pretrained", "pretrained": str(model_dir)},
+            "step_counts": list(step_counts),
+            "num_samples": 3,
+            "eta": 0.0,
+            "skip_type": "uniform",
+            "clip_sample": False,
+            "ddpm_baseline": True,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory, model_dir):
+    out = tmp_path_factory.mktemp("stage")
+    cfg = stage_config(model_dir)
+    ddim.run_x_T(out / "x_T.safetensors", cfg)
+    labels = [f"ddim_{s}" for s in cfg["ddim"]["step_counts"]] + ["ddpm"]
+    for lab in labels:
+        kw = {"sampler": "ddpm"} if lab == "ddpm" else {"sampler": "ddim", "num_steps": int(lab.split("_")[1])}
+        ddim.run_sampling(out / "x_T.safetensors", out / f"{lab}.safetensors", out / f"{lab}.json", cfg, **kw)
+    return out, cfg, labels
+
+
+def test_same_x_T_for_every_step_count(stage_run, model_dir):
+    out, cfg, labels = stage_run
+    x_T, _ = ddim.load_tensor(out / "x_T.safetensors")
+    assert tuple(x_T.shape) == (3, 1, 8, 8)
+    hashes = {ddim.load_tensor(out / f"{lab}.safetensors")[1]["x_T_sha256"] for lab in labels}
+    assert hashes == {ddim.tensor_sha256(x_T)}
+    # and the saved samples are what the sampler gives from exactly that x_T
+    unet, schedule, _ = ddim.load_model(str(model_dir))
+    x5, meta = ddim.load_tensor(out / "ddim_5.safetensors")
+    assert meta["steps"] == 5 and meta["nfe"] == 5
+    assert torch.equal(x5, ddim.ddim_sample(unet, x_T, schedule, 5))
+    # a second draw is reproducible from the seed, and a different seed gives a different x_T
+    assert torch.equal(ddim.make_x_T(x_T.shape, 3), x_T)
+    assert not torch.equal(ddim.make_x_T(x_T.shape, 4), x_T)
+
+
+def test_sampling_files_are_byte_identical_on_rerun(stage_run, tmp_path):
+    out, cfg, _ = stage_run
+    ddim.run_sampling(out / "x_T.safetensors", tmp_path / "again.safetensors", tmp_path / "again.json", cfg,
+                      sampler="ddim", num_steps=20)
+    assert sha256_file(tmp_path / "again.safetensors") == sha256_file(out / "ddim_20.safetensors")
+    ddim.run_x_T(tmp_path / "x_T.safetensors", cfg)
+    assert sha256_file(tmp_path / "x_T.safetensors") == sha256_file(out / "x_T.safetensors")
+
+
+def test_pretrained_step_count_above_T_names_the_key(model_dir, tmp_path):
+    cfg = stage_config(model_dir, step_counts=(10, 1000))
+    with pytest.raises(ValueError, match="ddim.step_counts"):
+        ddim.run_x_T(tmp_path / "x_T.safetensors", cfg)
+    assert not (tmp_path / "x_T.safetensors").exists()
+
+
+def test_figures_metrics_and_report_context(stage_run, tmp_path):
+    out, cfg, labels = stage_run
+    files = {
+        "grid": str(tmp_path / "grid.png"), "convergence": str(tmp_path / "conv.png"),
+        "metrics": str(tmp_path / "metrics.csv"), "timing": str(tmp_path / "timing.csv"),
+    }
+    ddim.run_figures({lab: str(out / f"{lab}.safetensors") for lab in labels},
+                     {lab: str(out / f"{lab}.json") for lab in labels},
+                     grid_png=files["grid"], convergence_png=files["convergence"], metrics_csv=files["metrics"],
+                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), config=cfg)
+    import pandas as pd
+
+    m = pd.read_csv(files["metrics"]).set_index("label")
+    assert list(m.index) == labels
+    assert m.loc[f"ddim_{T_TINY}", "mse"] == 0 and m.loc[f"ddim_{T_TINY}", "ssim"] == 1
+    x5, ref = ddim.load_tensor(out / "ddim_5.safetensors")[0], ddim.load_tensor(out / f"ddim_{T_TINY}.safetensors")[0]
+    d = metrics.pairwise(x5, ref)
+    assert m.loc["ddim_5", "mse"] == pytest.approx(d["mse"].mean(), rel=1e-6) and m.loc["ddim_5", "mse"] > 0
+    assert m.loc["ddim_5", "ssim"] == pytest.approx(d["ssim"].mean(), rel=1e-6) and m.loc["ddim_5", "ssim"] < 1
+    assert len(list((tmp_path / "png").glob("*.png"))) == 3 * len(labels)
+    ctx = ddim.report_context(files, {**cfg, "ddim": {**cfg["ddim"], "model": cfg["ddim"]["model"]}})
+    assert ctx["reference_steps"] == T_TINY and ctx["fewest_steps"] == 5
+    assert ctx["fewest_mse"] == pytest.approx(m.loc["ddim_5", "mse"])
+    assert ctx["ddpm"]["steps"] == T_TINY
+    assert len(ctx["rows"]) == len(labels)
+    t = json.loads((out / "ddim_5.json").read_text())
+    assert t["wall_s"] > 0 and t["nfe"] == 5
+    # the section template renders with the report's environment (autoescape, StrictUndefined)
+    from pathlib import Path
+
+    from diffusion_report import report
+
+    env = report.environment(Path(__file__).resolve().parents[1] / "report" / "templates")
+    html = env.get_template("sections/ddim.html.j2").render(ctx=ctx, config=cfg)
+    assert '<section id="ddim">' in html and "data:image/png;base64" in html
+    assert "new x<sub>T</sub> for each step count" in html and "not clipped" in html
+    assert report.fmt(ctx["fewest_ssim"], 3) in html
+
+
+def test_missing_model_error_names_id_and_fix(monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
+    try:
+        import diffusers.utils.constants as dc
+
+        monkeypatch.setattr(dc, "HF_HUB_OFFLINE", True, raising=False)
+    except ImportError:
+        pass
+    with pytest.raises(ModelNotFoundError) as err:
+        ddim.load_model("no-such-org/no-such-ddpm")
+    msg = str(err.value)
+    assert "no-such-org/no-such-ddpm" in msg
+    assert "ddim.model.pretrained" in msg
+    assert "huggingface-cli download" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_image_metrics():
+    a = torch.zeros(1, 8, 8)
+    b = torch.full((1, 8, 8), 0.2)  # 0.1 apart in [0, 1] units
+    assert metrics.mse(a, b) == pytest.approx(0.01)
+    assert metrics.psnr(a, b) == pytest.approx(20.0)
+    assert metrics.psnr(a, a) == math.inf and metrics.ssim(a, a) == pytest.approx(1.0)
+    noise = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    img = torch.linspace(-1, 1, 16).view(1, 1, 16).expand(3, 16, 16)
+    assert metrics.ssim(img, noise) < 0.5 < metrics.ssim(img, (img + 0.05 * noise).clamp(-1, 1))
