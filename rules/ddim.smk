@@ -13,6 +13,13 @@ DDIM_LABELS = [f"ddim_{int(s)}" for s in config["ddim"]["step_counts"]] + (
     ["ddpm"] if config["ddim"]["ddpm_baseline"] else []
 )
 DDIM_IS_DIGITS = config["ddim"]["model"]["source"] == "train"
+# The config each rule depends on, declared as params so that changing it reruns the rule
+# (the scripts read the same values from the config).
+DDIM_SAMPLING_CONFIG = {
+    "ddim": {k: v for k, v in config["ddim"].items() if k not in ("step_counts", "ddpm_baseline", "enabled")},
+    "schedule": config["schedule"],
+    "seed": config["seed"],
+}
 
 
 rule ddim_train:
@@ -20,6 +27,10 @@ rule ddim_train:
         model=directory("results/ddim/model"),
         loss_csv="results/ddim/train_loss.csv",
         loss_png="results/ddim/train_loss.png",
+    params:
+        train=config["ddim"]["train"],
+        schedule=config["schedule"],
+        seed=config["seed"],
     log:
         "logs/ddim_train/ddim_train.log",
     benchmark:
@@ -39,6 +50,8 @@ rule ddim_x_T:
         model=DDIM_MODEL_INPUT,
     output:
         "results/ddim/x_T.safetensors",
+    params:
+        sampling=DDIM_SAMPLING_CONFIG,
     log:
         "logs/ddim_x_T/ddim_x_T.log",
     benchmark:
@@ -60,6 +73,8 @@ rule ddim_sample:
     output:
         samples="results/ddim/samples/ddim_{steps}.safetensors",
         timing="results/ddim/timing/ddim_{steps}.json",
+    params:
+        sampling=DDIM_SAMPLING_CONFIG,
     wildcard_constraints:
         steps=r"\d+",
     log:
@@ -83,6 +98,8 @@ rule ddim_ddpm_baseline:
     output:
         samples="results/ddim/samples/ddpm.safetensors",
         timing="results/ddim/timing/ddpm.json",
+    params:
+        sampling=DDIM_SAMPLING_CONFIG,
     log:
         "logs/ddim_ddpm_baseline/ddim_ddpm_baseline.log",
     benchmark:
@@ -114,6 +131,7 @@ rule ddim_figures:
         classifier=(["results/ddim/classifier.csv"] if DDIM_IS_DIGITS else []),
     params:
         labels=DDIM_LABELS,
+        sampling=DDIM_SAMPLING_CONFIG,
     log:
         "logs/ddim_figures/ddim_figures.log",
     benchmark:
