@@ -51,7 +51,10 @@ rule ddim_x_T:
     output:
         "results/ddim/x_T.safetensors",
     params:
-        sampling=DDIM_SAMPLING_CONFIG,
+        model=config["ddim"]["model"],
+        num_samples=config["ddim"]["num_samples"],
+        image_size=config["ddim"]["train"]["image_size"],
+        seed=config["seed"],
     log:
         "logs/ddim_x_T/ddim_x_T.log",
     benchmark:

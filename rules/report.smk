@@ -13,6 +13,9 @@ rule report_html:
             category="Report",
             labels={"file": "report.html"},
         ),
+    params:
+        # the report prints the effective config (provenance), so any config change re-renders it
+        config=config,
     log:
         "logs/report_html/report_html.log",
     benchmark:

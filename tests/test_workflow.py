@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import ROOT, copy_workflow, load_yaml, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +157,37 @@ def test_pdf_pages_and_figures_are_not_blank(tiny_run, tmp_path):
     for img in images:
         arr = np.asarray(img.image.convert("RGB"), dtype=np.float64)
         assert arr.std() > 5, f"figure {img.name} is blank"
+
+
+def _dry_run_jobs(work: Path, *configfiles: str) -> dict[str, int]:
+    proc = run_snakemake(work, "-n", "--configfile", "presets/tiny.yaml", *configfiles, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    stats = out[out.index("Job stats:"):].split("\n\n")[0]
+    jobs = {}
+    for line in stats.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_changing_one_edit_reruns_only_that_edit_and_the_report(tiny_run, tmp_path):
+    import yaml
+
+    work, _ = tiny_run
+    edits = load_yaml(work / "config.yaml")["p2p"]["edits"]
+    edits[1]["target"] = "a green circle on a white background"
+    overlay = tmp_path / "edit.yaml"
+    overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}))
+    jobs = _dry_run_jobs(work, str(overlay))
+    assert jobs == {"p2p_edit": 1, "p2p_metrics": 1, "report_html": 1, "report_pdf": 1, "all": 1}
+
+
+def test_changing_ddim_clipping_reruns_sampling_not_training(tiny_run, tmp_path):
+    work, _ = tiny_run
+    overlay = tmp_path / "clip.yaml"
+    overlay.write_text("ddim: {clip_sample: true}\n")
+    jobs = _dry_run_jobs(work, str(overlay))
+    assert "ddim_train" not in jobs and "forward_mse" not in jobs
+    assert jobs["ddim_sample"] == 3 and jobs["ddim_figures"] == 1 and jobs["report_html"] == 1
