@@ -122,7 +122,12 @@ rule ddim_figures:
         samples=expand("results/ddim/samples/{label}.safetensors", label=DDIM_LABELS),
         timings=expand("results/ddim/timing/{label}.json", label=DDIM_LABELS),
     output:
-        grid="results/ddim/grid.png",
+        grid=report(
+            "results/ddim/grid.png",
+            caption="../report/captions/ddim.rst",
+            category="DDIM",
+            labels={"figure": "samples per step count"},
+        ),
         convergence="results/ddim/convergence.png",
         metrics="results/ddim/metrics.csv",
         timing="results/ddim/timing.csv",

@@ -15,7 +15,12 @@ rule p2p_edit:
         source="results/p2p/{edit}/source.png",
         edit="results/p2p/{edit}/edit.png",
         baseline="results/p2p/{edit}/baseline.png",
-        side_by_side="results/p2p/{edit}/side_by_side.png",
+        side_by_side=report(
+            "results/p2p/{edit}/side_by_side.png",
+            caption="../report/captions/p2p.rst",
+            category="Prompt-to-prompt",
+            labels={"edit": "{edit}", "figure": "source, edit, baseline"},
+        ),
         attention="results/p2p/{edit}/attention.png",
         metrics="results/p2p/{edit}/metrics.csv",
     params:

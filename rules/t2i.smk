@@ -70,7 +70,12 @@ rule t2i_samples:
     input:
         model="results/t2i/model",
     output:
-        grid="results/t2i/samples.png",
+        grid=report(
+            "results/t2i/samples.png",
+            caption="../report/captions/t2i.rst",
+            category="Text-to-image model",
+            labels={"figure": "samples"},
+        ),
         accuracy="results/t2i/caption_accuracy.csv",
     params:
         t2i={k: T2I[k] for k in ("data", "reader", "samples", "eval")},
@@ -95,7 +100,12 @@ rule t2i_eval:
     output:
         per_seed="results/t2i/eval_per_seed.csv",
         summary="results/t2i/eval_summary.csv",
-        examples="results/t2i/eval_examples.png",
+        examples=report(
+            "results/t2i/eval_examples.png",
+            caption="../report/captions/t2i.rst",
+            category="Text-to-image model",
+            labels={"figure": "evaluation examples"},
+        ),
     params:
         t2i={k: T2I[k] for k in ("data", "reader", "eval")},
         seed=config["seed"],

@@ -24,7 +24,7 @@ from conftest import SNAKEMAKE, copy_workflow, run_snakemake
 pytestmark = pytest.mark.slow
 
 # The job to kill: the first of these that the tiny preset runs (longest first).
-KILL_PREFERENCE = ("t2i_train.py", "ddim_train.py", "ddim_sample.py", "forward_mse.py")
+KILL_PREFERENCE = ("ddim_train.py", "ddim_sample.py", "t2i_eval.py", "forward_mse.py")
 COMPARED_SUFFIXES = {".png", ".csv", ".html", ".pdf", ".json", ".safetensors", ".txt"}
 
 

@@ -191,3 +191,14 @@ def test_changing_ddim_clipping_reruns_sampling_not_training(tiny_run, tmp_path)
     jobs = _dry_run_jobs(work, str(overlay))
     assert "ddim_train" not in jobs and "forward_mse" not in jobs
     assert jobs["ddim_sample"] == 3 and jobs["ddim_figures"] == 1 and jobs["report_html"] == 1
+
+
+def test_snakemakes_own_report_lists_the_marked_outputs(tiny_run, tmp_path):
+    work, _ = tiny_run
+    out = tmp_path / "snakemake_report.html"
+    proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", "--report", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = out.read_text(errors="replace")
+    for category in ("Forward diffusion", "Report"):
+        assert category in html
+    assert "grid.png" in html and "report.pdf" in html
