@@ -3,7 +3,8 @@
 Run A is uninterrupted. Run B is killed (SIGKILL to the longest job's process) part-way, then
 rerun; Snakemake's incomplete markers and the scripts' atomic writes mean the rerun redoes the
 killed job and the final artifacts equal run A's. The only difference allowed is the report's
-table of measured wall times and memory (benchmark files), which is cut out before comparing.
+values marked as measured (wall times, speed-ups and memory, in the report and in
+results/ddim/timing*), which are blanked before comparing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ COMPARED_SUFFIXES = {".png", ".csv", ".html", ".pdf", ".json", ".safetensors", "
 def digests(results: Path) -> dict[str, str]:
     out = {}
     for path in sorted(results.rglob("*")):
-        if path.is_file() and path.suffix in COMPARED_SUFFIXES and path.name != "screenshot.png":
+        measured = "timing" in path.parts or path.name.startswith("timing")  # wall times by design
+        if path.is_file() and path.suffix in COMPARED_SUFFIXES and path.name != "screenshot.png" and not measured:
             data = path.read_bytes()
             if path.suffix == ".html":
                 data = strip_measurements(data.decode()).encode()
@@ -42,9 +44,9 @@ def digests(results: Path) -> dict[str, str]:
 
 
 def strip_measurements(html: str) -> str:
-    """Remove the benchmark table (wall times and memory differ from run to run)."""
-    return re.sub(r'<table id="tab-\d+">\s*<caption><span class="label">Table \d+\.</span> Wall time.*?</table>', "",
-                  html, flags=re.S)
+    """Blank the values the report marks as measured (wall times, speed-ups, memory)."""
+    html = re.sub(r'<span class="measured">[^<]*</span>', '<span class="measured"></span>', html)
+    return re.sub(r'<td class="num measured">[^<]*</td>', '<td class="num measured"></td>', html)
 
 
 def scripts_running(pattern: str) -> list[int]:

@@ -179,7 +179,7 @@ def test_changing_one_edit_reruns_only_that_edit_and_the_report(tiny_run, tmp_pa
     edits = load_yaml(work / "config.yaml")["p2p"]["edits"]
     edits[1]["target"] = "a green circle on a white background"
     overlay = tmp_path / "edit.yaml"
-    overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}))
+    overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}, sort_keys=False))
     jobs = _dry_run_jobs(work, str(overlay))
     assert jobs == {"p2p_edit": 1, "p2p_metrics": 1, "report_html": 1, "report_pdf": 1, "all": 1}
 

@@ -74,6 +74,13 @@ def fmt(value, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def measured(value) -> "Markup":
+    """Mark a measured value (a wall time, a speed-up) that differs from run to run."""
+    from markupsafe import Markup, escape
+
+    return Markup('<span class="measured">') + escape(value) + Markup("</span>")
+
+
 def pct(value, digits: int = 2) -> str:
     return f"{float(value) * 100:.{digits}g}%"
 
@@ -89,8 +96,8 @@ def environment(templates_dir: str | Path):
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.globals.update(data_uri=data_uri, numbering=Numbering(), fmt=fmt, pct=pct)
-    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri)
+    env.globals.update(data_uri=data_uri, numbering=Numbering(), fmt=fmt, pct=pct, measured=measured)
+    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured)
     return env
 
 
