@@ -98,6 +98,7 @@ def environment(templates_dir: str | Path):
     )
     env.globals.update(data_uri=data_uri, numbering=Numbering(), fmt=fmt, pct=pct, measured=measured)
     env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured)
+    env.tests["startingwith"] = lambda value, prefix: str(value).startswith(prefix)
     return env
 
 
@@ -171,7 +172,8 @@ def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path,
     import platform
 
     artifacts = [
-        {"stage": stage, "artifact": Path(path).name, "path": path, "sha256": sha256_file(path)}
+        {"stage": stage, "artifact": Path(path).name, "path": path, "sha256": sha256_file(path),
+         "_measured": Path(path).name.startswith("timing")}  # wall times: differ from run to run
         for stage, named in files.items() for path in named.values() if Path(path).is_file()
     ]
     return {
