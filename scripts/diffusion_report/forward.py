@@ -6,6 +6,9 @@ Notation follows Ho et al. (2020) and :mod:`diffusion_report.schedules`: t = 0 i
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pandas as pd
 import torch
 
@@ -59,36 +62,62 @@ def noisy_images(x0: torch.Tensor, timesteps: list[int], schedule: Schedule, see
     return torch.stack([q_sample(x0, t, timestep_noise(tuple(x0.shape), t, seed), schedule) for t in timesteps])
 
 
-def mse_per_timestep(x0: torch.Tensor, t_max: int, schedule: Schedule, seed: int, chunk: int = 32) -> torch.Tensor:
+def noise_statistics(x0: torch.Tensor, timesteps: list[int], seed: int, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(<x_0, eps_t>/D, <eps_t, eps_t>/D) per timestep and image, each (len(timesteps), N) float64.
+
+    eps_t is :func:`timestep_noise` of each t (shape of x0: (N, C, H, W), D = C*H*W). Every timestep
+    has its own generator, so the draws are independent of one another and of the order they are
+    made in: each t is drawn and reduced on a thread of a pool (torch releases the GIL; the ~1 MB
+    draw stays in cache between drawing and reducing). ``workers`` defaults to torch's thread count.
+    """
+    N = x0.shape[0]
+    flat = x0.reshape(N, -1).to(torch.float32)  # (N, D)
+    D = flat.shape[-1]
+    shape = tuple(x0.shape)
+    cross = torch.empty(len(timesteps), N, dtype=torch.float64)
+    sq = torch.empty(len(timesteps), N, dtype=torch.float64)
+    local = threading.local()
+
+    def one(i: int) -> None:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = torch.empty(shape, dtype=torch.float32)
+        torch.randn(shape, generator=make_generator(seed, f"forward/t={timesteps[i]}"), out=buf)
+        eps = buf.reshape(N, -1)  # (N, D)
+        # torch's sum reduces in cascades (error ~1e-7 relative, where a dot product's running sum is ~1e-5)
+        cross[i] = (eps * flat).sum(1, dtype=torch.float64) / D
+        sq[i] = eps.square().sum(1, dtype=torch.float64) / D
+
+    workers = max(1, int(workers or torch.get_num_threads()))
+    if workers == 1:
+        for i in range(len(timesteps)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, range(len(timesteps))))
+    return cross, sq
+
+
+def mse_per_timestep(x0: torch.Tensor, t_max: int, schedule: Schedule, seed: int, workers: int | None = None) -> torch.Tensor:
     """Empirical MSE(x_t, x_0) per image for t = 0..t_max, shape (t_max + 1, N).
 
     With a_t = sqrt(abar_t) - 1 and b_t = sqrt(1 - abar_t), x_t - x_0 = a_t x_0 + b_t eps_t, so
 
         MSE_t = a_t^2 <x_0, x_0>/D + 2 a_t b_t <x_0, eps_t>/D + b_t^2 <eps_t, eps_t>/D,
 
-    which is the mean of the materialised (x_t - x_0)^2 up to rounding, computed with one pass
-    over each eps_t (a batched matrix product and a norm) instead of building x_t. Each timestep's
-    noise comes from its own seeded generator (the grid uses the same draws), so the values do not
-    depend on the chunk size.
+    which is the mean of the materialised (x_t - x_0)^2 up to rounding, computed from two inner
+    products of each eps_t instead of building x_t. Each timestep's noise comes from its own seeded
+    generator (the grid uses the same draws), so the values do not depend on how the draws are
+    scheduled. Drawing the noise is most of the time (see ``bench/bench_forward.py``); the draws
+    run on ``workers`` threads (:func:`noise_statistics`).
     """
     N = x0.shape[0]
-    flat = x0.reshape(N, -1).to(torch.float32)  # (N, D)
-    D = flat.shape[1]
-    a = schedule.alpha_bars.sqrt() - 1.0  # float64, (T + 1,)
-    b = (1.0 - schedule.alpha_bars).sqrt()
-    m2 = flat.double().pow(2).sum(1) / D  # (N,)
-    out = torch.empty(t_max + 1, N, dtype=torch.float64)
-    buf = torch.empty((min(chunk, t_max + 1), *x0.shape), dtype=torch.float32)
-    for start in range(0, t_max + 1, chunk):
-        ts = list(range(start, min(start + chunk, t_max + 1)))
-        for i, t in enumerate(ts):
-            torch.randn(tuple(x0.shape), generator=make_generator(seed, f"forward/t={t}"), out=buf[i])
-        eps = buf[: len(ts)].reshape(len(ts), N, D)  # (k, N, D)
-        cross = torch.einsum("knd,nd->kn", eps, flat).double() / D  # <x_0, eps_t>/D
-        sq = torch.linalg.vector_norm(eps, dim=-1).double().pow(2) / D  # <eps_t, eps_t>/D
-        at, bt = a[ts].unsqueeze(1), b[ts].unsqueeze(1)
-        out[ts] = at**2 * m2 + 2 * at * bt * cross + bt**2 * sq
-    return out
+    flat = x0.reshape(N, -1).double()
+    m2 = flat.pow(2).mean(1)  # (N,)
+    a = (schedule.alpha_bars[: t_max + 1].sqrt() - 1.0).unsqueeze(1)  # float64, (t_max + 1, 1)
+    b = (1.0 - schedule.alpha_bars[: t_max + 1]).sqrt().unsqueeze(1)
+    cross, sq = noise_statistics(x0, list(range(t_max + 1)), seed, workers)
+    return a**2 * m2 + 2 * a * b * cross + b**2 * sq
 
 
 def expected_mse(x0: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
