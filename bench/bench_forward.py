@@ -60,7 +60,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"5 images at 128x128, t = 0..{args.t_max}, median of {args.repeats}")
     for r in rows:
-        print(f"  {r["what"]:<36} {r['seconds']:8.3f} s   loop/this = {r['ratio_vs_loop']}")
+        print(f"  {r['what']:<36} {r['seconds']:8.3f} s   loop/this = {r['ratio_vs_loop']}")
     print(f"vectorised / floor = {t_vec / t_rng:.2f}")
     print(f"wrote {write_rows('forward', rows)}")
 
