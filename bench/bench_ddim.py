@@ -1,67 +1,116 @@
-"""Benchmark: our DDIM sampler against diffusers' DDIMScheduler loop, same UNet and x_T.
+"""Benchmark: the pipeline's DDIM sampler against diffusers' DDIMPipeline on the same UNet and x_T.
 
-Prints, per step count, the median wall time of (a) ``diffusion_report.ddim.ddim_sample``,
-(b) the loop DDIMPipeline runs (``DDIMScheduler.set_timesteps`` + ``step``; the pipeline itself
-cannot take a given x_T), and (c) steps x one UNet forward, with the ratios a/b and a/c, and
-writes them to a CSV. Run: ``.venv/bin/python bench/bench_ddim.py [--out bench/out/ddim.csv]``.
+Per step count, the median wall time (measured interleaved) of
+
+* ``ours``: ``diffusion_report.ddim.make_x_T`` + ``ddim_sample`` (what rule ``ddim_sample`` runs);
+* ``diffusers``: ``DDIMPipeline(unet, DDIMScheduler)(num_inference_steps=S, output_type="pt")``,
+  given a generator in the state that draws the same x_T;
+* ``floor``: S x one UNet forward pass on the batch (no sampler at all).
+
+Goals (issue 10): ours / diffusers <= 1.0, ours / floor <= 1.05, outputs equal within 1e-5 (checked
+before timing; the script fails otherwise). Writes bench/out/ddim.csv.
+
+    .venv/bin/python bench/bench_ddim.py                         # the embedded default's digits UNet
+    .venv/bin/python bench/bench_ddim.py --arch cifar10 --steps 10 --repeats 3   # google/ddpm-cifar10-32's shapes
+    .venv/bin/python bench/bench_ddim.py --model results/ddim/model           # a trained or downloaded model
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
+from _common import machine, side_by_side, write_rows
 
-from _common import median_time  # noqa: E402  (puts scripts/ on sys.path)
+from diffusion_report import ddim, training
+from diffusion_report.io import make_generator
+from diffusion_report.schedules import Schedule
 
-from diffusion_report import ddim, training  # noqa: E402
-from diffusion_report.schedules import Schedule  # noqa: E402
+SEED = 0
+
+
+def cifar10_unet():
+    """google/ddpm-cifar10-32's UNet2DModel architecture (35.7M parameters), random weights."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
+    )
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=["digits", "cifar10"], default="digits", help="UNet shapes built in code (random weights)")
+    ap.add_argument("--model", help="a model folder or hub id instead (loaded as rule ddim_sample does)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--num-samples", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="bench/out/ddim.csv")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", help="CSV path (default bench/out/ddim.csv)")
     args = ap.parse_args(argv)
 
-    import pandas as pd
-    from diffusers import DDIMScheduler
-
-    from diffusion_report.io import write_csv
+    from diffusers import DDIMPipeline, DDIMScheduler
 
     torch.set_num_threads(args.threads)
-    unet = training.build_unet(training.unet_config(args.image_size, args.channels), seed=0).eval()
-    sched = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
-    schedule = Schedule.from_betas(sched.betas.double())
-    x_T = ddim.make_x_T((args.num_samples, 1, args.image_size, args.image_size), seed=0)
-    k = torch.full((args.num_samples,), 500)
+    dev = torch.device(args.device)
+    if args.model:
+        unet, schedule, _ = ddim.load_model(args.model, dev)
+        name = args.model
+    elif args.arch == "cifar10":
+        unet, name = cifar10_unet().to(dev).eval(), "ddpm-cifar10-32 shapes"
+        schedule = None
+    else:
+        unet = training.build_unet(training.unet_config(16, [32, 64, 64]), seed=0).to(dev).eval()
+        schedule, name = None, "digits UNet (embedded default)"
+    if schedule is None:
+        schedule = Schedule.make("linear", 1000)
+    # diffusers' DDIM with our conventions: "leading" spacing = our uniform skip, abar_0 = 1, no clipping
+    sched = DDIMScheduler(trained_betas=schedule.betas[1:].numpy(), clip_sample=False, set_alpha_to_one=True,
+                          timestep_spacing="leading", steps_offset=0)
+    pipe = DDIMPipeline(unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    shape = (args.num_samples, c.in_channels, size, size)
 
-    def diffusers_loop(steps):
-        sched.set_timesteps(steps)
-        x = x_T
-        with torch.no_grad():
-            for t in sched.timesteps:
-                x = sched.step(unet(x, t).sample, t, x).prev_sample
-        return x
+    def ours(S):
+        x_T = ddim.make_x_T(shape, SEED).to(dev)
+        return ddim.ddim_sample(unet, x_T, schedule, S)
 
-    with torch.no_grad():
-        fwd = median_time(lambda: unet(x_T, k), max(5, args.repeats))
+    def theirs(S):
+        return pipe(batch_size=args.num_samples, generator=make_generator(SEED, "ddim_x_T"), num_inference_steps=S,
+                    output_type="pt").images
+
+    x_T = ddim.make_x_T(shape, SEED).to(dev)
+    k = torch.full((args.num_samples,), 500, device=dev)
+
+    def forward():
+        with torch.inference_mode():
+            unet(x_T, k)
+
     rows = []
-    for s in args.steps:
-        ours = median_time(lambda: ddim.ddim_sample(unet, x_T, schedule, s), args.repeats)
-        theirs = median_time(lambda: diffusers_loop(s), args.repeats)
-        rows.append({"steps": s, "ours_s": ours, "diffusers_s": theirs, "unet_forwards_s": s * fwd,
-                     "ours_over_diffusers": ours / theirs, "ours_over_forwards": ours / (s * fwd)})
-        print(f"{s:5d} steps: ours {ours:.3f} s, diffusers {theirs:.3f} s, {s} forwards {s * fwd:.3f} s; "
-              f"ours/diffusers {ours / theirs:.3f}, ours/forwards {ours / (s * fwd):.3f}", flush=True)
-    write_csv(args.out, pd.DataFrame(rows))
-    print(f"wrote {args.out}")
+    for S in args.steps:
+        a = (ours(S) / 2 + 0.5).clamp(0, 1)  # the pipeline's output transform
+        b = theirs(S)
+        diff = float((a - b).abs().max())
+        if diff > 1e-5:
+            raise SystemExit(f"{S} steps: ours and DDIMPipeline differ by {diff:.2e} (> 1e-5)")
+        med = side_by_side({"ours": lambda: ours(S), "diffusers": lambda: theirs(S), "forward": forward}, args.repeats)
+        floor = S * med["forward"]
+        rows.append({"model": name, "device": str(dev), "batch": args.num_samples, "steps": S, "repeats": args.repeats,
+                     "ours_s": round(med["ours"], 4), "diffusers_s": round(med["diffusers"], 4), "floor_s": round(floor, 4),
+                     "ours_over_diffusers": round(med["ours"] / med["diffusers"], 3), "ours_over_floor": round(med["ours"] / floor, 3),
+                     "max_abs_diff": diff})
+        r = rows[-1]
+        print(f"{S:5d} steps: ours {r['ours_s']:.3f} s, DDIMPipeline {r['diffusers_s']:.3f} s, {S} forwards {floor:.3f} s; "
+              f"ours/diffusers {r['ours_over_diffusers']:.3f}, ours/floor {r['ours_over_floor']:.3f}, max |diff| {diff:.1e}",
+              flush=True)
+    print(f"machine: {machine()}; model: {name}, batch {args.num_samples}")
+    print(f"wrote {write_rows('ddim', rows, args.out)}")
 
 
 if __name__ == "__main__":

@@ -1,45 +1,59 @@
-"""Benchmark: a prompt-to-prompt edit pair against plain sampling of the same two prompts.
+"""Benchmark: prompt-to-prompt edit pairs against plain generation of the same two prompts.
 
-Both sample the same two prompts in one batch from the same x_T with classifier-free guidance;
-``plain`` installs no processor (diffusers' fused attention everywhere), ``store`` records the
-attention maps only, ``edit`` is a word swap with cross/self-attention injection. Prints and
-writes the median wall time of each over the repeats and its ratio to ``plain`` (measured side by
-side in one run).
+Every variant samples the same two prompts in one batch (source, target) from the same x_T with
+classifier-free guidance, the same steps and scheduler:
 
-    .venv/bin/python bench/bench_p2p.py                        # tiny SD-shaped model built in code
-    .venv/bin/python bench/bench_p2p.py --model CompVis/stable-diffusion-v1-4 --steps 50 --device cuda
-    .venv/bin/python bench/bench_p2p.py --random-sd --steps 50 --fp16    # SD v1.4's shapes, random weights, no download
+* ``plain``    no processor installed: diffusers' fused attention (SDPA) everywhere;
+* ``store``    the attention store only (what a generation for the report records);
+* ``replace``  a word swap (cross- and self-attention injection), as rule p2p_edit runs it;
+* ``refine``   a refinement (aligned cross-attention injection);
+* ``replace_explicit``  the same word swap computing explicit attention probabilities in every
+  layer at every step, as the original notebook's controller does (its ``register_attention_control``
+  replaces every attention forward); ours computes them only where the edit or the store needs them.
+
+Prints the median wall time of each (measured interleaved) and its ratio to ``plain``; with
+``--memory`` also the peak memory of each, measured in a fresh process per variant (GPU: peak
+allocated; CPU: peak resident set above the loaded model, with glibc's allocator returning large
+blocks to the system so that the resident set follows the live tensors). Goals (issue 10): edit /
+plain <= 1.15 in time and <= 1.2 in peak memory. Writes bench/out/p2p.csv.
+
+    .venv/bin/python bench/bench_p2p.py --memory                 # the embedded model (models/t2i-shapes), 20 steps
+    .venv/bin/python bench/bench_p2p.py --model CompVis/stable-diffusion-v1-4 --steps 50 --fp16 --memory
+    .venv/bin/python bench/bench_p2p.py --random-sd --steps 50 --fp16   # SD v1.4's shapes, random weights, no download
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "scripts"), str(ROOT / "tests")]
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from _common import machine, peak_memory, rss_bytes, side_by_side, write_rows  # noqa: E402
 
 from diffusion_report import p2p  # noqa: E402
-from diffusion_report.io import write_csv  # noqa: E402
-from diffusion_report.text2image import generate, initial_latents, load_text2image  # noqa: E402
+from diffusion_report.text2image import encode_prompts, generate, initial_latents, load_text2image  # noqa: E402
 
-SOURCE, TARGET = "a painting of a squirrel eating a burger", "a painting of a lion eating a burger"
+PAIRS = {  # (source, target) per edit mode and model kind
+    "embedded": {"replace": ("a red circle on a white background", "a red square on a white background"),
+                 "refine": ("a red circle on a white background", "a big red circle on a white background")},
+    "sd": {"replace": ("a painting of a squirrel eating a burger", "a painting of a lion eating a burger"),
+           "refine": ("a painting of a squirrel eating a burger", "a neoclassical painting of a squirrel eating a burger")},
+}
+VARIANTS = ("plain", "store", "replace", "refine", "replace_explicit")
 
 
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+class ExplicitEverywhere(p2p.Replace):
+    """The original's approach: explicit attention probabilities in every layer, at every step."""
+
+    def needs_probs(self, is_cross: bool, n_query: int) -> bool:
+        return True
 
 
 def random_sd(device: str, fp16: bool):
@@ -66,50 +80,120 @@ def random_sd(device: str, fp16: bool):
     return Text2Image(unet=unet, text_encoder=te, tokenizer=tiny_tokenizer(77), scheduler=sched, vae=vae, device=dev, dtype=dtype)
 
 
-def main(argv=None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="hub id or local folder; default: the tiny test model")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--fp16", action="store_true")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--random-sd", action="store_true", help="Stable Diffusion v1.4's architecture with random weights")
-    ap.add_argument("--out", default="results/bench/p2p.csv")
-    args = ap.parse_args(argv)
+def load(args):
+    """(pipe, model name, prompt kind)."""
     if args.model:
-        pipe = load_text2image(args.model, config_key="--model", device=args.device, fp16=args.fp16)
-    elif args.random_sd:
-        pipe = random_sd(args.device, args.fp16)
-    else:
+        return load_text2image(args.model, config_key="--model", device=args.device, fp16=args.fp16), args.model, "sd"
+    if args.random_sd:
+        return random_sd(args.device, args.fp16), "random-sd-v1.4-shapes", "sd"
+    if args.tiny:
         from test_p2p import tiny_pipe
 
-        pipe = tiny_pipe()
-    prompts = [SOURCE, TARGET]
+        return tiny_pipe(), "tiny test model", "embedded"
+    where = ROOT / "models" / "t2i-shapes" / "model"
+    return load_text2image(where, config_key="t2i.weights", device=args.device, fp16=args.fp16), "embedded (models/t2i-shapes)", "embedded"
+
+
+def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
+    """name -> a function that samples the variant's prompt pair once and returns its controller."""
     x_T = initial_latents(pipe, 8888, "bench")
+    pairs = PAIRS[kind]
+    max_len = pipe.max_length
 
-    def edit():
-        ctrl = p2p.make_controller("replace", prompts, pipe.tokenizer, args.steps, 0.8, 0.4, max_len=pipe.max_length)
-        generate(pipe, prompts, x_T, args.steps, args.guidance, ctrl)
+    def run(mode: str, cls=None):
+        prompts = list(pairs[mode])
 
-    variants = {
-        "plain": lambda: generate(pipe, prompts, x_T, args.steps, args.guidance, plain=True),
-        "store": lambda: generate(pipe, prompts, x_T, args.steps, args.guidance),
-        "edit": edit,
+        def fn():
+            ctrl = p2p.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
+            if cls is not None:
+                ctrl.__class__ = cls
+            return generate(pipe, prompts, x_T, steps, guidance, ctrl)[1]
+
+        return fn
+
+    prompts = list(pairs["replace"])
+    out = {
+        "plain": lambda: generate(pipe, prompts, x_T, steps, guidance, plain=True)[1],
+        "store": lambda: generate(pipe, prompts, x_T, steps, guidance)[1],
+        "replace": run("replace"),
+        "refine": run("refine"),
+        "replace_explicit": run("replace", ExplicitEverywhere),
     }
-    for fn in variants.values():  # warm-up
-        fn()
-    times = {k: [] for k in variants}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
-        for k, fn in variants.items():
-            times[k].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    name = args.model or ("random-sd-v1.4-shapes" if args.random_sd else "tiny")
-    df = pd.DataFrame([{"variant": k, "model": name, "dtype": str(pipe.dtype).replace("torch.", ""), "device": str(pipe.device), "steps": args.steps,
-                        "repeats": args.repeats, "median_s": med[k], "ratio_to_plain": med[k] / med["plain"]} for k in variants])
-    print(df.to_string(index=False))
-    write_csv(args.out, df)
-    return df
+    for pr in pairs.values():  # the text embeddings are computed once per model in every variant
+        encode_prompts(pipe, list(pr) + [""])
+    return out
+
+
+def memory_child(args) -> None:
+    """Measure one variant's peak memory in this (fresh) process and print it as JSON."""
+    pipe, _, kind = load(args)
+    fn = variants(pipe, kind, args.steps, args.guidance)[args.memory_of]
+    fn()  # warm-up: one-time allocations (kernels, caches) are not the variant's working memory
+    model_rss = rss_bytes()[0]
+    peak = peak_memory(fn)
+    if pipe.device.type == "cuda":
+        total = torch.cuda.max_memory_allocated()
+    else:
+        total = model_rss + peak
+    print(json.dumps({"peak_bytes": peak, "total_bytes": total}))
+
+
+def memory_of(variant: str, argv: list[str]) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", variant], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="hub id or local folder of a Stable Diffusion-like model")
+    ap.add_argument("--random-sd", action="store_true", help="Stable Diffusion v1.4's architecture with random weights")
+    ap.add_argument("--tiny", action="store_true", help="the tiny test model")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory (one process per variant)")
+    ap.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help="CSV path (default bench/out/p2p.csv)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_of:
+        return memory_child(args)
+
+    pipe, name, kind = load(args)
+    fns = variants(pipe, kind, args.steps, args.guidance)
+    med = side_by_side(fns, args.repeats)
+    counts = {}  # how many attention calls took the explicit route
+    for v in VARIANTS[1:]:
+        procs = fns[v]().processors.values()
+        counts[v] = f"{sum(p.explicit_calls for p in procs)}/{sum(p.explicit_calls + p.sdpa_calls for p in procs)}"
+    mem = {}
+    if args.memory:
+        child_argv = [a for a in argv if a not in ("--memory",)]
+        mem = {v: memory_of(v, child_argv) for v in VARIANTS}
+    rows = []
+    for v in VARIANTS:
+        row = {"variant": v, "model": name, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+               "steps": args.steps, "batch": 2, "repeats": args.repeats, "median_s": round(med[v], 4),
+               "time_over_plain": round(med[v] / med["plain"], 3)}
+        row["explicit_attention_calls"] = counts.get(v, "none")
+        if mem:
+            row["peak_mib"] = round(mem[v]["peak_bytes"] / 2**20, 1)
+            row["peak_over_plain"] = round(mem[v]["peak_bytes"] / max(1, mem["plain"]["peak_bytes"]), 3)
+            row["total_mib"] = round(mem[v]["total_bytes"] / 2**20, 1)
+            row["total_over_plain"] = round(mem[v]["total_bytes"] / max(1, mem["plain"]["total_bytes"]), 3)
+        rows.append(row)
+    cols = list(rows[0])
+    print(f"machine: {machine()}; model: {name}; {args.steps} steps, guidance {args.guidance}, batch 2")
+    print("  ".join(f"{c:>16}" for c in cols[0:1] + cols[7:]))
+    for r in rows:
+        print("  ".join(f"{str(r.get(c, '')):>16}" for c in cols[0:1] + cols[7:]))
+    print(f"wrote {write_rows('p2p', rows, args.out)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from diffusion_report import p2p
-from diffusion_report.text2image import Text2Image, generate, initial_latents, load_text2image
+from diffusion_report.text2image import Text2Image, encode_prompts, generate, initial_latents, load_text2image, tokenize
 
 WORDS = ["a", "photo", "of", "house", "on", "mountain", "at", "winter", "painting", "lion", "eating", "burger",
          "red", "blue", "circle", "square", "white", "background", "cat", "dog"]  # "squirrel" is left out: 5 tokens
@@ -261,6 +261,25 @@ def test_explicit_and_default_attention_agree(pipe):
     edited, _ = generate(pipe, prompts, x_T, STEPS, 5.0, ctrl)
     plain, _ = generate(pipe, prompts, x_T, STEPS, 5.0, plain=True)
     torch.testing.assert_close(edited, plain, rtol=0, atol=1e-4)
+
+
+def test_prompts_are_encoded_once_per_model_and_equal_direct_encoding(pipe):
+    import copy
+
+    fresh = copy.copy(pipe)
+    fresh.embeddings = {}
+    calls = []
+    hook = fresh.text_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        states = encode_prompts(fresh, ["a cat", "", "a cat", ""])
+        again = encode_prompts(fresh, ["", "a dog"])
+    finally:
+        hook.remove()
+    assert calls == [2, 1]  # "a cat" and "" once, then only "a dog"
+    with torch.no_grad():
+        direct = fresh.text_encoder(tokenize(fresh.tokenizer, ["a cat", "", "a dog"], MAX_LEN))[0]
+    torch.testing.assert_close(states, direct[[0, 1, 0, 1]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(again, direct[[1, 2]], rtol=0, atol=1e-6)
 
 
 # --- the edit stage, model loading, report -----------------------------------------------------

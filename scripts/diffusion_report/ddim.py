@@ -174,7 +174,7 @@ def _progress(it, desc: str, progress: bool):
     return tqdm(it, desc=desc, file=sys.stderr, mininterval=5.0)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ddim_sample(
     unet,
     x_T: torch.Tensor,
@@ -213,7 +213,7 @@ def ddim_sample(
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ddpm_sample(
     unet,
     x_T: torch.Tensor,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Text2Image:
     vae: Any = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    embeddings: dict = field(default_factory=dict, repr=False)  # prompt -> (L, D) text-encoder states
 
     @property
     def max_length(self) -> int:
@@ -169,9 +170,17 @@ def tokenize(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_prompts(pipe: Text2Image, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder states of the prompts, shape (B, L, D)."""
-    ids = tokenize(pipe.tokenizer, prompts, pipe.max_length).to(pipe.device)
-    return pipe.text_encoder(ids)[0].to(pipe.dtype)
+    """Text-encoder states of the prompts, shape (B, L, D).
+
+    Each distinct prompt is encoded once per model: the states are kept in ``pipe.embeddings``
+    (an edit pair, its no-control baseline and the unconditional "" share them).
+    """
+    missing = list(dict.fromkeys(p for p in prompts if p not in pipe.embeddings))
+    if missing:
+        ids = tokenize(pipe.tokenizer, missing, pipe.max_length).to(pipe.device)
+        states = pipe.text_encoder(ids)[0].to(pipe.dtype)
+        pipe.embeddings.update(zip(missing, states))
+    return torch.stack([pipe.embeddings[p] for p in prompts])
 
 
 @torch.no_grad()
