@@ -39,6 +39,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def not_found(what: str, where: str, *, config_key: str, subfolder: str | None, cause: Exception) -> ModelNotFoundError:
+    """The error for a model part that cannot be loaded: what was looked for, and how to provide it."""
+    part = f" (subfolder {subfolder!r})" if subfolder else ""
+    if Path(where).expanduser().exists():
+        hint = (
+            f"the local folder {where!r}{part} exists but does not hold a loadable {what} "
+            "(expected config.json and diffusion_pytorch_model.safetensors or model.safetensors, "
+            "tokenizer files in tokenizer/, scheduler_config.json in scheduler/)"
+        )
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        hint = (
+            f"{where!r}{part} is not a local folder and was not found in the Hugging Face cache"
+            + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
+            + f". Download it on a machine with internet: `huggingface-cli download {where}` "
+            f"(then copy ~/.cache/huggingface), or set `{config_key}` to a local folder"
+        )
+    return ModelNotFoundError(f"{config_key}: cannot load {what}: {hint}. Cause: {cause}")
+
+
+def load_part(load, what: str, where: str | os.PathLike, *, config_key: str, subfolder: str | None = None):
+    """``load()`` (any ``from_pretrained``/``load_config`` call), with its failure turned into :func:`not_found`."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:
+        raise not_found(what, str(where), config_key=config_key, subfolder=subfolder, cause=exc) from exc
+
+
 def load_pretrained(cls, id_or_path: str | os.PathLike, *, config_key: str, subfolder: str | None = None, **kwargs):
     """``cls.from_pretrained(id_or_path)`` with safetensors preferred and an actionable error.
 
@@ -49,24 +77,6 @@ def load_pretrained(cls, id_or_path: str | os.PathLike, *, config_key: str, subf
     kwargs.setdefault("use_safetensors", None)  # prefer safetensors, fall back to .bin only if absent
     kwargs.pop("trust_remote_code", None)  # never execute code from a model folder
     where = str(id_or_path)
-    is_local = Path(where).expanduser().exists()
-    try:
-        if subfolder:
-            return cls.from_pretrained(where, subfolder=subfolder, **kwargs)
-        return cls.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        part = f" (subfolder {subfolder!r})" if subfolder else ""
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        if is_local:
-            hint = (
-                f"the local folder {where!r}{part} exists but does not hold a loadable {cls.__name__} "
-                "(expected config.json and diffusion_pytorch_model.safetensors or model.safetensors)"
-            )
-        else:
-            hint = (
-                f"{where!r}{part} is not a local folder and was not found in the Hugging Face cache"
-                + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
-                + f". Download it on a machine with internet: `huggingface-cli download {where}` "
-                f"(then copy ~/.cache/huggingface), or set `{config_key}` to a local folder"
-            )
-        raise ModelNotFoundError(f"{config_key}: cannot load {cls.__name__}: {hint}. Cause: {exc}") from exc
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    return load_part(lambda: cls.from_pretrained(where, **kwargs), cls.__name__, where, config_key=config_key, subfolder=subfolder)

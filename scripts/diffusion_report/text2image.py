@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .io import make_generator
-from .models import load_pretrained, resolve_device
+from .models import load_part, load_pretrained, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -125,30 +125,15 @@ def load_text2image(
 
 
 def _load_tokenizer(auto_cls, where: str, config_key: str):
-    from .models import ModelNotFoundError
-
-    try:
-        return auto_cls.from_pretrained(where, subfolder="tokenizer")
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"{config_key}: cannot load the tokenizer from {where!r} (subfolder 'tokenizer'): set `{config_key}` "
-            f"to a local folder holding tokenizer/ or a cached hub id. Cause: {exc}"
-        ) from exc
+    return load_part(lambda: auto_cls.from_pretrained(where, subfolder="tokenizer"), "the tokenizer", where,
+                     config_key=config_key, subfolder="tokenizer")
 
 
 def _load_scheduler_config(where: str, config_key: str):
     from diffusers import DDIMScheduler
 
-    from .models import ModelNotFoundError
-
-    try:
-        return DDIMScheduler.load_config(where, subfolder="scheduler")
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"{config_key}: cannot load the scheduler config of {where!r} (subfolder 'scheduler'). Download it on a "
-            f"machine with internet (`huggingface-cli download {where}`) or set `{config_key}` to a local folder. "
-            f"Cause: {exc}"
-        ) from exc
+    return load_part(lambda: DDIMScheduler.load_config(where, subfolder="scheduler"), "the scheduler config", where,
+                     config_key=config_key, subfolder="scheduler")
 
 
 def initial_latents(pipe: Text2Image, seed: int, name: str | int) -> torch.Tensor:
