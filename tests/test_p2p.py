@@ -369,6 +369,18 @@ def test_load_text2image_round_trip_and_errors(pipe, tmp_path):
     assert torch.equal(mine, theirs)
     with pytest.raises(ModelNotFoundError, match="p2p.model.pretrained"):
         load_text2image(tmp_path / "nothing-here", config_key="p2p.model.pretrained", device="cpu")
+    # a folder missing one part: the error names the part and the key, and says the folder exists
+    import shutil
+
+    for part, what in (("tokenizer", "the tokenizer"), ("scheduler", "the scheduler config")):
+        broken = tmp_path / f"no-{part}"
+        shutil.copytree(folder, broken)
+        shutil.rmtree(broken / part)
+        with pytest.raises(ModelNotFoundError) as err:
+            load_text2image(broken, config_key="p2p.model.pretrained", device="cpu")
+        msg = str(err.value)
+        assert msg.startswith(f"p2p.model.pretrained: cannot load {what}: the local folder"), msg
+        assert f"(subfolder '{part}') exists" in msg, msg
 
 
 def test_latent_model_decodes_through_the_vae(tmp_path):
