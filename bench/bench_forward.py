@@ -30,11 +30,12 @@ def loop_mse(x0, t_max, schedule, seed):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--t-max", type=int, default=1000)
-    args = ap.parse_args()
+    ap.add_argument("--out", help="CSV path (default bench/out/forward.csv)")
+    args = ap.parse_args(argv)
     schedule = Schedule.make("linear", 1000)
     x0 = load_images(["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"], 128)
     a = forward.mse_per_timestep(x0, args.t_max, schedule, 0)
@@ -62,7 +63,7 @@ def main() -> None:
     for r in rows:
         print(f"  {r['what']:<36} {r['seconds']:8.3f} s   loop/this = {r['ratio_vs_loop']}")
     print(f"vectorised / floor = {t_vec / t_rng:.2f}")
-    print(f"wrote {write_rows('forward', rows)}")
+    print(f"wrote {write_rows('forward', rows, args.out)}")
 
 
 if __name__ == "__main__":

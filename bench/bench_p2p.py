@@ -158,6 +158,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (one process per variant)")
+    ap.add_argument("--memory-variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="the variants --memory measures")
     ap.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="CSV path (default bench/out/p2p.csv)")
     args = ap.parse_args(argv)
@@ -174,15 +175,18 @@ def main(argv=None) -> None:
         counts[v] = f"{sum(p.explicit_calls for p in procs)}/{sum(p.explicit_calls + p.sdpa_calls for p in procs)}"
     mem = {}
     if args.memory:
-        child_argv = [a for a in argv if a not in ("--memory",)]
-        mem = {v: memory_of(v, child_argv) for v in VARIANTS}
+        child_argv = [a for a in argv if a != "--memory"]
+        if "--memory-variants" in child_argv:  # the child takes --memory-of instead
+            i = child_argv.index("--memory-variants")
+            del child_argv[i : i + 1 + len(args.memory_variants)]
+        mem = {v: memory_of(v, child_argv) for v in dict.fromkeys(["plain", *args.memory_variants])}
     rows = []
     for v in VARIANTS:
         row = {"variant": v, "model": name, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
                "steps": args.steps, "batch": 2, "repeats": args.repeats, "median_s": round(med[v], 4),
                "time_over_plain": round(med[v] / med["plain"], 3)}
         row["explicit_attention_calls"] = counts.get(v, "none")
-        if mem:
+        if v in mem:
             row["peak_mib"] = round(mem[v]["peak_bytes"] / 2**20, 1)
             row["peak_over_plain"] = round(mem[v]["peak_bytes"] / max(1, mem["plain"]["peak_bytes"]), 3)
             row["total_mib"] = round(mem[v]["total_bytes"] / 2**20, 1)

@@ -84,6 +84,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", help="run here (default: a fresh copy of the workflow in a temporary folder)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold run (the workdir holds a finished run)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out-dir", help="folder of the two CSVs (default bench/out)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-"))
     if not args.no_cold:
@@ -109,12 +110,15 @@ def main(argv=None) -> None:
 
     config = yaml.safe_load((work / "config.yaml").read_text())
     if args.preset:
-        config.update(yaml.safe_load((work / args.preset).read_text()) or {})
+        from snakemake.utils import update_config  # how Snakemake merges --configfile overlays
+
+        update_config(config, yaml.safe_load((work / args.preset).read_text()) or {})
     edits = config["p2p"]["edits"]
     edits[0]["seed"] = int(edits[0].get("seed", 0)) + 1
     overlay = work / "bench-edit-overlay.yaml"
     overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}, sort_keys=False))
-    wall, out = snakemake(work, "-n", *extra, "--configfile", str(overlay))
+    configfiles = [args.preset, str(overlay)] if args.preset else [str(overlay)]
+    wall, out = snakemake(work, "-n", "--configfile", *configfiles)  # one flag: a second would replace the first
     jobs = job_stats(out)
     overlay.unlink()
     summary["edit_change_dry_run_s"] = round(wall, 2)
@@ -132,7 +136,10 @@ def main(argv=None) -> None:
     for k, v in summary.items():
         print(f"{k}: {v}")
     print(f"machine: {machine()}")
-    print(f"wrote {write_rows('pipeline', rules)} and {write_rows('pipeline_summary', [summary])}")
+    out = Path(args.out_dir) if args.out_dir else None
+    a = write_rows("pipeline", rules, out / "pipeline.csv" if out else None)
+    b = write_rows("pipeline_summary", [summary], out / "pipeline_summary.csv" if out else None)
+    print(f"wrote {a} and {b}")
 
 
 if __name__ == "__main__":

@@ -55,11 +55,9 @@ def scripts_running(pattern: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    a = copy_workflow(tmp_path_factory.mktemp("run_a"))
+def two_runs(tiny_run, tmp_path_factory):
+    a, proc = tiny_run  # run A: the shared uninterrupted run
     b = copy_workflow(tmp_path_factory.mktemp("run_b"))
-    proc = run_snakemake(a, "--configfile", "presets/tiny.yaml", timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     ran = proc.stdout + proc.stderr
     target = next((s for s in KILL_PREFERENCE if s.removesuffix(".py") in ran), None)
     assert target, "none of the jobs to kill ran"

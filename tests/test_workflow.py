@@ -21,14 +21,6 @@ class _Collector(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("wf"))
-    proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return work, proc
-
-
 def declared_outputs(work: Path) -> list[str]:
     """Every output file of every job in the DAG, from a dry run's summary."""
     proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", "--summary", timeout=300)

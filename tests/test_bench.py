@@ -1,0 +1,78 @@
+"""The benchmark scripts run, check what they compare, and write the CSV the README quotes.
+
+Timings are not asserted (speed is measured in bench/, not in tests); what is asserted is what
+would be wrong if a script or the code it measures broke: equal outputs, the attention routes each
+variant takes, the data share of a training step, and the CSV columns.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_forward_agrees_with_the_loop(tmp_path):
+    out = tmp_path / "forward.csv"
+    bench("bench_forward.py", "--t-max", "20", "--repeats", "1", "--out", str(out))  # fails if table != loop
+    df = pd.read_csv(out)
+    assert list(df["what"]) == ["vectorised mse_per_timestep", "per-timestep loop", "noise draws alone, threaded (floor)"]
+    assert (df["seconds"] > 0).all() and df["machine"].str.contains("cores").all()
+
+
+def test_bench_ddim_matches_ddimpipeline(tmp_path):
+    out = tmp_path / "ddim.csv"
+    bench("bench_ddim.py", "--steps", "2", "5", "--num-samples", "2", "--repeats", "1", "--out", str(out))
+    df = pd.read_csv(out)
+    assert list(df["steps"]) == [2, 5]
+    assert (df["max_abs_diff"] <= 1e-5).all()
+    assert {"ours_over_diffusers", "ours_over_floor"} <= set(df.columns)
+
+
+def test_bench_p2p_routes_attention_as_designed_and_measures_memory(tmp_path):
+    out = tmp_path / "p2p.csv"
+    bench("bench_p2p.py", "--tiny", "--steps", "4", "--repeats", "1", "--memory", "--memory-variants", "replace_explicit",
+          "--out", str(out))
+    df = pd.read_csv(out).set_index("variant")
+    assert list(df.index) == ["plain", "store", "replace", "refine", "replace_explicit"]
+    calls = {v: tuple(map(int, df.loc[v, "explicit_attention_calls"].split("/"))) for v in df.index if v != "plain"}
+    total = calls["replace_explicit"][1]
+    assert calls["replace_explicit"] == (total, total)  # the original's approach: explicit everywhere
+    assert 0 < calls["store"][0] < calls["replace"][0] < total  # ours: only where needed
+    assert df.loc["plain", "explicit_attention_calls"] == "none"
+    measured = df.loc[["plain", "replace_explicit"]]  # one process each
+    assert (measured["peak_mib"] > 0).all() and (measured["total_mib"] >= measured["peak_mib"]).all()
+    assert df.loc[["store", "replace", "refine"], "peak_mib"].isna().all()
+
+
+def test_bench_train_reports_throughput_and_data_share(tmp_path):
+    out = tmp_path / "train.csv"
+    bench("bench_train.py", "--steps", "1", "--threads", "1", "--out", str(out))
+    df = pd.read_csv(out)
+    assert list(df["model"]) == ["digits DDPM (ddim_train)", "embedded text-to-image (t2i_train)"]
+    assert (df["samples_per_s"] > 0).all() and (df["data_share"] < 0.5).all()
+
+
+def test_bench_pipeline_on_a_finished_run(tiny_run, tmp_path):
+    work, _ = tiny_run
+    bench("bench_pipeline.py", "--workdir", str(work), "--no-cold", "--preset", "presets/tiny.yaml", "--repeats", "1",
+          "--out-dir", str(tmp_path))
+    summary = pd.read_csv(tmp_path / "pipeline_summary.csv").iloc[0]
+    assert summary["noop_rerun_jobs"] == 0
+    assert summary["edit_change_jobs"] == "all:1 p2p_edit:1 p2p_metrics:1 report_html:1 report_pdf:1"
+    rules = pd.read_csv(tmp_path / "pipeline.csv").set_index("rule")
+    assert {"forward_mse", "ddim_train", "p2p_edit", "report_html"} <= set(rules.index)
+    assert rules.loc["p2p_edit", "jobs"] == 3 and (rules["max_rss_mib"] > 0).all()
+    assert summary["report_render_s"] > 0 and summary["peak_rss_rule"] in rules.index
