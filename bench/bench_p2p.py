@@ -56,7 +56,7 @@ class ExplicitEverywhere(p2p.Replace):
         return True
 
 
-def random_sd(device: str, fp16: bool):
+def random_sd(device: str, fp16: bool, sample_size: int = 64):
     """Stable Diffusion v1.4's UNet, CLIP text encoder and VAE shapes with random weights (timing only)."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -68,7 +68,7 @@ def random_sd(device: str, fp16: bool):
     dev = resolve_device(device)
     dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    unet = UNet2DConditionModel(sample_size=sample_size, cross_attention_dim=768, attention_head_dim=8)
     te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
                                       num_hidden_layers=12, max_position_embeddings=77))
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -85,7 +85,7 @@ def load(args):
     if args.model:
         return load_text2image(args.model, config_key="--model", device=args.device, fp16=args.fp16), args.model, "sd"
     if args.random_sd:
-        return random_sd(args.device, args.fp16), "random-sd-v1.4-shapes", "sd"
+        return random_sd(args.device, args.fp16, args.sample_size), f"random-sd-v1.4-shapes ({args.sample_size}x{args.sample_size} latents)", "sd"
     if args.tiny:
         from test_p2p import tiny_pipe
 
@@ -150,6 +150,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="hub id or local folder of a Stable Diffusion-like model")
     ap.add_argument("--random-sd", action="store_true", help="Stable Diffusion v1.4's architecture with random weights")
+    ap.add_argument("--sample-size", type=int, default=64, help="latent side for --random-sd (64: SD v1.4's 512x512 images)")
     ap.add_argument("--tiny", action="store_true", help="the tiny test model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fp16", action="store_true")
