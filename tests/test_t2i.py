@@ -40,7 +40,10 @@ TINY = {
 
 @pytest.fixture(autouse=True)
 def _threads():
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)  # later tests compare bytes with rules run at their own thread count
 
 
 def default_spec() -> shapes.ShapeSpec:
