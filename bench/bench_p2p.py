@@ -100,13 +100,14 @@ def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
     pairs = PAIRS[kind]
     max_len = pipe.max_length
 
-    def run(mode: str, cls=None):
+    def run(mode: str, explicit: bool = False):
         prompts = list(pairs[mode])
 
         def fn():
-            ctrl = p2p.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
-            if cls is not None:
-                ctrl.__class__ = cls
+            if explicit:
+                ctrl = ExplicitEverywhere(prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len)
+            else:
+                ctrl = p2p.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
             return generate(pipe, prompts, x_T, steps, guidance, ctrl)[1]
 
         return fn
@@ -117,7 +118,7 @@ def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
         "store": lambda: generate(pipe, prompts, x_T, steps, guidance)[1],
         "replace": run("replace"),
         "refine": run("refine"),
-        "replace_explicit": run("replace", ExplicitEverywhere),
+        "replace_explicit": run("replace", explicit=True),
     }
     for pr in pairs.values():  # the text embeddings are computed once per model in every variant
         encode_prompts(pipe, list(pr) + [""])

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,33 +30,18 @@ import yaml
 from _common import ROOT, machine, write_rows
 
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import copy_workflow  # noqa: E402
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from conftest import copy_workflow, job_stats, run_snakemake  # noqa: E402
 
 
 def snakemake(work: Path, *args: str) -> tuple[float, str]:
-    """(wall seconds, merged output) of one snakemake call; raises on failure."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    """(wall seconds, merged output) of one ``snakemake --cores 2`` call, run as the tests run it."""
     t0 = time.perf_counter()
-    proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=work, env=env, capture_output=True, text=True)
+    proc = run_snakemake(work, *args, timeout=3 * 3600)
     wall = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"snakemake {' '.join(args)} failed:\n{out[-3000:]}")
     return wall, out
-
-
-def job_stats(out: str) -> dict[str, int]:
-    """rule -> job count from Snakemake's "Job stats" table ({} when nothing is to be done)."""
-    if "Job stats:" not in out:
-        return {}
-    jobs = {}
-    for line in out[out.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def rule_benchmarks(work: Path) -> list[dict]:

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 import torch
 import yaml
-from _common import ROOT, machine, write_rows
+from _common import ROOT, machine, timed, write_rows
 
 from diffusion_report import digits, t2i, training
 from diffusion_report.io import make_generator
 from diffusion_report.schedules import Schedule
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def bench_digits(config: dict, steps: int) -> dict:

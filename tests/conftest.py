@@ -47,6 +47,18 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | Non
     )
 
 
+def job_stats(out: str) -> dict[str, int]:
+    """rule -> job count from the "Job stats" table Snakemake prints ({} when nothing is to be done)."""
+    if "Job stats:" not in out:
+        return {}
+    jobs = {}
+    for line in out[out.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
 def write_config(path: Path, overrides: dict) -> Path:
     path.write_text(yaml.safe_dump(overrides, sort_keys=False))
     return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_workflow, load_yaml, run_snakemake
+from conftest import ROOT, copy_workflow, job_stats, load_yaml, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -155,13 +155,8 @@ def _dry_run_jobs(work: Path, *configfiles: str) -> dict[str, int]:
     proc = run_snakemake(work, "-n", "--configfile", "presets/tiny.yaml", *configfiles, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    stats = out[out.index("Job stats:"):].split("\n\n")[0]
-    jobs = {}
-    for line in stats.splitlines()[3:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            jobs[parts[0]] = int(parts[1])
-    return jobs
+    assert "Job stats:" in out, out[-3000:]
+    return job_stats(out)
 
 
 def test_changing_one_edit_reruns_only_that_edit_and_the_report(tiny_run, tmp_path):

@@ -52,9 +52,12 @@ def q_sample_chain(x0: torch.Tensor, t: int, schedule: Schedule, generator: torc
     return x
 
 
-def timestep_noise(shape: tuple[int, ...], t: int, seed: int, dtype=torch.float32) -> torch.Tensor:
-    """eps for timestep t, from a generator seeded by (seed, t): the grid and the MSE table share it."""
-    return torch.randn(shape, generator=make_generator(seed, f"forward/t={t}"), dtype=dtype)
+def timestep_noise(shape: tuple[int, ...], t: int, seed: int, dtype=torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """eps for timestep t, from a generator seeded by (seed, t): the grid and the MSE table share it.
+
+    ``out`` (of ``shape``) receives the draw instead of a new tensor.
+    """
+    return torch.randn(shape, generator=make_generator(seed, f"forward/t={t}"), dtype=dtype, out=out)
 
 
 def noisy_images(x0: torch.Tensor, timesteps: list[int], schedule: Schedule, seed: int) -> torch.Tensor:
@@ -82,7 +85,7 @@ def noise_statistics(x0: torch.Tensor, timesteps: list[int], seed: int, workers:
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = torch.empty(shape, dtype=torch.float32)
-        torch.randn(shape, generator=make_generator(seed, f"forward/t={timesteps[i]}"), out=buf)
+        timestep_noise(shape, timesteps[i], seed, out=buf)
         eps = buf.reshape(N, -1)  # (N, D)
         # torch's sum reduces in cascades (error ~1e-7 relative, where a dot product's running sum is ~1e-5)
         cross[i] = (eps * flat).sum(1, dtype=torch.float64) / D
