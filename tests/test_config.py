@@ -94,6 +94,7 @@ CASES = [
     ("too long prompt", "p2p.edits.1.source", " ".join(["red"] * 80), ["p2p.edits[1] (colour_swap): source prompt has 80 words", "at most 75"]),
     ("unsupported output format", "report.formats", ["html", "docx"], ["report.formats.1", "'docx' is not allowed"]),
     ("empty formats", "report.formats", [], ["report.formats", "non-empty"]),
+    ("t2i radius min equal to max", "t2i.data.radius", [4.0, 4.0], ["t2i.data.radius: [4.0, 4.0] needs min below max"]),
     ("channels not multiple of 8", "ddim.train.channels", [30, 64], ["ddim.train.channels.0", "multiple of 8"]),
     ("missing required key", "ddim.eta", _DELETE, ["ddim", "'eta' is a required property"]),
 ]

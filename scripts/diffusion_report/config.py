@@ -72,11 +72,7 @@ def edit_errors(edits: list[dict]) -> list[str]:
     """Cross-field checks of prompt-to-prompt edits (the same function the stage itself runs)."""
     from .prompts import validate_edits
 
-    out = validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
-    for i, edit in enumerate(edits):
-        if edit.get("mode") != "reweight" and "reweight" in edit:
-            out.append(f"p2p.edits[{i}] ({edit.get('name', '?')}): reweight is only used with mode reweight (mode is {edit.get('mode')!r})")
-    return out
+    return validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
 
 
 def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
@@ -124,8 +120,8 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[
             out.append(f"{key}: {n} is above the embedded model's training T = {T} (t2i.schedule.T); allowed 1..{T}")
     data = t2i["data"]
     lo, hi = data["radius"]
-    if lo > hi:
-        out.append(f"t2i.data.radius: [{lo}, {hi}] has min above max")
+    if lo >= hi:
+        out.append(f"t2i.data.radius: [{lo}, {hi}] needs min below max")
     if hi > data["image_size"] / 2:
         out.append(f"t2i.data.radius: max {hi} does not fit an image of {data['image_size']} pixels (at most {data['image_size'] / 2})")
     if not data["small_below"] < data["big_above"]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_path, make_generator
+from .io import atomic_path, make_generator, write_text
 from .schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -391,18 +391,12 @@ def run_sampling(
     save_tensor(out_path, x0, meta)
     timing = {**meta, "wall_s": wall, "s_per_image": wall / x_T.shape[0], "num_samples": int(x_T.shape[0]),
               "device": str(device), "threads": torch.get_num_threads()}
-    with atomic_path(timing_path) as tmp:
-        tmp.write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
+    write_text(timing_path, json.dumps(timing, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
 # figures, metrics and the report section
 # --------------------------------------------------------------------------------------------
-def sampler_label(sampler: str, steps: int) -> str:
-    """File-name label of one sampler run, e.g. ``ddim_50`` or ``ddpm_1000``."""
-    return f"{sampler}_{int(steps)}"
-
-
 def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
     """Rows = samplers, columns = samples (same x_T per column). Images (N, C, H, W) in [-1, 1]."""
     import matplotlib
@@ -507,6 +501,8 @@ def run_figures(
             "classifier": "logistic regression on 8x8 average-pooled images",
             "n_train": clf.n_train, "n_test": clf.n_test, "test_accuracy": clf.test_accuracy,
         }]))
+        real = digits.digits_split(int(ref_x.shape[-1]), int(config["seed"]))["test"][0]  # every run has x_T's shape
+        real_recognisability = clf.recognisability(real)["recognisability"]
 
     rows = []
     for label, x, meta in ordered:
@@ -519,8 +515,7 @@ def run_figures(
         }
         if clf is not None:
             row.update(clf.recognisability(x))
-            real = digits.digits_split(int(x.shape[-1]), int(config["seed"]))["test"][0]
-            row["real_recognisability"] = clf.recognisability(real)["recognisability"]
+            row["real_recognisability"] = real_recognisability
         rows.append(row)
         for i, img in enumerate(x):
             save_png(Path(png_dir) / f"{label}_{i:02d}.png", img)

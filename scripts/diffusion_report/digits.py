@@ -84,9 +84,6 @@ class DigitsClassifier:
         p = self.predict_proba(images).max(axis=1)
         return {"recognisability": float(p.mean()), "confident_fraction": float((p >= threshold).mean())}
 
-    def predict(self, images: torch.Tensor) -> np.ndarray:
-        return self.model.predict(classifier_features(images))
-
 
 def train_classifier(image_size: int, seed: int) -> DigitsClassifier:
     """Fit the recognisability classifier on the ``clf`` split; measure accuracy on ``test``.

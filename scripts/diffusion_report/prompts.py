@@ -37,6 +37,7 @@ def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None
     """Cross-field checks of ``p2p.edits`` that the schema cannot express; one message per problem.
 
     Covers empty prompts, duplicate names, a word swap between prompts of different word counts,
+    a reweight block on an edit of another mode,
     reweight / blend / per-word cross_replace_steps words missing from the prompts, and (when
     ``tokenizer_max_words`` is given) prompts longer than that many words.
     """
@@ -69,6 +70,8 @@ def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None
             errors.append(f"{key}: base_mode none reweights the source prompt itself, so target must equal source; "
                           "use base_mode replace or refine for a different target")
         rw = e.get("reweight")
+        if mode != "reweight" and "reweight" in e:
+            errors.append(f"{key}: reweight is only used with mode reweight (mode is {mode!r})")
         if mode == "reweight" and not rw:
             errors.append(f"{key}: mode reweight needs a reweight block {{words: [...], scale: ...}}")
         for w in (rw or {}).get("words", []) or []:

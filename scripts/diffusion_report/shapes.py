@@ -81,10 +81,6 @@ class ShapeSpec:
         words = list(SPECIAL_WORDS) + list(self.size_words) + list(self.colours) + list(self.shapes) + list(self.backgrounds)
         return list(dict.fromkeys(words))
 
-    def colour_table(self) -> torch.Tensor:
-        """(K, 3) RGB in [-1, 1] of ``colours`` then ``backgrounds``."""
-        return torch.tensor([hex_to_rgb(v) for v in list(self.colours.values()) + list(self.backgrounds.values())])
-
 
 def caption(colour: str, shape: str, background: str, size_word: str = "") -> str:
     """'a [size] <colour> <shape> on a <background> background'."""

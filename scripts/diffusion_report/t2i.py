@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from diffusion_report import shapes
 from diffusion_report.io import make_generator
-from diffusion_report.training import lr_at
+from diffusion_report.training import DIFFUSERS_BETA_SCHEDULE, ema_update, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def build_tokenizer(vocabulary: list[str], max_length: int):
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     """Prompts -> input ids (B, model_max_length), padded like Stable Diffusion's pipeline."""
-    out = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return out.input_ids
+    from .text2image import tokenize as tokenize_padded
+
+    return tokenize_padded(tokenizer, prompts, tokenizer.model_max_length)
 
 
 # --------------------------------------------------------------------------- models
@@ -129,12 +130,11 @@ def build_scheduler(schedule_cfg: dict):
     from diffusers import DDPMScheduler
 
     kind = schedule_cfg["kind"]
-    mapping = {"cosine": "squaredcos_cap_v2", "linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid"}
-    if kind not in mapping:
-        raise ValueError(f"t2i.schedule.kind {kind!r} not one of {', '.join(mapping)}")
+    if kind not in DIFFUSERS_BETA_SCHEDULE:
+        raise ValueError(f"t2i.schedule.kind {kind!r} not one of {', '.join(DIFFUSERS_BETA_SCHEDULE)}")
     return DDPMScheduler(
         num_train_timesteps=int(schedule_cfg["T"]),
-        beta_schedule=mapping[kind],
+        beta_schedule=DIFFUSERS_BETA_SCHEDULE[kind],
         beta_start=float(schedule_cfg.get("beta_start", 1e-4)),
         beta_end=float(schedule_cfg.get("beta_end", 0.02)),
         prediction_type="epsilon",
@@ -246,9 +246,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        d = min(decay, (1 + step) / (10 + step))  # EMA warm-up
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - d)
+        ema_update(ema_params, params, decay, step)
         rows.append({"step": step + 1, "loss": float(loss.detach()), "lr": lr, "seconds": time.perf_counter() - start})
         if log_every and (step + 1) % log_every == 0:
             recent = sum(r["loss"] for r in rows[-log_every:]) / log_every

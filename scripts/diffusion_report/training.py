@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .forward import q_sample
 from .io import atomic_path, derive_seed, make_generator
 from .schedules import Schedule
 
@@ -82,30 +83,24 @@ def build_unet(config: dict, seed: int):
         return UNet2DModel(**config)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 of DDPM: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
-
-    x0, eps: (B, C, H, W); t: (B,) integers in 1..T; alpha_bars: (T + 1,) indexed by t.
-    """
-    ab = alpha_bars.to(x0.dtype)[t].view(-1, 1, 1, 1)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
-
 def simple_loss(unet, x0: torch.Tensor, schedule: Schedule, gen: torch.Generator) -> torch.Tensor:
     """L_simple (DDPM eq. 14) on one batch x0 (B, C, H, W); t ~ U{1..T}, eps ~ N(0, I) from ``gen``."""
     b = x0.shape[0]
     t = torch.randint(1, schedule.T + 1, (b,), generator=gen)
     eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-    x_t = q_sample(x0, t, eps, schedule.alpha_bars)
+    x_t = q_sample(x0, t, eps, schedule)  # DDPM eq. 4
     eps_pred = unet(x_t, t - 1).sample  # diffusers timestep k = t - 1
     return F.mse_loss(eps_pred, eps)
 
 
 @torch.no_grad()
-def ema_update(ema, model, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
+def ema_update(ema_params, params, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model over matching parameter lists, d = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up averages more aggressively early on, as diffusers' EMAModel does.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema_params), list(params), 1.0 - d)
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
@@ -159,8 +154,7 @@ def train_ddpm(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        # warm the EMA up: average more aggressively early on (as in diffusers' EMAModel)
-        ema_update(ema, unet, min(ema_decay, (1 + step) / (10 + step)))
+        ema_update(ema.parameters(), unet.parameters(), ema_decay, step)
         losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
