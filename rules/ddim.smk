@@ -1,36 +1,83 @@
-# Exercise 4: DDIM sampling of a DDPM from one fixed x_T (see scripts/diffusion_report/ddim.py).
+# Exercise 4: DDIM sampling of a DDPM from one fixed x_T (see scripts/diffusion_report/ddim.py),
+# and the DDIM paper's experiments (scripts/diffusion_report/ddim_experiments.py).
 #
-#   ddim_train          (source: train) small DDPM on scikit-learn digits -> results/ddim/model/
-#   ddim_x_T            the one x_T of the comparison          -> results/ddim/x_T.safetensors
-#   ddim_sample         DDIM with {steps} steps from x_T       -> results/ddim/samples/ddim_{steps}.safetensors
-#   ddim_ddpm_baseline  DDPM ancestral, all T steps, from x_T  -> results/ddim/samples/ddpm.safetensors
-#   ddim_figures        grid, PNGs, metrics and timing CSVs, convergence plot
+#   ddim_train            (source: train) the digits DDPM: shipped sha256-checked weights, or trained here (retrain)
+#   ddim_x_T              the one x_T of the comparison          -> results/ddim/x_T.safetensors
+#   ddim_sample           DDIM with {steps} steps from x_T       -> results/ddim/samples/ddim_{steps}.safetensors
+#   ddim_ddpm_baseline    DDPM ancestral, all T steps, from x_T  -> results/ddim/samples/ddpm.safetensors
+#   ddim_figures          grid, PNGs, metrics and timing CSVs, convergence plot
+#   ddim_quality_samples  Table 1 cells at {steps} (eta values, sigma-hat) from the same x_T
+#   ddim_quality          Frechet distance on the digit reader's features per cell, bootstrap errors
+#   ddim_reconstruction   Table 2: encode (DDIM inversion) and decode held-out digits per S
+#   ddim_interpolation    Figure 6: slerp between x_T pairs, decoded with DDIM
 
+from diffusion_report.ddim_cells import quality_variants, reused_variant, variant_label
 
+DDIM = config["ddim"]
+DDIM_IS_DIGITS = DDIM["model"]["source"] == "train"
 # The trained model folder when ddim.model.source is train; nothing for a pretrained model.
-DDIM_MODEL_INPUT = ["results/ddim/model"] if config["ddim"]["model"]["source"] == "train" else []
-DDIM_LABELS = [f"ddim_{int(s)}" for s in config["ddim"]["step_counts"]] + (
-    ["ddpm"] if config["ddim"]["ddpm_baseline"] else []
-)
-DDIM_IS_DIGITS = config["ddim"]["model"]["source"] == "train"
+DDIM_MODEL_INPUT = ["results/ddim/model"] if DDIM_IS_DIGITS else []
+DDIM_MODEL = "results/ddim/model" if DDIM_IS_DIGITS else DDIM["model"]["pretrained"]
+DDIM_LABELS = [f"ddim_{int(s)}" for s in DDIM["step_counts"]] + (["ddpm"] if DDIM["ddpm_baseline"] else [])
 # The config each rule depends on, declared as params so that changing it reruns the rule
 # (the scripts read the same values from the config).
 DDIM_SAMPLING_CONFIG = {
-    "ddim": {k: v for k, v in config["ddim"].items() if k not in ("step_counts", "ddpm_baseline", "enabled")},
+    "ddim": {
+        k: v
+        for k, v in DDIM.items()
+        if k not in ("step_counts", "ddpm_baseline", "enabled", "quality", "reconstruction", "interpolation")
+    },
     "schedule": config["schedule"],
     "seed": config["seed"],
 }
+DDIM_SAMPLING = {"eta": DDIM["eta"], "skip_type": DDIM["skip_type"], "clip_sample": DDIM["clip_sample"]}
+DDIM_QUALITY = DDIM["quality"]
+DDIM_QUALITY_ON = DDIM["enabled"] and DDIM_IS_DIGITS and DDIM_QUALITY["enabled"]
+DDIM_WEIGHT_FILES = [
+    "model/config.json",
+    "model/diffusion_pytorch_model.safetensors",
+    "model/scheduler_config.json",
+    "model/ddim_config.json",
+    "loss.csv",
+    "SHA256SUMS",
+]
+
+
+def get_ddim_train_input(wildcards):
+    """The shipped weights (their edits rerun the rule); nothing when the model is trained here."""
+    return [] if DDIM["retrain"] else [f"{DDIM['weights']}/{f}" for f in DDIM_WEIGHT_FILES]
+
+
+def get_quality_variants(steps):
+    """The Table 1 variants rule ddim_quality_samples draws at ``steps`` (minus the one ddim_sample made)."""
+    reused = reused_variant(DDIM_SAMPLING, int(steps), DDIM["step_counts"])
+    return [v for v in quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]) if v != reused]
+
+
+def get_quality_inputs(wildcards):
+    """{q_<S>: quality samples, r_<S>: ddim_sample's samples reused for the cell it already made}."""
+    out = {}
+    for s in DDIM_QUALITY["step_counts"]:
+        out[f"q_{s}"] = f"results/ddim/quality/samples_{s}.safetensors"
+        if reused_variant(DDIM_SAMPLING, s, DDIM["step_counts"]):
+            out[f"r_{s}"] = f"results/ddim/samples/ddim_{s}.safetensors"
+    return out
 
 
 rule ddim_train:
+    input:
+        get_ddim_train_input,
     output:
         model=directory("results/ddim/model"),
         loss_csv="results/ddim/train_loss.csv",
         loss_png="results/ddim/train_loss.png",
     params:
-        train=config["ddim"]["train"],
-        schedule=config["schedule"],
-        seed=config["seed"],
+        config={
+            "ddim": {k: DDIM[k] for k in ("train", "retrain", "weights")},
+            "schedule": config["schedule"],
+            "seed": config["seed"],
+        },
+        checkpoint="results/ddim/.train_checkpoint.pt",
     log:
         "logs/ddim_train/ddim_train.log",
     benchmark:
@@ -40,7 +87,7 @@ rule ddim_train:
     threads: 2
     resources:
         mem_mb=3000,
-        runtime=30,
+        runtime=120 if DDIM["retrain"] else 5,
     script:
         "../scripts/ddim_train.py"
 
@@ -154,6 +201,118 @@ rule ddim_figures:
         "../scripts/ddim_figures.py"
 
 
+rule ddim_quality_samples:
+    input:
+        model=DDIM_MODEL_INPUT,
+        x_T="results/ddim/x_T.safetensors",
+    output:
+        "results/ddim/quality/samples_{steps}.safetensors",
+    params:
+        model=DDIM_MODEL,
+        variants=lambda wc: get_quality_variants(wc.steps),
+        sampling=DDIM_SAMPLING,
+        seed=config["seed"],
+        device=config["device"],
+    wildcard_constraints:
+        steps=r"\d+",
+    log:
+        "logs/ddim_quality_samples/{steps}.log",
+    benchmark:
+        "benchmarks/ddim_quality_samples/{steps}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    script:
+        "../scripts/ddim_quality_samples.py"
+
+
+rule ddim_quality:
+    input:
+        unpack(get_quality_inputs),
+    output:
+        csv="results/ddim/quality.csv",
+        pairs="results/ddim/quality_pairs.csv",
+        png=report(
+            "results/ddim/quality.png",
+            caption="../report/captions/ddim_quality.rst",
+            category="DDIM",
+            labels={"figure": "quality vs steps and eta"},
+        ),
+    params:
+        variants=quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]),
+        reused_variant=variant_label(DDIM["eta"]),
+        image_size=DDIM["train"]["image_size"],
+        seed=config["seed"],
+        bootstrap=DDIM_QUALITY["bootstrap"],
+    log:
+        "logs/ddim_quality/ddim_quality.log",
+    benchmark:
+        "benchmarks/ddim_quality/ddim_quality.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/ddim_quality.py"
+
+
+rule ddim_reconstruction:
+    input:
+        model=DDIM_MODEL_INPUT,
+    output:
+        csv="results/ddim/reconstruction.csv",
+        png="results/ddim/reconstruction.png",
+    params:
+        model=DDIM_MODEL,
+        reconstruction=DDIM["reconstruction"],
+        sampling=DDIM_SAMPLING,
+        forward_images=config["forward"]["images"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/ddim_reconstruction/ddim_reconstruction.log",
+    benchmark:
+        "benchmarks/ddim_reconstruction/ddim_reconstruction.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    script:
+        "../scripts/ddim_reconstruction.py"
+
+
+rule ddim_interpolation:
+    input:
+        model=DDIM_MODEL_INPUT,
+    output:
+        png="results/ddim/interpolation.png",
+    params:
+        model=DDIM_MODEL,
+        interpolation=DDIM["interpolation"],
+        sampling=DDIM_SAMPLING,
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/ddim_interpolation/ddim_interpolation.log",
+    benchmark:
+        "benchmarks/ddim_interpolation/ddim_interpolation.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/ddim_interpolation.py"
+
+
 if config["ddim"]["enabled"]:
     REPORT_INPUTS["ddim"] = {
         "grid": "results/ddim/grid.png",
@@ -169,3 +328,20 @@ if config["ddim"]["enabled"]:
                 "loss_csv": "results/ddim/train_loss.csv",
             }
         )
+    if DDIM_QUALITY_ON:
+        REPORT_INPUTS["ddim"].update(
+            {
+                "quality_csv": "results/ddim/quality.csv",
+                "quality_pairs": "results/ddim/quality_pairs.csv",
+                "quality_png": "results/ddim/quality.png",
+            }
+        )
+    if DDIM["reconstruction"]["enabled"]:
+        REPORT_INPUTS["ddim"].update(
+            {
+                "recon_csv": "results/ddim/reconstruction.csv",
+                "recon_png": "results/ddim/reconstruction.png",
+            }
+        )
+    if DDIM["interpolation"]["enabled"]:
+        REPORT_INPUTS["ddim"]["interp_png"] = "results/ddim/interpolation.png"

@@ -280,3 +280,111 @@ def test_image_metrics():
     noise = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     img = torch.linspace(-1, 1, 16).view(1, 1, 16).expand(3, 16, 16)
     assert metrics.ssim(img, noise) < 0.5 < metrics.ssim(img, (img + 0.05 * noise).clamp(-1, 1))
+
+
+# ------------------------------------------------------------------------------------------
+# DDIM paper experiments: Table 1 variants, inversion (Table 2), interpolation (Figure 6)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [5, T_TINY])
+def test_sample_variants_match_diffusers(unet, x_T, steps):
+    """eta rows against DDIMScheduler(eta); sigma_hat against DDPMScheduler(variance_type="fixed_large")
+    on the same strided timesteps (float64, so diffusers' float32 betas do not blur the comparison)."""
+    import copy
+
+    unet64, x64 = copy.deepcopy(unet).double(), x_T.double()
+    out = {}
+    for eta in (0.0, 0.5, 1.0):
+        sched = DDIMScheduler(num_train_timesteps=T_TINY, clip_sample=False)
+        sched.alphas_cumprod = sched.alphas_cumprod.double()
+        ref = diffusers_ddim(unet64, x64, sched, steps, eta=eta, seed=3)
+        schedule = schedule_of(sched)
+        got = ddim.sample_variants(unet64, x64, schedule, steps, [f"eta={eta}"],
+                                   generators={f"eta={eta}": torch.Generator().manual_seed(3)})[f"eta={eta}"]
+        assert (got - ref).abs().max().item() <= 1e-5, eta
+        out[eta] = got
+    sched = DDPMScheduler(num_train_timesteps=T_TINY, clip_sample=False, variance_type="fixed_large")
+    sched.alphas_cumprod = sched.alphas_cumprod.double()
+    sched.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(4)
+    x = x64.clone()
+    with torch.no_grad():
+        for k in sched.timesteps:
+            x = sched.step(unet64(x, k).sample, k, x, generator=gen).prev_sample
+    got = ddim.sample_variants(unet64, x64, schedule_of(sched), steps, ["sigma_hat"],
+                               generators={"sigma_hat": torch.Generator().manual_seed(4)})["sigma_hat"]
+    assert (got - x).abs().max().item() <= 1e-5
+    # the variants really differ: eta = 0 is not eta = 1 is not sigma_hat
+    assert (out[0.0] - out[1.0]).abs().max() > 1e-2 and (got - out[1.0]).abs().max() > 1e-2
+
+
+def test_sample_variants_batched_equal_separate(unet, x_T):
+    """Stacking variants into one UNet batch changes nothing beyond float rounding."""
+    gens = lambda: {"eta=0.0": torch.Generator().manual_seed(1), "sigma_hat": torch.Generator().manual_seed(2)}  # noqa: E731
+    schedule = Schedule.from_betas(DDIMScheduler(num_train_timesteps=T_TINY).betas.double())
+    both = ddim.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], generators=gens())
+    alone = ddim.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], generators=gens())
+    torch.testing.assert_close(both["sigma_hat"], alone["sigma_hat"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both["eta=0.0"], ddim.ddim_sample(unet, x_T, schedule, 10), atol=1e-5, rtol=0)
+
+
+def test_inversion_round_trip_error_shrinks_with_steps(unet):
+    """Encode with the forward ODE, decode with DDIM (eta = 0): the error is discretisation only,
+    so it falls as S grows, and at S = T it is small."""
+    sched = DDIMScheduler(num_train_timesteps=T_TINY)
+    schedule = Schedule.from_betas(sched.betas.double())
+    x0 = torch.rand((4, 1, 8, 8), generator=torch.Generator().manual_seed(9)) * 2 - 1
+    errs = []
+    for S in (2, 5, 10, T_TINY):
+        x_T = ddim.ddim_invert(unet, x0, schedule, S)
+        rec = ddim.ddim_sample(unet, x_T, schedule, S)
+        errs.append(float(((rec - x0) ** 2).mean()))
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < errs[0] / 5, errs
+    # the encoding is not the identity: x_T differs from x_0
+    assert (ddim.ddim_invert(unet, x0, schedule, T_TINY) - x0).abs().mean() > 0.05
+
+
+def test_slerp_endpoints_and_norm():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn((1, 16, 16), generator=g), torch.randn((1, 16, 16), generator=g)
+    torch.testing.assert_close(ddim.slerp(z0, z1, 0.0), z0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ddim.slerp(z0, z1, 1.0), z1, atol=1e-6, rtol=0)
+    mid = ddim.slerp(z0, z1, 0.5)
+    # a linear mix shrinks the norm of two near-orthogonal Gaussians by ~sqrt(2); slerp does not
+    assert abs(float(mid.norm()) - float((z0.norm() + z1.norm()) / 2)) < 0.05 * float(z0.norm())
+    assert float(((z0 + z1) / 2).norm()) < 0.8 * float(mid.norm())
+
+
+def test_frechet_distance_against_scipy_and_closed_form():
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    d = 6
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    c1, c2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)
+    m1, m2 = rng.normal(size=d), rng.normal(size=d)
+    ref = float((m1 - m2) @ (m1 - m2) + np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real))
+    assert metrics.frechet_distance(m1, c1, m2, c2) == pytest.approx(ref, rel=1e-8)
+    # diagonal covariances: d^2 = |m1 - m2|^2 + sum (sqrt(s1) - sqrt(s2))^2
+    s1, s2 = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
+    exact = float((m1 - m2) @ (m1 - m2) + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum())
+    assert metrics.frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(exact, rel=1e-10)
+    assert metrics.frechet_distance(m1, c1, m1, c1) == pytest.approx(0.0, abs=1e-8)
+    # from samples: two large draws of one Gaussian are close, a shifted one is ~|shift|^2 away
+    x = rng.normal(size=(4000, d))
+    y = rng.normal(size=(4000, d))
+    assert metrics.feature_frechet(x, y) < 0.05
+    assert metrics.feature_frechet(x, y + 2.0) == pytest.approx(4.0 * d, rel=0.05)
+
+
+def test_paired_bootstrap_uses_the_given_indices():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(500, 3))
+    f = rng.normal(size=(64, 3)) + 0.5
+    idx = rng.integers(0, 64, size=(50, 64))
+    b1 = metrics.bootstrap_frechet(f, ref, idx)
+    b2 = metrics.bootstrap_frechet(f + 0.1, ref, idx)
+    assert b1.shape == (50,) and b1.std() > 0
+    # same indices: a set shifted by a constant moves every resample the same way
+    assert np.all(b2 > b1)
+    assert metrics.bootstrap_frechet(f, ref, np.arange(64)[None]) [0] == pytest.approx(metrics.feature_frechet(f, ref))

@@ -15,7 +15,7 @@ def tiny_config(tmp_steps: int = 4) -> dict:
         "seed": 5,
         "schedule": {"kind": "linear", "T": 100, "beta_start": 1e-4, "beta_end": 0.02},
         "ddim": {"train": {"image_size": 8, "channels": [8, 16], "steps": tmp_steps, "batch_size": 16,
-                           "learning_rate": 2e-3, "ema_decay": 0.9}},
+                           "learning_rate": 2e-3, "ema_decay": 0.9}, "retrain": True, "weights": "unused"},
     }
 
 
@@ -91,3 +91,77 @@ def test_recognisability_classifier_is_accurate_on_held_out_digits():
     real = digits.digits_split(16, seed=0)["test"][0]
     noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     assert clf.recognisability(real)["recognisability"] > clf.recognisability(noise)["recognisability"] + 0.2
+
+
+def test_checkpoint_resume_gives_the_same_weights(tmp_path):
+    """A run stopped after k steps and resumed from its checkpoint equals an uninterrupted run."""
+    schedule = Schedule.make("linear", 100)
+    data = digits.digits_split(8, seed=0)["ddpm"][0][:64]
+    cfg = training.unet_config(8, [8, 16])
+    kw = dict(batch_size=8, learning_rate=3e-3, ema_decay=0.9, seed=2, log_every=0)
+    full, losses = training.train_ddpm(data, schedule, cfg, steps=6, **kw)
+    ck = tmp_path / "ck.pt"
+    # a first run that checkpoints at step 3 and is "killed" there: simulate by a 3-step run with the
+    # same schedule length, whose checkpoint then resumes
+    training.train_ddpm(data, schedule, cfg, steps=6, checkpoint=ck, checkpoint_every=3, **{**kw, "log_every": 0},
+                        _stop_after=3)
+    state = torch.load(ck, weights_only=True)
+    assert int(state["step"]) == 3
+    resumed, losses2 = training.train_ddpm(data, schedule, cfg, steps=6, checkpoint=ck, checkpoint_every=3, **kw)
+    assert losses2 == losses
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def _shipped_folder(tmp_path, cfg):
+    """Weights made by run_training, packaged the way models/ddim-digits is (model/, loss.csv, SHA256SUMS)."""
+    from diffusion_report.io import sha256_table
+
+    w = tmp_path / "w"
+    training.run_training(w / "model", w / "loss.csv", tmp_path / "made.png", cfg)
+    sums = sha256_table(w, training.WEIGHT_FILES)
+    (w / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
+    return w
+
+
+def test_shipped_weights_are_verified_and_installed(tmp_path):
+    import copy
+    import json
+
+    cfg = tiny_config(tmp_steps=2)
+    w = _shipped_folder(tmp_path, cfg)
+    use = copy.deepcopy(cfg)
+    use["ddim"].update(retrain=False, weights=str(w))
+    src = training.run_training(tmp_path / "m", tmp_path / "l.csv", tmp_path / "l.png", use)
+    assert src.startswith("shipped weights") and "sha256" in src
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        w / "model" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "m" / "ddim_config.json").read_text()) == training.recipe(cfg)
+    # another recipe: a clear error naming the key that differs
+    other = copy.deepcopy(use)
+    other["ddim"]["train"]["learning_rate"] = 1e-3
+    with pytest.raises(ValueError, match=r"ddim.weights: .*another recipe.*train"):
+        training.run_training(tmp_path / "m2", tmp_path / "l2.csv", tmp_path / "l2.png", other)
+    # a changed byte: checksum mismatch naming the file
+    with open(w / "loss.csv", "a") as fh:
+        fh.write("99,0.1,0.1\n")
+    with pytest.raises(ValueError, match="checksum mismatch.*loss.csv"):
+        training.run_training(tmp_path / "m3", tmp_path / "l3.csv", tmp_path / "l3.png", use)
+
+
+def test_reader_features_are_its_penultimate_layer():
+    """The Frechet features are the MLP's last hidden layer: pushing them through the output layer
+    and a softmax gives the reader's own probabilities."""
+    import numpy as np
+
+    clf = digits.train_classifier(16, seed=0)
+    x = digits.digits_split(16, seed=0)["test"][0][:20]
+    h = clf.features(x)
+    assert h.shape == (20, digits.HIDDEN[-1]) and (h >= 0).all()
+    logits = h @ clf.model.coefs_[-1] + clf.model.intercepts_[-1]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), clf.predict_proba(x), rtol=1e-6, atol=1e-9)
+    # the reader is confident on real held-out digits, and not on noise
+    assert clf.recognisability(digits.digits_split(16, seed=0)["test"][0])["confident_fraction"] >= 0.9
+    noise = torch.randn((200, 1, 16, 16), generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    assert clf.recognisability(noise)["confident_fraction"] < 0.2

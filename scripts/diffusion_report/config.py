@@ -178,9 +178,22 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[
     dd = config["ddim"]
     if dd["enabled"]:
         if dd["model"]["source"] == "train":
-            for n in dd["step_counts"]:
+            counts = [("ddim.step_counts", n) for n in dd["step_counts"]]
+            for part in ("quality", "reconstruction"):
+                if dd.get(part, {}).get("enabled", True):
+                    counts += [(f"ddim.{part}.step_counts", n) for n in dd.get(part, {}).get("step_counts", [])]
+            if dd.get("interpolation", {}).get("enabled", True):
+                counts.append(("ddim.interpolation.steps", dd.get("interpolation", {}).get("steps", 1)))
+            for key, n in counts:
                 if n > T:
-                    out.append(f"ddim.step_counts: {n} is above the training T = {T} (schedule.T); allowed 1..{T}")
+                    out.append(f"{key}: {n} is above the training T = {T} (schedule.T); allowed 1..{T}")
+            if not dd.get("retrain", False):
+                folder = Path(base_dir, dd.get("weights", "models/ddim-digits"))
+                if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
+                    out.append(f"ddim.weights: {str(folder)!r} has no model/ and SHA256SUMS; set ddim.retrain: true to train the model here")
+        elif dd.get("quality", {}).get("enabled", True):
+            out.append("ddim.quality.enabled: the quality table scores samples with the digit reader, so it needs "
+                       "ddim.model.source: train; set ddim.quality.enabled: false for a pretrained model")
             tr = dd["train"]
             levels = len(tr["channels"]) - 1
             if tr["image_size"] % (2**levels):

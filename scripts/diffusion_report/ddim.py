@@ -117,6 +117,50 @@ def ddim_step(
     return x_prev, x0
 
 
+VARIANCES = ("small", "large")
+
+
+def ddpm_posterior_step(
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    abar_t: float,
+    abar_prev: float,
+    *,
+    variance: str = "small",
+    clip_sample: bool = False,
+    prediction_type: str = "epsilon",
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One ancestral DDPM step x_t -> x_{t'} over a (possibly strided) pair t > t', shape (B, C, H, W).
+
+    With beta = 1 - abar_t / abar_{t'} (the strided process's beta; beta_t when t' = t - 1):
+
+    1. x0_hat from the model output (DDPM eq. 15), optionally clipped;
+    2. posterior mean mu_tilde(x_t, x0_hat) (DDPM eq. 7):
+       (sqrt(abar_{t'}) beta x0_hat + sqrt(1 - beta) (1 - abar_{t'}) x_t) / (1 - abar_t);
+    3. add sigma z with sigma^2 = beta_tilde = (1 - abar_{t'}) / (1 - abar_t) beta (``small``, the
+       posterior variance, "fixed_small"; equal to DDIM's eta = 1) or sigma^2 = beta (``large``,
+       "fixed_large": DDIM's sigma-hat of Table 1, as in ermongroup/ddim's ``ddpm_steps``);
+       no noise when t' = 0.
+    Without clipping and with t' = t - 1, 2. equals DDPM eq. 11.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance {variance!r} is not one of {', '.join(VARIANCES)}")
+    beta = 1.0 - abar_t / abar_prev
+    x0, _ = predict_x0_eps(model_output, x_t, abar_t, prediction_type)  # 1.
+    if clip_sample:
+        x0 = x0.clamp(-1.0, 1.0)
+    c0 = math.sqrt(abar_prev) * beta / (1.0 - abar_t)  # 2.
+    ct = math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar_t)
+    mean = c0 * x0 + ct * x_t
+    if abar_prev < 1.0:  # 3. (abar_0 = 1: the last step adds nothing)
+        if noise is None:
+            raise ValueError("ddpm_posterior_step: t' > 0 needs noise")
+        var = beta if variance == "large" else (1.0 - abar_prev) / (1.0 - abar_t) * beta
+        mean = mean + math.sqrt(var) * noise
+    return mean
+
+
 def ddpm_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
@@ -127,30 +171,14 @@ def ddpm_step(
     prediction_type: str = "epsilon",
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One ancestral DDPM step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2), shape (B, C, H, W).
+    """One ancestral DDPM step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2) with sigma_t^2 = beta_tilde_t.
 
-    1. x0_hat from the model output (eq. 15), optionally clipped;
-    2. posterior mean mu_tilde(x_t, x0_hat) (eq. 7):
-       (sqrt(abar_{t-1}) beta_t x0_hat + sqrt(alpha_t) (1 - abar_{t-1}) x_t) / (1 - abar_t);
-    3. add sigma_t z with sigma_t^2 = beta_tilde_t (the posterior variance, "fixed_small"); no
-       noise at t = 1.
-    Without clipping, 2. equals eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t).
+    :func:`ddpm_posterior_step` for the consecutive pair (t, t - 1); no noise at t = 1.
     """
-    ab_t = float(schedule.alpha_bars[t])
-    ab_prev = float(schedule.alpha_bars[t - 1])
-    beta_t = float(schedule.betas[t])
-    x0, _ = predict_x0_eps(model_output, x_t, ab_t, prediction_type)  # 1.
-    if clip_sample:
-        x0 = x0.clamp(-1.0, 1.0)
-    c0 = math.sqrt(ab_prev) * beta_t / (1.0 - ab_t)  # 2.
-    ct = math.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / (1.0 - ab_t)
-    mean = c0 * x0 + ct * x_t
-    if t > 1:  # 3.
-        if noise is None:
-            raise ValueError("ddpm_step: t > 1 needs noise")
-        var = float(schedule.posterior_variance()[t])
-        mean = mean + math.sqrt(var) * noise
-    return mean
+    return ddpm_posterior_step(
+        model_output, x_t, float(schedule.alpha_bars[t]), float(schedule.alpha_bars[t - 1]), variance="small",
+        clip_sample=clip_sample, prediction_type=prediction_type, noise=noise,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +239,104 @@ def ddim_sample(
             prediction_type=prediction_type, noise=noise,
         )
     return x
+
+
+@torch.inference_mode()
+def sample_variants(
+    unet,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    variants: list[str],
+    *,
+    generators: dict[str, torch.Generator],
+    skip_type: str = "uniform",
+    clip_sample: bool = False,
+    prediction_type: str = "epsilon",
+) -> dict[str, torch.Tensor]:
+    """Several samplers of DDIM's Table 1 on one sub-sequence tau, all from the same x_T (B, C, H, W).
+
+    ``variants``: ``"eta=<value>"`` (DDIM eq. 12 with sigma of eq. 16) or ``"sigma_hat"`` (the
+    strided DDPM step with sigma^2 = 1 - abar_t / abar_{t'}, see :func:`ddpm_posterior_step`).
+    One UNet call per step serves every variant (their x_t are stacked into one batch); each
+    variant draws its noise z from its own generator, one x_T-shaped CPU draw per step that
+    needs noise, so a variant's samples do not depend on which others run beside it.
+    Returns {variant: x_0 (B, C, H, W)}.
+    """
+    f = _eps_model(unet)
+    ts = select_timesteps(num_steps, schedule.T, skip_type)
+    prevs = ts[1:] + [0]
+    ab = schedule.alpha_bars
+    etas = {}
+    for v in variants:
+        if v != "sigma_hat":
+            if not v.startswith("eta="):
+                raise ValueError(f"variant {v!r} is neither 'eta=<value>' nor 'sigma_hat'")
+            etas[v] = float(v[4:])
+    xs = {v: x_T for v in variants}
+    for t, t_prev in zip(ts, prevs):
+        out = f(torch.cat([xs[v] for v in variants]), t).split(x_T.shape[0])
+        for v, o in zip(variants, out):
+            a_t, a_prev = float(ab[t]), float(ab[t_prev])
+            if v == "sigma_hat":
+                noise = torch.randn(x_T.shape, generator=generators[v], dtype=x_T.dtype).to(x_T.device) if t_prev > 0 else None
+                xs[v] = ddpm_posterior_step(o, xs[v], a_t, a_prev, variance="large", clip_sample=clip_sample,
+                                            prediction_type=prediction_type, noise=noise)
+            else:
+                noise = torch.randn(x_T.shape, generator=generators[v], dtype=x_T.dtype).to(x_T.device) if etas[v] > 0 else None
+                xs[v], _ = ddim_step(o, xs[v], a_t, a_prev, eta=etas[v], clip_sample=clip_sample,
+                                     prediction_type=prediction_type, noise=noise)
+    return xs
+
+
+@torch.inference_mode()
+def ddim_invert(
+    unet,
+    x_0: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    skip_type: str = "uniform",
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """Encode x_0 (B, C, H, W) to x_T by running DDIM's ODE forward (DDIM sec. 5.4, "reverse of eq. 14").
+
+    Over the same tau as :func:`ddim_sample`, ascending, with t_0 = 0:
+
+    1. eps from the network at the next timestep tau_{i+1} and the current point x_{tau_i} (the
+       network is not defined at t = 0; diffusers' ``DDIMInverseScheduler`` and null-text
+       inversion make the same choice);
+    2. x0_hat, eps_hat with abar of the current timestep (eq. 9);
+    3. x_{tau_{i+1}} = sqrt(abar_{tau_{i+1}}) x0_hat + sqrt(1 - abar_{tau_{i+1}}) eps_hat (eq. 12 with sigma = 0).
+
+    Decoding the result with :func:`ddim_sample` (eta = 0, same S) returns x_0 up to the
+    discretisation error of both directions, which shrinks as S grows (DDIM Table 2).
+    """
+    f = _eps_model(unet)
+    ts = select_timesteps(num_steps, schedule.T, skip_type)[::-1]  # ascending tau_1 < ... < tau_S
+    currents = [0] + ts[:-1]
+    ab = schedule.alpha_bars
+    x = x_0
+    for t_cur, t_next in zip(currents, ts):
+        out = f(x, t_next)  # 1.
+        x0, eps = predict_x0_eps(out, x, float(ab[t_cur]), prediction_type)  # 2.
+        x = math.sqrt(float(ab[t_next])) * x0 + math.sqrt(1.0 - float(ab[t_next])) * eps  # 3.
+    return x
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation between two x_T of shape (C, H, W) (DDIM sec. 5.3, Figure 6):
+
+        theta = arccos(<z0, z1> / (|z0| |z1|)),
+        z(alpha) = sin((1 - alpha) theta) / sin(theta) z0 + sin(alpha theta) / sin(theta) z1.
+    """
+    a, b = z0.to(torch.float64), z1.to(torch.float64)
+    cos = (a.flatten() @ b.flatten()) / (a.norm() * b.norm())
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    if float(theta) < 1e-8:
+        return ((1 - alpha) * a + alpha * b).to(z0.dtype)
+    s = torch.sin(theta)
+    return (torch.sin((1 - alpha) * theta) / s * a + torch.sin(alpha * theta) / s * b).to(z0.dtype)
 
 
 @torch.inference_mode()
@@ -512,6 +638,7 @@ def run_figures(
             "eta": float(meta["eta"]), "skip_type": meta["skip_type"], "clip_sample": bool(meta["clip_sample"]),
             "reference": ref_label, "mse": float(d["mse"].mean()), "psnr": float(np.mean(d["psnr"])),
             "ssim": float(d["ssim"].mean()), "ssim_min": float(d["ssim"].min()),
+            "max_abs_pixel": float(x.abs().max()),
         }
         if clf is not None:
             row.update(clf.recognisability(x))
@@ -561,6 +688,8 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     loss_plot, loss_csv.
     """
     import pandas as pd
+
+    from . import ddim_experiments as E
 
     dcfg = config["ddim"]
     m = pd.read_csv(files["metrics"])
@@ -615,7 +744,77 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         ctx["loss_plot"] = files["loss_plot"]
     if files.get("loss_csv"):
         lc = pd.read_csv(files["loss_csv"])
+        tr = dcfg["train"]
         ctx["train"] = {"steps": int(len(lc)), "first_loss": float(lc["loss_smoothed"].iloc[min(len(lc) - 1, 49)]),
                         "final_loss": float(lc["loss_smoothed"].iloc[-1]),
-                        "image_size": int(dcfg["train"]["image_size"]), "channels": list(dcfg["train"]["channels"])}
+                        "image_size": int(tr["image_size"]), "channels": list(tr["channels"]),
+                        "batch_size": int(tr["batch_size"]), "learning_rate": float(tr["learning_rate"]),
+                        "ema_decay": float(tr["ema_decay"]), "shipped": not bool(dcfg.get("retrain", True)),
+                        "weights": str(dcfg.get("weights", ""))}
+    # every DDIM sample's largest |pixel| before display clamping (the data range is [-1, 1])
+    ctx["max_abs_pixel"] = float(m.loc[m["sampler"] == "ddim", "max_abs_pixel"].max()) if "max_abs_pixel" in m.columns else None
+    ctx["pixel_bound"] = E.PIXEL_BOUND
+    ctx.update(experiments_context(files, ctx))
     return ctx
+
+
+def fmt(value, digits: int = 4) -> str:
+    from .report import fmt as report_fmt
+
+    return report_fmt(value, digits)
+
+
+def experiments_context(files: dict[str, str], ctx: dict) -> dict:
+    """The DDIM paper's experiments for the report: the quality table beside the paper's, the
+    claims chosen from the numbers (see :mod:`ddim_experiments` for thresholds), reconstruction."""
+    import pandas as pd
+
+    from . import ddim_experiments as E
+
+    out: dict = {"quality": None, "recon": None, "interp": files.get("interp_png")}
+    if files.get("quality_csv"):
+        q = pd.read_csv(files["quality_csv"])
+        pairs = pd.read_csv(files["quality_pairs"])
+        cells = q[q["variant"] != "real digits"]
+        variants = list(dict.fromkeys(cells["variant"]))
+        steps = sorted(int(s) for s in cells["steps"].unique())
+        rows = []
+        for v in variants:
+            row = {"sampler": v}
+            for s_ in steps:
+                c = cells[(cells["variant"] == v) & (cells["steps"] == s_)].iloc[0]
+                row[f"S = {s_}"] = f"{fmt(c['fd'], 3)} ± {fmt(c['fd_boot_std'], 2)}"
+            rows.append(row)
+        paper_rows = []
+        for v in variants:
+            pv = E.PAPER_FID.get(v)
+            if pv:
+                d = dict(zip(E.PAPER_STEPS, pv))
+                paper_rows.append({"sampler": v, **{f"S = {s_}": (d[s_] if s_ in d else "n/a") for s_ in steps}})
+        real = q[q["variant"] == "real digits"]
+        ddpm_recog = ctx["ddpm"]["recognisability"] if ctx.get("ddpm") else None
+        eta_label = E.variant_label(ctx["eta"])
+        out["quality"] = {
+            "png": files["quality_png"], "rows": rows, "paper_rows": paper_rows, "steps": steps,
+            "num_samples": int(cells["num_samples"].iloc[0]), "claims": E.ordering_claims(q),
+            "resolved": E.neighbours_resolved(pairs), "goals": E.quality_goals(q, eta_label, ddpm_recog),
+            "eta_label": eta_label,
+            "etas": [f"{e:g}" for e in (float(v[4:]) for v in variants if v.startswith("eta="))],
+            "sigma_hat": "sigma_hat" in variants,
+            "real_fd": float(real["fd"].iloc[0]) if len(real) else None,
+            "real_err": float(real["fd_boot_std"].iloc[0]) if len(real) else None,
+            "conf_rows": [{"sampler": v, **{f"S = {s_}": float(cells[(cells["variant"] == v) & (cells["steps"] == s_)]["confident_fraction"].iloc[0]) for s_ in steps}} for v in variants],
+        }
+    if files.get("recon_csv"):
+        r = pd.read_csv(files["recon_csv"]).sort_values("steps")
+        mse = r["mse"].tolist()
+        out["recon"] = {
+            "png": files["recon_png"],
+            "rows": [{"S": int(x["steps"]), "MSE (this run)": float(x["mse"]), "PSNR (dB)": float(x["psnr"]),
+                      "paper CIFAR-10 MSE": float(x["paper_cifar10_mse"])} for _, x in r.iterrows()],
+            "num_images": int(r["num_images"].iloc[0]),
+            "monotone": all(a > b for a, b in zip(mse, mse[1:])),
+            "first": {"steps": int(r["steps"].iloc[0]), "mse": float(mse[0])},
+            "last": {"steps": int(r["steps"].iloc[-1]), "mse": float(mse[-1])},
+        }
+    return out

@@ -4,8 +4,9 @@ The 1797 images ship inside scikit-learn (``sklearn.datasets.load_digits``), so 
 downloaded. They are split once, by a seeded permutation, into
 
 * ``ddpm``   the images the small DDPM is trained on;
-* ``clf``    held-out images the recognisability classifier is trained on;
-* ``test``   held-out images its accuracy is measured on.
+* ``clf``    more images the recognisability classifier (the reader) is fitted on, with ``ddpm``;
+* ``test``   held-out images its accuracy is measured on, and the real reference set of the
+             Frechet distance (held out from both the DDPM and the reader).
 
 The classifier sees images the way it will see samples: 16x16 (or any ``image_size``) in
 [-1, 1], average-pooled back to 8x8. Its mean top-class probability on generated samples is the
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from .io import make_generator
 
 SPLIT_FRACTIONS = (0.6, 0.2)  # ddpm, clf; the rest is test
+HIDDEN = (128, 32)  # the reader's hidden layer widths; the last is the Frechet-distance feature space
+CONFIDENT = 0.9  # a sample is "confidently classified" when the reader's top-class p >= this
 
 
 def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +71,12 @@ def classifier_features(images: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class DigitsClassifier:
-    """A logistic-regression digit classifier on 8x8 features, trained on held-out digits."""
+    """A small MLP digit classifier on 8x8 features (hidden widths ``HIDDEN``), fitted on real digits.
+
+    It reads samples the way a person would judge them: its top-class probability is the
+    "recognisability" of an image, and its last hidden layer (``HIDDEN[-1]`` ReLU units) is the
+    feature space of the Frechet distance ("FID on classifier features", not FID: no Inception).
+    """
 
     model: object
     test_accuracy: float
@@ -79,23 +87,35 @@ class DigitsClassifier:
         """Class probabilities, shape (N, 10), for (N, 1, H, W) images in [-1, 1]."""
         return self.model.predict_proba(classifier_features(images))
 
-    def recognisability(self, images: torch.Tensor, threshold: float = 0.9) -> dict[str, float]:
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """Penultimate-layer activations, shape (N, HIDDEN[-1]) float64, for (N, 1, H, W) images in [-1, 1]."""
+        h = classifier_features(images)
+        for w, b in zip(self.model.coefs_[:-1], self.model.intercepts_[:-1]):
+            h = np.maximum(h @ w + b, 0.0)  # sklearn's MLP hidden layers: ReLU(h W + b)
+        return h
+
+    def recognisability(self, images: torch.Tensor, threshold: float = CONFIDENT) -> dict[str, float]:
         """Mean top-class probability and the fraction of images classified with p >= threshold."""
         p = self.predict_proba(images).max(axis=1)
         return {"recognisability": float(p.mean()), "confident_fraction": float((p >= threshold).mean())}
 
 
 def train_classifier(image_size: int, seed: int) -> DigitsClassifier:
-    """Fit the recognisability classifier on the ``clf`` split; measure accuracy on ``test``.
+    """Fit the reader on the ``ddpm`` and ``clf`` splits (real digits); measure accuracy on ``test``.
 
-    Deterministic: lbfgs logistic regression has no random state.
+    Deterministic: the MLP's initial weights and batch order come from ``random_state``, derived
+    from the master seed. The ``test`` split is held out from both the DDPM and this classifier.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from .io import derive_seed
 
     split = digits_split(image_size, seed)
-    x_clf, y_clf = split["clf"]
+    x_fit = torch.cat([split["ddpm"][0], split["clf"][0]])
+    y_fit = torch.cat([split["ddpm"][1], split["clf"][1]])
     x_test, y_test = split["test"]
-    model = LogisticRegression(C=1.0, max_iter=2000)
-    model.fit(classifier_features(x_clf), y_clf.numpy())
+    model = MLPClassifier(hidden_layer_sizes=HIDDEN, alpha=1e-3, max_iter=1000,
+                          random_state=derive_seed(seed, "digits_classifier") % (2**32))
+    model.fit(classifier_features(x_fit), y_fit.numpy())
     acc = float((model.predict(classifier_features(x_test)) == y_test.numpy()).mean())
-    return DigitsClassifier(model=model, test_accuracy=acc, n_train=len(y_clf), n_test=len(y_test))
+    return DigitsClassifier(model=model, test_accuracy=acc, n_train=len(y_fit), n_test=len(y_test))

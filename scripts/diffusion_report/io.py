@@ -134,6 +134,28 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def sha256_table(folder: str | os.PathLike, files) -> dict[str, str]:
+    """{relative path: sha256} of ``files`` (paths relative to ``folder``)."""
+    return {rel: sha256_file(Path(folder) / rel) for rel in files}
+
+
+def verify_sha256sums(folder: str | os.PathLike, files, key: str, fix: str) -> None:
+    """Check ``folder/SHA256SUMS`` (``sha256sum`` format) against ``files``; on a missing list or a
+    mismatch raise naming the config ``key``, the files and ``fix`` (what the user can do)."""
+    folder = Path(folder)
+    sums = folder / "SHA256SUMS"
+    if not sums.exists():
+        raise FileNotFoundError(f"{key}: {folder} has no SHA256SUMS; {fix}")
+    expected = dict(line.split("  ", 1)[::-1] for line in sums.read_text().splitlines() if line.strip())
+    missing = [rel for rel in files if not (folder / rel).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{key}: {folder} lacks {', '.join(missing)}; {fix}")
+    actual = sha256_table(folder, files)
+    bad = [rel for rel in files if expected.get(rel) != actual[rel]]
+    if bad:
+        raise ValueError(f"{key}: checksum mismatch in {folder} for {', '.join(bad)}; restore the files or {fix}")
+
+
 def run_rule(snakemake, main: Callable[..., None]) -> None:
     """Run a rule script: log to ``snakemake.log[0]``, use the rule's threads, log any error.
 

@@ -380,23 +380,16 @@ def loss_figure(path, loss: pd.DataFrame, window: int = 50) -> None:
 
 def sha256_table(folder: str | Path) -> dict[str, str]:
     """{relative path: sha256} of :data:`WEIGHT_FILES` under ``folder``."""
-    from diffusion_report.io import sha256_file
+    from diffusion_report.io import sha256_table as table
 
-    folder = Path(folder)
-    return {rel: sha256_file(folder / rel) for rel in WEIGHT_FILES}
+    return table(folder, WEIGHT_FILES)
 
 
 def verify_weights(folder: str | Path) -> None:
     """Check ``folder/SHA256SUMS`` against the files; raise with what to do on a mismatch."""
-    folder = Path(folder)
-    sums = folder / "SHA256SUMS"
-    if not sums.exists():
-        raise FileNotFoundError(f"t2i.weights: {folder} has no SHA256SUMS; set t2i.train: true to train the model here")
-    expected = dict(line.split("  ", 1)[::-1] for line in sums.read_text().splitlines() if line.strip())
-    actual = sha256_table(folder)
-    bad = [rel for rel in WEIGHT_FILES if expected.get(rel) != actual[rel]]
-    if bad:
-        raise ValueError(f"t2i.weights: checksum mismatch in {folder} for {', '.join(bad)}; restore the files or set t2i.train: true")
+    from diffusion_report.io import verify_sha256sums
+
+    verify_sha256sums(folder, WEIGHT_FILES, "t2i.weights", "set t2i.train: true to train the model here")
 
 
 def train_rule(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto") -> dict:

@@ -15,6 +15,7 @@ config, so a run on the same machine and thread count gives the same weights.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import sys
@@ -123,12 +124,19 @@ def train_ddpm(
     seed: int,
     log_every: int = 50,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
+    _stop_after: int | None = None,
 ):
     """Train a UNet on ``data`` (N, C, H, W) in [-1, 1]. Returns (ema_unet, losses: list[float]).
 
     1. draw a batch of x_0 (with replacement) and t, eps from seeded generators;
     2. take an AdamW step on L_simple;
     3. update the EMA copy (decay ``ema_decay``).
+
+    With ``checkpoint`` (a file path) the full state (weights, EMA, optimiser, both generators,
+    losses) is saved atomically every ``checkpoint_every`` steps and training resumes from it
+    when it exists: a run killed and restarted gives the same weights as one left alone.
     """
     unet = build_unet(unet_cfg, seed)
     unet.train()
@@ -139,11 +147,22 @@ def train_ddpm(
     gen_noise = make_generator(seed, "ddim_train_noise")
     warmup = max(1, min(100, steps // 10))
     losses: list[float] = []
-    it = range(steps)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen_batch.set_state(state["gen_batch"])
+        gen_noise.set_state(state["gen_noise"])
+        losses = [float(v) for v in state["losses"]]
+        start = int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint, start)
+    it = range(start, steps if _stop_after is None else min(steps, _stop_after))  # _stop_after: tests of resuming
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="ddim_train", file=sys.stderr, mininterval=10.0)
+        it = tqdm(it, desc="ddim_train", file=sys.stderr, mininterval=10.0, initial=start, total=steps)
     t0 = time.perf_counter()
     for step in it:
         for group in opt.param_groups:
@@ -159,6 +178,12 @@ def train_ddpm(
         if log_every and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
             log.info("step %d/%d  loss %.4f  (%.1f s)", step + 1, steps, recent, time.perf_counter() - t0)
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "gen_batch": gen_batch.get_state(), "gen_noise": gen_noise.get_state(),
+                     "losses": torch.tensor(losses, dtype=torch.float64), "step": step + 1}
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
     return ema, losses
 
 
@@ -177,25 +202,100 @@ def ddpm_scheduler(schedule_cfg: dict):
     )
 
 
+# The files of a DDIM model folder made by :func:`run_training`, relative to the shipped folder
+# (``ddim.model.weights``); SHA256SUMS lists them all.
+WEIGHT_FILES = (
+    "model/config.json",
+    "model/diffusion_pytorch_model.safetensors",
+    "model/scheduler_config.json",
+    "model/ddim_config.json",
+    "loss.csv",
+)
+
+
+def recipe(config: dict) -> dict:
+    """What determines the trained weights: the ``ddim.train`` block, the schedule and the seed.
+
+    Saved as ``ddim_config.json`` beside the weights and compared when shipped weights are used.
+    """
+    return json.loads(json.dumps({"train": config["ddim"]["train"], "schedule": config["schedule"], "seed": int(config["seed"])}))
+
+
+def loss_figure(path: str | Path, df, n_params: int | None = None) -> None:
+    """Per-step loss (light) and its running mean (``loss_smoothed``), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=150)
+    ax.plot(df["step"], df["loss"], lw=0.5, alpha=0.35, color="C0", label="batch loss")
+    ax.plot(df["step"], df["loss_smoothed"], lw=1.5, color="C0", label="running mean")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(r"$L_\mathrm{simple}$ (MSE of $\epsilon$)")
+    if n_params:
+        ax.set_title(f"DDPM training on digits ({n_params / 1e6:.2f}M parameters)")
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def loss_table(losses: list[float]):
+    """DataFrame step, loss, loss_smoothed (running mean over min(50, steps / 10) steps)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
+    window = max(1, min(50, len(losses) // 10))
+    df["loss_smoothed"] = df["loss"].rolling(window, min_periods=1).mean()
+    return df
+
+
 def run_training(
     model_dir: str | Path,
     loss_csv: str | Path,
     loss_png: str | Path,
     config: dict,
-) -> None:
-    """The ``ddim_train`` rule: train on the digits ``ddpm`` split, save the EMA UNet + scheduler.
+    *,
+    checkpoint: str | Path | None = None,
+) -> str:
+    """The ``ddim_train`` rule: train on the digits ``ddpm`` split, or install the shipped weights.
 
-    ``model_dir`` receives ``config.json``, ``diffusion_pytorch_model.safetensors`` and
-    ``scheduler_config.json`` (the layout of google/ddpm-cifar10-32), written atomically.
+    ``ddim.retrain: true`` trains here (resuming from ``checkpoint`` when one is given and
+    exists) and saves the EMA UNet + scheduler + recipe; otherwise the folder
+    ``ddim.weights`` is checked against its SHA256SUMS and its recipe against the config,
+    then copied. ``model_dir`` receives ``config.json``, ``diffusion_pytorch_model.safetensors``,
+    ``scheduler_config.json`` (the layout of google/ddpm-cifar10-32) and ``ddim_config.json``,
+    written atomically. Returns a one-line description of where the weights came from.
     """
-    import matplotlib
+    import shutil
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from . import digits
-    from .io import save_figure, write_csv
+    from .io import verify_sha256sums, write_csv, write_text
+
+    dcfg = config["ddim"]
+    if not dcfg.get("retrain", True):
+        src = Path(dcfg["weights"])
+        verify_sha256sums(src, WEIGHT_FILES, "ddim.weights", "set ddim.retrain: true to train the model here")
+        shipped = json.loads((src / "model" / "ddim_config.json").read_text())
+        if shipped != recipe(config):
+            diff = sorted(k for k in set(shipped) | set(recipe(config)) if shipped.get(k) != recipe(config).get(k))
+            raise ValueError(
+                f"ddim.weights: the shipped weights in {src} were trained with another recipe (differs in: "
+                f"{', '.join(diff)}; shipped: {json.dumps({k: shipped.get(k) for k in diff})}); "
+                "set ddim.retrain: true to train with this config, or restore those keys"
+            )
+        with atomic_path(model_dir) as tmp:
+            shutil.copytree(src / "model", tmp)
+        df = pd.read_csv(src / "loss.csv")
+        write_csv(loss_csv, df)
+        loss_figure(loss_png, df)
+        return f"shipped weights {src} (sha256-verified)"
 
     tcfg = config["ddim"]["train"]
     seed = int(config["seed"])
@@ -214,25 +314,17 @@ def run_training(
         ema_decay=float(tcfg["ema_decay"]),
         seed=seed,
         progress=True,
+        checkpoint=checkpoint,
     )
     n_params = sum(p.numel() for p in ema.parameters())
     log.info("trained %d parameters; final loss (mean of last 100) %.4f", n_params, sum(losses[-100:]) / len(losses[-100:]))
     with atomic_path(model_dir) as tmp:
         ema.save_pretrained(tmp, safe_serialization=True)
         ddpm_scheduler(config["schedule"]).save_pretrained(tmp)
-
-    df = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
-    window = max(1, min(50, len(losses) // 10))
-    df["loss_smoothed"] = df["loss"].rolling(window, min_periods=1).mean()
+        write_text(Path(tmp) / "ddim_config.json", json.dumps(recipe(config), indent=2, sort_keys=True) + "\n")
+    df = loss_table(losses)
     write_csv(loss_csv, df)
-    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=150)
-    ax.plot(df["step"], df["loss"], lw=0.5, alpha=0.35, color="C0", label="batch loss")
-    ax.plot(df["step"], df["loss_smoothed"], lw=1.5, color="C0", label=f"mean of {window}")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(r"$L_\mathrm{simple}$ (MSE of $\epsilon$)")
-    ax.set_title(f"DDPM training on digits ({n_params / 1e6:.2f}M parameters)")
-    ax.legend(frameon=False)
-    ax.grid(alpha=0.3)
-    save_figure(loss_png, fig)
-    plt.close(fig)
+    loss_figure(loss_png, df, n_params)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)  # the model folder now holds the result
+    return "trained here"
