@@ -95,6 +95,7 @@ def test_alignment_maps_shared_words_and_leaves_new_ones_unmapped(tok):
     assert new == [n_src + 1, n_src + 2]
     assert alphas[new].tolist() == [0.0, 0.0]
     assert mapper[n_src + 3].item() == n_src + 1  # target EOS <- source EOS
+    assert mapper[n_src + 4 :].tolist() == list(range(n_src + 4, MAX_LEN))  # padding <- the same positions
     # a word inserted in the middle shifts the later words' mapping
     mapper2, alphas2 = p2p.refinement_mapper("a house on a mountain", "a red house on a mountain", tok, MAX_LEN)
     assert alphas2[2].item() == 0.0 and mapper2[3].item() == 2 and mapper2[6].item() == 5
@@ -104,6 +105,84 @@ def test_global_alignment_matches_repeated_elements_in_order():
     assert p2p.global_alignment(list("abcab"), list("abxcab")) == [0, 1, -1, 2, 3, 4]
     assert p2p.global_alignment(list("abc"), list("abc")) == [0, 1, 2]
     assert p2p.global_alignment(list("ab"), list("ba")) .count(-1) == 1
+
+
+# The reference's rules, restated independently (google/prompt-to-prompt, seq_aligner.py and ptp_utils.py).
+
+
+def reference_alignment(x, y) -> list[int]:
+    """seq_aligner.global_align + get_aligned_sequences: y's aligned index in x, or -1.
+
+    Scores: gap 0, match 1, mismatch -1. Each cell records the move that explains its score,
+    preferring a gap in x (left), then a gap in y (up), then the diagonal; the walk back follows
+    the records and pairs on every diagonal move.
+    """
+    n, m = len(x), len(y)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [["left"] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        move[i][0] = "up"
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
+            diag = score[i - 1][j - 1] + (1 if x[i - 1] == y[j - 1] else -1)
+            score[i][j] = max(left, up, diag)
+            move[i][j] = "left" if score[i][j] == left else "up" if score[i][j] == up else "diag"
+    out, i, j = [], n, m
+    while i > 0 or j > 0:
+        if move[i][j] == "diag":
+            i, j = i - 1, j - 1
+            out.append(i)
+        elif move[i][j] == "left":
+            j -= 1
+            out.append(-1)
+        else:
+            i -= 1
+    return out[::-1]
+
+
+def reference_refinement(x_ids, y_ids, max_len):
+    """seq_aligner.get_mapper on encoded prompts (special tokens included): (mapper, alphas)."""
+    align = reference_alignment(x_ids, y_ids)
+    alphas = torch.ones(max_len)
+    alphas[: len(align)] = torch.tensor([float(i != -1) for i in align])
+    mapper = torch.zeros(max_len, dtype=torch.long)
+    mapper[: len(align)] = torch.tensor(align)
+    mapper[len(y_ids):] = len(y_ids) + torch.arange(max_len - len(y_ids))
+    return mapper, alphas
+
+
+def test_global_alignment_breaks_ties_to_the_leftmost_occurrence_as_the_reference():
+    assert p2p.global_alignment(["x"], ["x", "x"]) == [0, -1] == reference_alignment(["x"], ["x", "x"])
+    assert p2p.global_alignment(["x", "x"], ["x"]) == [0] == reference_alignment(["x", "x"], ["x"])
+    assert p2p.global_alignment(list("ab"), list("abab")) == [0, 1, -1, -1]
+    import random
+
+    rng = random.Random(0)
+    for _ in range(400):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        assert p2p.global_alignment(a, b) == reference_alignment(a, b), (a, b)
+
+
+def test_refine_maps_padding_to_the_same_positions_as_the_reference(tok):
+    pairs = [
+        ("a house on a mountain", "a red house on a mountain"),  # inserted: 1 token
+        ("a photo of a house on a mountain", "a photo of a house on a mountain at winter"),
+        ("a painting of a cat", "a painting of a squirrel cat"),  # inserted: 5 tokens
+        ("a red circle on a white background", "a circle on a background"),  # removed
+        ("a cat", "a cat on a cat"),  # repeated words: ties
+    ]
+    for src, tgt in pairs:
+        mapper, alphas = p2p.refinement_mapper(src, tgt, tok, MAX_LEN)
+        ref_mapper, ref_alphas = reference_refinement(tok(src).input_ids, tok(tgt).input_ids, MAX_LEN)
+        assert alphas.tolist() == ref_alphas.tolist(), (src, tgt)
+        used = alphas.bool()  # the reference maps new tokens to -1; their alpha 0 leaves them unused
+        assert mapper[used].tolist() == ref_mapper[used].tolist(), (src, tgt)
+    # the padding after "a red house on a mountain" <EOS> takes the source's attention at the same positions
+    mapper, _ = p2p.refinement_mapper(*pairs[0], tok, MAX_LEN)
+    end = len(tok(pairs[0][1]).input_ids)
+    assert mapper[end:].tolist() == list(range(end, MAX_LEN))
 
 
 def test_replacement_mapper_spreads_multi_token_words(tok):

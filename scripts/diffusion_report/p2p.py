@@ -102,17 +102,21 @@ def token_indices(text: str, words: str | Sequence[str], tokenizer) -> list[int]
     return sorted(set(out))
 
 
-def _pad_map(j: int, end_t: int, end_s: int, max_len: int) -> int:
-    """Source position of target position j at or after the target's last prompt token."""
-    return min(end_s + (j - end_t), max_len - 1)
-
-
 def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> torch.Tensor:
     """Word-swap token mapping M, shape (L, L): edited attention = source attention @ M.
 
     Words are matched by position (same word count). A word of m source tokens swapped for one
     of n target tokens gives each target token 1/n of the m source tokens' attention, so the
     total attention on the word is kept. Special and padding tokens map to their counterparts.
+
+    Where the swapped words have the same token counts this is the reference's mapping
+    (``seq_aligner.get_replacement_mapper_`` in google/prompt-to-prompt). Where they differ we
+    deliberately depart from it: after its last swapped word the reference maps target position j
+    to source position j, so every later token (the following words, the end token, padding) takes
+    the attention of a token shifted by the difference in token counts ("a squirrel eating a burger"
+    -> "a lion eating a burger": "eating" would take the attention of one of squirrel's tokens).
+    Here every later token keeps following its own word, shifted with it, so the end token takes
+    the source's end token's attention.
     """
     sw, tw = prompt_words(source), prompt_words(target)
     if len(sw) != len(tw):
@@ -140,8 +144,13 @@ def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> tor
 def global_alignment(a: Sequence, b: Sequence, match: float = 1.0, mismatch: float = -1.0, gap: float = 0.0) -> list[int]:
     """Needleman-Wunsch alignment of sequence ``b`` to ``a``: for each b[j], its aligned index in a or -1.
 
-    Scores as in the paper's implementation: match +1, mismatch -1, gap 0; so differing elements
-    are left unaligned rather than paired, and each element of ``a`` aligns to at most one of ``b``.
+    Scores and traceback as in the reference implementation (``seq_aligner.global_align`` and
+    ``get_aligned_sequences`` in google/prompt-to-prompt): match +1, mismatch -1, gap 0; walking back
+    from the end, a cell whose score a gap in ``a`` explains leaves b[j] unaligned, else one whose
+    score a gap in ``b`` explains skips a[i], else b[j] pairs with a[i]. So of several equal-scoring
+    occurrences the leftmost is aligned (``a = [x]``, ``b = [x, x]`` aligns b[0]). With these scores
+    differing elements are never paired (a mismatch never beats two gaps), and each element of
+    ``a`` aligns to at most one of ``b``.
     """
     n, m = len(a), len(b)
     S = [[0.0] * (m + 1) for _ in range(n + 1)]
@@ -155,15 +164,13 @@ def global_alignment(a: Sequence, b: Sequence, match: float = 1.0, mismatch: flo
             S[i][j] = max(diag, S[i - 1][j] + gap, S[i][j - 1] + gap)
     out = [-1] * m
     i, j = n, m
-    while i > 0 and j > 0:
-        if a[i - 1] == b[j - 1] and S[i][j] == S[i - 1][j - 1] + match:
-            out[j - 1] = i - 1
-            i, j = i - 1, j - 1
-        elif S[i][j] == S[i - 1][j] + gap:
-            i -= 1
-        elif S[i][j] == S[i][j - 1] + gap:
+    while i > 0 and j > 0:  # on the border the rest is unaligned
+        if S[i][j] == S[i][j - 1] + gap:  # b[j-1] unaligned
             j -= 1
-        else:  # a mismatch pair (only when it scores better than two gaps)
+        elif S[i][j] == S[i - 1][j] + gap:  # a[i-1] unaligned
+            i -= 1
+        else:  # the diagonal: the reference pairs them (only equal elements get here with its scores)
+            out[j - 1] = i - 1
             i, j = i - 1, j - 1
     return out
 
@@ -173,25 +180,24 @@ def refinement_mapper(source: str, target: str, tokenizer, max_len: int) -> tupl
 
     ``mapper[j]`` is the source position whose attention target token j takes; ``alphas[j]`` is
     1 where token j is aligned to a source token and 0 for new tokens, which keep their own.
+
+    As the reference (``seq_aligner.get_mapper``): the whole token sequences, special tokens
+    included, are aligned (:func:`global_alignment`), so the end token follows the source's end
+    token; the positions after the target's tokens (padding) take the source's attention at the
+    same positions. New tokens map to themselves (the reference: to -1); their alpha of 0 makes
+    the mapping unused.
     """
-    s0, s1 = core_token_range(source, tokenizer)
-    t0, t1 = core_token_range(target, tokenizer)
-    word_token_spans(source, tokenizer, max_len)  # length check
+    word_token_spans(source, tokenizer, max_len)  # length checks
     word_token_spans(target, tokenizer, max_len)
-    src = _ids(tokenizer, " ".join(prompt_words(source)), special=False)
-    tgt = _ids(tokenizer, " ".join(prompt_words(target)), special=False)
-    align = global_alignment(src, tgt)
+    src = _ids(tokenizer, " ".join(prompt_words(source)), special=True)
+    tgt = _ids(tokenizer, " ".join(prompt_words(target)), special=True)
     mapper = torch.arange(max_len)
     alphas = torch.ones(max_len)
-    for j, i in enumerate(align):
+    for j, i in enumerate(global_alignment(src, tgt)):
         if i < 0:
-            mapper[t0 + j], alphas[t0 + j] = t0 + j, 0.0
+            alphas[j] = 0.0
         else:
-            mapper[t0 + j] = s0 + i
-    for j in range(min(s0, t0)):
-        mapper[j] = j
-    for j in range(t1, max_len):
-        mapper[j] = _pad_map(j, t1, s1, max_len)
+            mapper[j] = i
     return mapper, alphas
 
 
