@@ -185,6 +185,51 @@ def test_refine_maps_padding_to_the_same_positions_as_the_reference(tok):
     assert mapper[end:].tolist() == list(range(end, MAX_LEN))
 
 
+def test_replace_windows_round_as_the_reference(tok):
+    """Cross window: the first int(f * (S + 1)) of S + 1 rows (ptp_utils.update_alpha_time_word);
+    self window: the first int(f * S) steps (AttentionControlEdit.num_self_replace)."""
+    S = 7
+    prompts = ["a red circle on a white background", "a blue circle on a white background"]
+    ids = tok(prompts[1]).input_ids
+    blue = ids.index(tok.convert_tokens_to_ids("blue</w>"))
+    for steps in (0.8, 0.5, 1.0, 0.0, (0.2, 0.6), {"default": 0.8, "blue": 0.3}, {"default_": (0.1, 0.9), "blue": (0.5, 1.0)}):
+        expected = torch.zeros(S + 1, 1, MAX_LEN)
+        bounds = dict(steps) if isinstance(steps, dict) else {"default": steps}
+        for word, b in bounds.items():
+            lo, hi = (0.0, b) if isinstance(b, float) else b
+            cols = slice(None) if word in ("default", "default_") else [blue]
+            expected[:, :, cols] = 0
+            expected[int(lo * (S + 1)) : int(hi * (S + 1)), :, cols] = 1
+        assert torch.equal(p2p.cross_replace_alpha(prompts, S, steps, tok, MAX_LEN), expected), steps
+    assert int(p2p.cross_replace_alpha(prompts, S, 0.8, tok, MAX_LEN)[:, 0, 0].sum()) == 6  # int(0.8 * 7) would be 5
+    for frac in (1.0, 0.8, 0.5, (0.25, 0.75)):
+        lo, hi = (0.0, frac) if isinstance(frac, float) else frac
+        ctrl = p2p.make_controller("replace", prompts, tok, S, 0.8, frac, max_len=MAX_LEN)
+        assert ctrl.self_window == (int(lo * S), int(hi * S)), frac
+
+
+def test_injection_windows_in_a_pndm_run_follow_the_reference(pipe):
+    """PNDM takes S + 1 steps: the cross window of 0.8 covers int(0.8 * 8) = 6 of them, the self
+    window of 1.0 int(1.0 * 7) = 7 (the extra last step is not replaced), as in the reference."""
+    import copy
+
+    from diffusers import PNDMScheduler
+
+    S = 7
+    pndm = copy.copy(pipe)
+    pndm.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    prompts = ["a red circle on a white background", "a blue circle on a white background"]
+    ctrl = p2p.make_controller("replace", prompts, pipe.tokenizer, S, 0.8, 1.0, max_len=MAX_LEN, self_max_tokens=64)
+    _, store = generate(pndm, prompts, initial_latents(pipe, 5, "pndm"), S, 5.0, ctrl)
+    assert store.cur_step == S + 1
+    big = lambda n: n.startswith("down_blocks.0") or n.startswith("up_blocks.1")  # noqa: E731 - 16x16 maps, not stored
+    for n, proc in store.processors.items():
+        if big(n) and "attn2" in n:
+            assert proc.explicit_calls == int(0.8 * (S + 1)), n
+        if not big(n) and "attn1" in n:
+            assert proc.explicit_calls == int(1.0 * S), n
+
+
 def test_replacement_mapper_spreads_multi_token_words(tok):
     src, tgt = "a painting of a squirrel eating a burger", "a painting of a lion eating a burger"
     M = p2p.replacement_mapper(src, tgt, tok, MAX_LEN)

@@ -16,7 +16,10 @@ those of the source branch, so that the layout of the source image carries over:
 Cross-attention is injected during the first ``cross_replace_steps`` of the steps (a fraction,
 or per word), self-attention during the first ``self_replace_steps``, only at small maps (at most
 1/16 of the latent's pixels: 16x16 for Stable Diffusion's 64x64 latents, as in the paper; at
-least 8x8 for small models).
+least 8x8 for small models). Windows are rounded as in the reference implementation
+(google/prompt-to-prompt): a fraction f of S steps covers the first ``int(f * (S + 1))`` steps for
+cross-attention (``ptp_utils.get_time_words_attention_alpha`` counts S + 1 rows) and the first
+``int(f * S)`` for self-attention (``AttentionControlEdit.num_self_replace``).
 
 Everything runs through diffusers' attention-processor API: :func:`install` puts one
 :class:`P2PAttnProcessor` on every attention layer with ``unet.set_attn_processor``; each call
@@ -211,16 +214,18 @@ def equalizer(text: str, words: Sequence[str], scale: float, tokenizer, max_len:
     return eq
 
 
-def step_window(frac: float | Sequence[float], num_steps: int) -> tuple[int, int]:
-    """Steps [start, end) covered by a fraction (or a (start, end) pair of fractions) of the steps.
+def step_window(frac: float | Sequence[float], num_rows: int) -> tuple[int, int]:
+    """Steps [start, end) covered by a fraction (or a (start, end) pair of fractions) of ``num_rows`` steps.
 
-    A fraction of 1 covers every step, including the extra one some schedulers (PNDM) take.
+    ``[int(start * num_rows), int(end * num_rows))``, the reference's rounding. Cross-attention
+    windows count S + 1 rows for S steps (``ptp_utils.update_alpha_time_word``; a fraction of 1
+    also covers the extra step PNDM takes), self-attention windows S
+    (``AttentionControlEdit.num_self_replace``).
     """
     lo, hi = (0.0, float(frac)) if isinstance(frac, (int, float)) else (float(frac[0]), float(frac[1]))
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"step fractions must satisfy 0 <= start <= end <= 1, got {frac!r}")
-    end = num_steps + 1 if hi >= 1 else int(hi * num_steps)
-    return int(lo * num_steps), end
+    return int(lo * num_rows), int(hi * num_rows)
 
 
 def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer, max_len: int) -> torch.Tensor:
@@ -231,11 +236,12 @@ def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer
     """
     per_word = dict(steps) if isinstance(steps, dict) else {"default": steps}
     default = per_word.pop("default", per_word.pop("default_", 1.0))
-    alpha = torch.zeros(num_steps + 1, len(prompts) - 1, max_len)
-    a, b = step_window(default, num_steps)
+    rows = num_steps + 1
+    alpha = torch.zeros(rows, len(prompts) - 1, max_len)
+    a, b = step_window(default, rows)
     alpha[a:b] = 1.0
     for word, frac in per_word.items():
-        a, b = step_window(frac, num_steps)
+        a, b = step_window(frac, rows)
         for i, prompt in enumerate(prompts[1:]):
             idx = token_indices(prompt, word, tokenizer)
             if not idx:
