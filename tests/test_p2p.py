@@ -356,6 +356,47 @@ def test_local_blend_keeps_latents_outside_the_mask_equal_to_the_source(pipe):
     assert not torch.equal(latents[1][:, ~outside], latents[0][:, ~outside])
 
 
+def reference_blend_mask(maps_so_far, alpha_words, map_hw, latent_hw, threshold):
+    """The reference's LocalBlend mask (prompt-to-prompt_stable.ipynb): the maps summed over the steps
+    so far, weighted by the blend words, max-pooled 3x3, resized (nearest), normalised by the
+    maximum, thresholded, and the source's mask added to each prompt's."""
+    import torch.nn.functional as F
+
+    m = (maps_so_far * alpha_words[:, None, :]).sum(-1).reshape(-1, 1, *map_hw)
+    m = F.interpolate(F.max_pool2d(m, (3, 3), (1, 1), padding=(1, 1)), size=latent_hw)
+    m = m / m.max(2, keepdim=True)[0].max(3, keepdim=True)[0]
+    m = m > threshold
+    return m[:1] | m
+
+
+def test_local_blend_uses_the_maps_summed_so_far_from_the_first_step_as_the_reference(pipe):
+    src, tgt = "a red circle on a white background", "a red square on a white background"
+    ctrl = p2p.make_controller("replace", [src, tgt], pipe.tokenizer, STEPS, 0.5, 0.2, blend_words=["circle", "square"],
+                               mask_threshold=0.8, max_len=MAX_LEN, keep_steps=True, self_max_tokens=64)
+    lb = ctrl.local_blend
+    masks = []
+    compute = lb.mask
+    lb.mask = lambda *a: masks.append(compute(*a)) or masks[-1]
+    _, store, latents = generate(sharpened(pipe), [src, tgt], initial_latents(pipe, 8888, "test"), STEPS, 5.0, ctrl,
+                                 return_latents=True)
+    alpha = torch.zeros(2, MAX_LEN)
+    for i, (prompt, word) in enumerate(((src, "circle"), (tgt, "square"))):
+        ids = pipe.tokenizer(prompt).input_ids
+        alpha[i, ids.index(pipe.tokenizer.convert_tokens_to_ids(word + "</w>"))] = 1
+    assert len(masks) == STEPS  # blended after every step, the first included
+    cumulative_differs = False
+    for k, mask in enumerate(masks):
+        so_far = sum(store.steps[: k + 1])
+        expected = reference_blend_mask(so_far, alpha, store.store_hw, latents.shape[-2:], 0.8)
+        assert torch.equal(mask.cpu(), expected), k
+        this_step = reference_blend_mask(store.steps[k], alpha, store.store_hw, latents.shape[-2:], 0.8)
+        cumulative_differs |= not torch.equal(expected, this_step)
+    assert cumulative_differs  # the test tells the running sum from the current step's maps
+    outside = ~masks[-1][1, 0].cpu()
+    assert 0 < outside.sum() < outside.numel()
+    assert torch.equal(latents[1][:, outside], latents[0][:, outside])
+
+
 def test_processors_route_only_needed_layers_to_explicit_attention(pipe):
     prompts = ["a red circle on a white background", "a blue circle on a white background"]
     _, store, _ = run(pipe, "replace", prompts, cross=0.5, self_=0.5)

@@ -276,7 +276,8 @@ class AttentionStore:
     probabilities. ``keep_steps`` also keeps each step's map (for tests and figures).
 
     After sampling: ``average()`` (B, h, w, L); ``steps`` list of (B, h*w, L) per step;
-    ``step_maps`` the last step's (B, h*w, L).
+    ``step_maps`` the last step's (B, h*w, L); ``total_maps`` their sum over the steps so far
+    (the reference's ``attention_store``, which local blending reads).
     """
 
     def __init__(self, store_level: int | None = None, keep_steps: bool = False):
@@ -301,6 +302,11 @@ class AttentionStore:
         self._total, self._n_steps = None, 0
         self.step_maps = None
         self.steps: list[torch.Tensor] = []
+
+    @property
+    def total_maps(self) -> torch.Tensor | None:
+        """(B, h*w, L) maps summed over the steps so far (each step's averaged over layers and heads)."""
+        return self._total
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
         """Whether this layer (at the current step) must compute explicit attention probabilities."""
@@ -350,13 +356,19 @@ class AttentionStore:
 class LocalBlend:
     """Keep latents outside the edited region equal to the source's (paper, sec. 3.2).
 
-    The mask of prompt i is its cross-attention on ``words`` (those occurring in prompt i), max-
-    pooled 3x3, resized to the latent, normalised by its maximum and thresholded; the edited
-    branches use the union of the source's mask and their own. Applied after each step from
-    ``start_blend`` of the steps on.
+    The mask of prompt i is its cross-attention on ``words`` (those occurring in prompt i), summed
+    over all steps so far (this one included), max-pooled 3x3, resized to the latent, normalised
+    by its maximum and thresholded; the edited branches use the union of the source's mask and
+    their own. Applied after every step, as ``LocalBlend`` of the reference's
+    ``prompt-to-prompt_stable.ipynb`` (it reads ``AttentionStore.attention_store``, the running sum
+    that ``between_steps`` has already updated with the current step).
+
+    ``start_blend`` (default 0, the reference's) delays blending to steps i >= int(start_blend * S)
+    (0-based), the ``counter > start_blend`` rule of the reference's null-text notebook, whose
+    LocalBlend uses 0.2.
     """
 
-    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.2):
+    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.0):
         self.alpha = torch.zeros(len(prompts), max_len)  # (B, L)
         for i, p in enumerate(prompts):
             idx = token_indices(p, list(words), tokenizer)
@@ -366,9 +378,9 @@ class LocalBlend:
         self.threshold, self.start_blend = float(threshold), float(start_blend)
         self.last_mask = None
 
-    def mask(self, step_maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
+    def mask(self, maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
         """(B, Q, L) maps -> boolean mask (B, 1, h, w) at the latent size (union with the source's)."""
-        m = (step_maps * self.alpha.to(step_maps)[:, None, :]).sum(-1)
+        m = (maps * self.alpha.to(maps)[:, None, :]).sum(-1)
         m = m.reshape(m.shape[0], 1, *map_hw)
         m = F.max_pool2d(m, 3, stride=1, padding=1)
         m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
@@ -376,10 +388,11 @@ class LocalBlend:
         mask = m > self.threshold
         return mask[:1] | mask
 
-    def __call__(self, latents: torch.Tensor, step_maps, map_hw, step: int, num_steps: int) -> torch.Tensor:
-        if step_maps is None or step < int(self.start_blend * num_steps):
+    def __call__(self, latents: torch.Tensor, maps, map_hw, step: int, num_steps: int) -> torch.Tensor:
+        """Blend after step ``step`` (0-based) of ``num_steps``; ``maps`` (B, Q, L) summed over the steps so far."""
+        if maps is None or step < int(self.start_blend * num_steps):
             return latents
-        mask = self.mask(step_maps, map_hw, latents.shape[-2:])
+        mask = self.mask(maps, map_hw, latents.shape[-2:])
         self.last_mask = mask.cpu()
         return latents[:1] + mask.to(latents.dtype) * (latents - latents[:1])
 
@@ -457,7 +470,7 @@ class AttentionEdit(AttentionStore):
     def step_callback(self, latents):
         if self.local_blend is None:
             return latents
-        return self.local_blend(latents, self.step_maps, self.store_hw, self.cur_step, self.num_steps)
+        return self.local_blend(latents, self.total_maps, self.store_hw, self.cur_step, self.num_steps)
 
 
 class Replace(AttentionEdit):
@@ -518,7 +531,7 @@ def make_controller(
     self_max_tokens: int | None = None,
     store_level: int | None = None,
     keep_steps: bool = False,
-    start_blend: float = 0.2,
+    start_blend: float = 0.0,
 ) -> AttentionEdit:
     """The controller of one edit.
 
