@@ -397,6 +397,34 @@ def test_local_blend_uses_the_maps_summed_so_far_from_the_first_step_as_the_refe
     assert torch.equal(latents[1][:, outside], latents[0][:, outside])
 
 
+def test_controller_moves_its_tensors_once_and_decides_steps_on_the_host(pipe, monkeypatch):
+    """Issue 20: no .to() of the edit's tensors and no .any() (a device sync) per attention call."""
+    prompts = ["a red circle on a white background", "a red square on a white background"]
+    ctrl = p2p.make_controller("reweight", prompts, pipe.tokenizer, STEPS, 0.5, 0.5, reweight={"words": ["red"], "scale": 2.0},
+                               base_mode="replace", blend_words=["circle", "square"], max_len=MAX_LEN)
+    calls = {"any": 0, "to": 0}
+    real_any, real_to = torch.Tensor.any, torch.Tensor.to
+
+    def counting(name, real):
+        def f(self, *a, **k):
+            calls[name] += 1
+            return real(self, *a, **k)
+        return f
+
+    ctrl.begin(pipe.unet, (16, 16), 2)
+    monkeypatch.setattr(torch.Tensor, "any", counting("any", real_any))
+    monkeypatch.setattr(torch.Tensor, "to", counting("to", real_to))
+    assert ctrl.cross_on == [True] * 3 + [False] * 4 and ctrl.self_on == [True] * 3 + [False] * 4
+    assert ctrl._equalizer.device == ctrl.prev._mapper.device == ctrl._cross_alpha.device == pipe.unet.device
+    probs = torch.rand(4, 2, 64, MAX_LEN).softmax(-1)
+    for step in range(STEPS):
+        ctrl.cur_step = step
+        for _ in range(3):
+            ctrl(probs, True)
+            ctrl.needs_probs(True, 64) and ctrl.needs_probs(False, 64)
+    assert calls == {"any": 0, "to": 0}
+
+
 def test_processors_route_only_needed_layers_to_explicit_attention(pipe):
     prompts = ["a red circle on a white background", "a blue circle on a white background"]
     _, store, _ = run(pipe, "replace", prompts, cross=0.5, self_=0.5)

@@ -302,6 +302,8 @@ class AttentionStore:
         self._total, self._n_steps = None, 0
         self.step_maps = None
         self.steps: list[torch.Tensor] = []
+        self.device = getattr(unet, "device", torch.device("cpu"))
+        self.dtype = getattr(unet, "dtype", torch.float32)
 
     @property
     def total_maps(self) -> torch.Tensor | None:
@@ -376,11 +378,22 @@ class LocalBlend:
         if not bool(self.alpha.any()):
             raise ValueError(f"blend words {list(words)} occur in none of the prompts")
         self.threshold, self.start_blend = float(threshold), float(start_blend)
-        self.last_mask = None
+        self._alpha = self.alpha
+        self._last_mask = None
+
+    def begin(self, device) -> None:
+        """Move the word weights to the sampling device (once per run)."""
+        self._alpha = self.alpha.to(device)
+        self._last_mask = None
+
+    @property
+    def last_mask(self) -> torch.Tensor | None:
+        """The mask of the last blended step, (B, 1, h, w) bool on the CPU (None before any)."""
+        return None if self._last_mask is None else self._last_mask.cpu()
 
     def mask(self, maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
         """(B, Q, L) maps -> boolean mask (B, 1, h, w) at the latent size (union with the source's)."""
-        m = (maps * self.alpha.to(maps)[:, None, :]).sum(-1)
+        m = (maps * _like(self._alpha, maps)[:, None, :]).sum(-1)
         m = m.reshape(m.shape[0], 1, *map_hw)
         m = F.max_pool2d(m, 3, stride=1, padding=1)
         m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
@@ -393,8 +406,13 @@ class LocalBlend:
         if maps is None or step < int(self.start_blend * num_steps):
             return latents
         mask = self.mask(maps, map_hw, latents.shape[-2:])
-        self.last_mask = mask.cpu()
+        self._last_mask = mask
         return latents[:1] + mask.to(latents.dtype) * (latents - latents[:1])
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``ref``'s device and dtype: itself when it already is (the usual case, after begin())."""
+    return t if (t.device == ref.device and t.dtype == ref.dtype) else t.to(ref)
 
 
 class AttentionEdit(AttentionStore):
@@ -431,22 +449,37 @@ class AttentionEdit(AttentionStore):
         self.self_max_tokens_arg = self_max_tokens
 
     def begin(self, unet, latent_hw, batch):
+        """Reset for a run; move the edit's tensors to the UNet's device once and decide, per step,
+        on the host, whether cross/self-attention is injected (no device sync in attention calls)."""
         if batch != len(self.prompts):
             raise ValueError(f"the controller was built for {len(self.prompts)} prompts, got {batch}")
         super().begin(unet, latent_hw, batch)
         h, w = self.latent_hw
         default = max((h * w) // 16, MIN_MAP_SIDE**2)
         self.self_max_tokens = self.self_max_tokens_arg if self.self_max_tokens_arg is not None else default
+        rows = self.cross_alpha.shape[0]  # S + 1
+        lo, hi = self.self_window
+        self.cross_on = [bool(self.cross_alpha[r].any()) for r in range(rows)]
+        self.self_on = [lo <= r < hi for r in range(rows)]
+        self.to_device(self.device, self.dtype)
+        if self.local_blend is not None:
+            self.local_blend.begin(self.device)
+
+    def to_device(self, device, dtype) -> None:
+        """Copies of the edit's tensors on the sampling device, in the attention's dtype."""
+        self._cross_alpha = self.cross_alpha.to(device, dtype)
+
+    def _row(self) -> int:
+        return min(self.cur_step, self.num_steps)
 
     def _alpha_now(self) -> torch.Tensor:
-        return self.cross_alpha[min(self.cur_step, self.num_steps)]  # (B - 1, L)
+        return self._cross_alpha[self._row()]  # (B - 1, L) on the device
 
     def cross_active(self) -> bool:
-        return bool(self._alpha_now().any())
+        return self.cross_on[self._row()]
 
     def self_active(self, n_query: int) -> bool:
-        lo, hi = self.self_window
-        return lo <= self.cur_step < hi and n_query <= self.self_max_tokens
+        return n_query <= self.self_max_tokens and self.self_on[self._row()]
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
         if is_cross:
@@ -456,7 +489,7 @@ class AttentionEdit(AttentionStore):
     def forward(self, attn, is_cross):
         base, own = attn[0], attn[1:]
         if is_cross and self.cross_active():
-            a = self._alpha_now().to(attn)[:, None, None, :]  # (B - 1, 1, 1, L)
+            a = _like(self._alpha_now(), attn)[:, None, None, :]  # (B - 1, 1, 1, L)
             own = self.edit_cross(base, own) * a + (1 - a) * own
             attn = torch.cat([base[None], own])
         elif not is_cross and self.self_active(attn.shape[2]):
@@ -479,9 +512,14 @@ class Replace(AttentionEdit):
     def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw):
         super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
         self.mapper = torch.stack([replacement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]])  # (B-1, L, L)
+        self._mapper = self.mapper
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._mapper = self.mapper.to(device, dtype)
 
     def edit_cross(self, base, own):
-        return torch.einsum("hql,bln->bhqn", base, self.mapper.to(base))
+        return torch.einsum("hql,bln->bhqn", base, _like(self._mapper, base))
 
 
 class Refine(AttentionEdit):
@@ -492,10 +530,16 @@ class Refine(AttentionEdit):
         maps = [refinement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]]
         self.mapper = torch.stack([m for m, _ in maps])  # (B-1, L)
         self.alphas = torch.stack([a for _, a in maps])  # (B-1, L)
+        self._mapper, self._alphas = self.mapper, self.alphas
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._mapper, self._alphas = self.mapper.to(device), self.alphas.to(device, dtype)
 
     def edit_cross(self, base, own):
-        taken = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (B-1, heads, Q, L)
-        a = self.alphas.to(base)[:, None, None, :]
+        mapper = self._mapper if self._mapper.device == base.device else self._mapper.to(base.device)
+        taken = base[:, :, mapper].permute(2, 0, 1, 3)  # (B-1, heads, Q, L)
+        a = _like(self._alphas, base)[:, None, None, :]
         return taken * a + own * (1 - a)
 
 
@@ -505,14 +549,21 @@ class Reweight(AttentionEdit):
     def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, equalizer: torch.Tensor, prev: AttentionEdit | None = None, **kw):
         super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
         self.equalizer = equalizer.reshape(-1, max_len)  # (1 or B-1, L)
+        self._equalizer = self.equalizer
         self.prev = prev
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._equalizer = self.equalizer.to(device, dtype)
+        if self.prev is not None:  # its edit_cross runs inside ours; its begin() is never called
+            self.prev.to_device(device, dtype)
 
     def edit_cross(self, base, own):
         if self.prev is not None:
             base = self.prev.edit_cross(base, own)  # (B-1, heads, Q, L)
         else:
             base = base[None].expand_as(own)
-        return base * self.equalizer.to(base)[:, None, None, :]
+        return base * _like(self._equalizer, base)[:, None, None, :]
 
 
 def make_controller(
