@@ -95,6 +95,7 @@ def test_alignment_maps_shared_words_and_leaves_new_ones_unmapped(tok):
     assert new == [n_src + 1, n_src + 2]
     assert alphas[new].tolist() == [0.0, 0.0]
     assert mapper[n_src + 3].item() == n_src + 1  # target EOS <- source EOS
+    assert mapper[n_src + 4 :].tolist() == list(range(n_src + 4, MAX_LEN))  # padding <- the same positions
     # a word inserted in the middle shifts the later words' mapping
     mapper2, alphas2 = p2p.refinement_mapper("a house on a mountain", "a red house on a mountain", tok, MAX_LEN)
     assert alphas2[2].item() == 0.0 and mapper2[3].item() == 2 and mapper2[6].item() == 5
@@ -104,6 +105,129 @@ def test_global_alignment_matches_repeated_elements_in_order():
     assert p2p.global_alignment(list("abcab"), list("abxcab")) == [0, 1, -1, 2, 3, 4]
     assert p2p.global_alignment(list("abc"), list("abc")) == [0, 1, 2]
     assert p2p.global_alignment(list("ab"), list("ba")) .count(-1) == 1
+
+
+# The reference's rules, restated independently (google/prompt-to-prompt, seq_aligner.py and ptp_utils.py).
+
+
+def reference_alignment(x, y) -> list[int]:
+    """seq_aligner.global_align + get_aligned_sequences: y's aligned index in x, or -1.
+
+    Scores: gap 0, match 1, mismatch -1. Each cell records the move that explains its score,
+    preferring a gap in x (left), then a gap in y (up), then the diagonal; the walk back follows
+    the records and pairs on every diagonal move.
+    """
+    n, m = len(x), len(y)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [["left"] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        move[i][0] = "up"
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
+            diag = score[i - 1][j - 1] + (1 if x[i - 1] == y[j - 1] else -1)
+            score[i][j] = max(left, up, diag)
+            move[i][j] = "left" if score[i][j] == left else "up" if score[i][j] == up else "diag"
+    out, i, j = [], n, m
+    while i > 0 or j > 0:
+        if move[i][j] == "diag":
+            i, j = i - 1, j - 1
+            out.append(i)
+        elif move[i][j] == "left":
+            j -= 1
+            out.append(-1)
+        else:
+            i -= 1
+    return out[::-1]
+
+
+def reference_refinement(x_ids, y_ids, max_len):
+    """seq_aligner.get_mapper on encoded prompts (special tokens included): (mapper, alphas)."""
+    align = reference_alignment(x_ids, y_ids)
+    alphas = torch.ones(max_len)
+    alphas[: len(align)] = torch.tensor([float(i != -1) for i in align])
+    mapper = torch.zeros(max_len, dtype=torch.long)
+    mapper[: len(align)] = torch.tensor(align)
+    mapper[len(y_ids):] = len(y_ids) + torch.arange(max_len - len(y_ids))
+    return mapper, alphas
+
+
+def test_global_alignment_breaks_ties_to_the_leftmost_occurrence_as_the_reference():
+    assert p2p.global_alignment(["x"], ["x", "x"]) == [0, -1] == reference_alignment(["x"], ["x", "x"])
+    assert p2p.global_alignment(["x", "x"], ["x"]) == [0] == reference_alignment(["x", "x"], ["x"])
+    assert p2p.global_alignment(list("ab"), list("abab")) == [0, 1, -1, -1]
+    import random
+
+    rng = random.Random(0)
+    for _ in range(400):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        assert p2p.global_alignment(a, b) == reference_alignment(a, b), (a, b)
+
+
+def test_refine_maps_padding_to_the_same_positions_as_the_reference(tok):
+    pairs = [
+        ("a house on a mountain", "a red house on a mountain"),  # inserted: 1 token
+        ("a photo of a house on a mountain", "a photo of a house on a mountain at winter"),
+        ("a painting of a cat", "a painting of a squirrel cat"),  # inserted: 5 tokens
+        ("a red circle on a white background", "a circle on a background"),  # removed
+        ("a cat", "a cat on a cat"),  # repeated words: ties
+    ]
+    for src, tgt in pairs:
+        mapper, alphas = p2p.refinement_mapper(src, tgt, tok, MAX_LEN)
+        ref_mapper, ref_alphas = reference_refinement(tok(src).input_ids, tok(tgt).input_ids, MAX_LEN)
+        assert alphas.tolist() == ref_alphas.tolist(), (src, tgt)
+        used = alphas.bool()  # the reference maps new tokens to -1; their alpha 0 leaves them unused
+        assert mapper[used].tolist() == ref_mapper[used].tolist(), (src, tgt)
+    # the padding after "a red house on a mountain" <EOS> takes the source's attention at the same positions
+    mapper, _ = p2p.refinement_mapper(*pairs[0], tok, MAX_LEN)
+    end = len(tok(pairs[0][1]).input_ids)
+    assert mapper[end:].tolist() == list(range(end, MAX_LEN))
+
+
+def test_replace_windows_round_as_the_reference(tok):
+    """Cross window: the first int(f * (S + 1)) of S + 1 rows (ptp_utils.update_alpha_time_word);
+    self window: the first int(f * S) steps (AttentionControlEdit.num_self_replace)."""
+    S = 7
+    prompts = ["a red circle on a white background", "a blue circle on a white background"]
+    ids = tok(prompts[1]).input_ids
+    blue = ids.index(tok.convert_tokens_to_ids("blue</w>"))
+    for steps in (0.8, 0.5, 1.0, 0.0, (0.2, 0.6), {"default": 0.8, "blue": 0.3}, {"default_": (0.1, 0.9), "blue": (0.5, 1.0)}):
+        expected = torch.zeros(S + 1, 1, MAX_LEN)
+        bounds = dict(steps) if isinstance(steps, dict) else {"default": steps}
+        for word, b in bounds.items():
+            lo, hi = (0.0, b) if isinstance(b, float) else b
+            cols = slice(None) if word in ("default", "default_") else [blue]
+            expected[:, :, cols] = 0
+            expected[int(lo * (S + 1)) : int(hi * (S + 1)), :, cols] = 1
+        assert torch.equal(p2p.cross_replace_alpha(prompts, S, steps, tok, MAX_LEN), expected), steps
+    assert int(p2p.cross_replace_alpha(prompts, S, 0.8, tok, MAX_LEN)[:, 0, 0].sum()) == 6  # int(0.8 * 7) would be 5
+    for frac in (1.0, 0.8, 0.5, (0.25, 0.75)):
+        lo, hi = (0.0, frac) if isinstance(frac, float) else frac
+        ctrl = p2p.make_controller("replace", prompts, tok, S, 0.8, frac, max_len=MAX_LEN)
+        assert ctrl.self_window == (int(lo * S), int(hi * S)), frac
+
+
+def test_injection_windows_in_a_pndm_run_follow_the_reference(pipe):
+    """PNDM takes S + 1 steps: the cross window of 0.8 covers int(0.8 * 8) = 6 of them, the self
+    window of 1.0 int(1.0 * 7) = 7 (the extra last step is not replaced), as in the reference."""
+    import copy
+
+    from diffusers import PNDMScheduler
+
+    S = 7
+    pndm = copy.copy(pipe)
+    pndm.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    prompts = ["a red circle on a white background", "a blue circle on a white background"]
+    ctrl = p2p.make_controller("replace", prompts, pipe.tokenizer, S, 0.8, 1.0, max_len=MAX_LEN, self_max_tokens=64)
+    _, store = generate(pndm, prompts, initial_latents(pipe, 5, "pndm"), S, 5.0, ctrl)
+    assert store.cur_step == S + 1
+    big = lambda n: n.startswith("down_blocks.0") or n.startswith("up_blocks.1")  # noqa: E731 - 16x16 maps, not stored
+    for n, proc in store.processors.items():
+        if big(n) and "attn2" in n:
+            assert proc.explicit_calls == int(0.8 * (S + 1)), n
+        if not big(n) and "attn1" in n:
+            assert proc.explicit_calls == int(1.0 * S), n
 
 
 def test_replacement_mapper_spreads_multi_token_words(tok):
@@ -230,6 +354,75 @@ def test_local_blend_keeps_latents_outside_the_mask_equal_to_the_source(pipe):
     assert 0 < outside.sum() < outside.numel()  # a real mask: some pixels in, some out
     assert torch.equal(latents[1][:, outside], latents[0][:, outside])
     assert not torch.equal(latents[1][:, ~outside], latents[0][:, ~outside])
+
+
+def reference_blend_mask(maps_so_far, alpha_words, map_hw, latent_hw, threshold):
+    """The reference's LocalBlend mask (prompt-to-prompt_stable.ipynb): the maps summed over the steps
+    so far, weighted by the blend words, max-pooled 3x3, resized (nearest), normalised by the
+    maximum, thresholded, and the source's mask added to each prompt's."""
+    import torch.nn.functional as F
+
+    m = (maps_so_far * alpha_words[:, None, :]).sum(-1).reshape(-1, 1, *map_hw)
+    m = F.interpolate(F.max_pool2d(m, (3, 3), (1, 1), padding=(1, 1)), size=latent_hw)
+    m = m / m.max(2, keepdim=True)[0].max(3, keepdim=True)[0]
+    m = m > threshold
+    return m[:1] | m
+
+
+def test_local_blend_uses_the_maps_summed_so_far_from_the_first_step_as_the_reference(pipe):
+    src, tgt = "a red circle on a white background", "a red square on a white background"
+    ctrl = p2p.make_controller("replace", [src, tgt], pipe.tokenizer, STEPS, 0.5, 0.2, blend_words=["circle", "square"],
+                               mask_threshold=0.8, max_len=MAX_LEN, keep_steps=True, self_max_tokens=64)
+    lb = ctrl.local_blend
+    masks = []
+    compute = lb.mask
+    lb.mask = lambda *a: masks.append(compute(*a)) or masks[-1]
+    _, store, latents = generate(sharpened(pipe), [src, tgt], initial_latents(pipe, 8888, "test"), STEPS, 5.0, ctrl,
+                                 return_latents=True)
+    alpha = torch.zeros(2, MAX_LEN)
+    for i, (prompt, word) in enumerate(((src, "circle"), (tgt, "square"))):
+        ids = pipe.tokenizer(prompt).input_ids
+        alpha[i, ids.index(pipe.tokenizer.convert_tokens_to_ids(word + "</w>"))] = 1
+    assert len(masks) == STEPS  # blended after every step, the first included
+    cumulative_differs = False
+    for k, mask in enumerate(masks):
+        so_far = sum(store.steps[: k + 1])
+        expected = reference_blend_mask(so_far, alpha, store.store_hw, latents.shape[-2:], 0.8)
+        assert torch.equal(mask.cpu(), expected), k
+        this_step = reference_blend_mask(store.steps[k], alpha, store.store_hw, latents.shape[-2:], 0.8)
+        cumulative_differs |= not torch.equal(expected, this_step)
+    assert cumulative_differs  # the test tells the running sum from the current step's maps
+    outside = ~masks[-1][1, 0].cpu()
+    assert 0 < outside.sum() < outside.numel()
+    assert torch.equal(latents[1][:, outside], latents[0][:, outside])
+
+
+def test_controller_moves_its_tensors_once_and_decides_steps_on_the_host(pipe, monkeypatch):
+    """Issue 20: no .to() of the edit's tensors and no .any() (a device sync) per attention call."""
+    prompts = ["a red circle on a white background", "a red square on a white background"]
+    ctrl = p2p.make_controller("reweight", prompts, pipe.tokenizer, STEPS, 0.5, 0.5, reweight={"words": ["red"], "scale": 2.0},
+                               base_mode="replace", blend_words=["circle", "square"], max_len=MAX_LEN)
+    calls = {"any": 0, "to": 0}
+    real_any, real_to = torch.Tensor.any, torch.Tensor.to
+
+    def counting(name, real):
+        def f(self, *a, **k):
+            calls[name] += 1
+            return real(self, *a, **k)
+        return f
+
+    ctrl.begin(pipe.unet, (16, 16), 2)
+    monkeypatch.setattr(torch.Tensor, "any", counting("any", real_any))
+    monkeypatch.setattr(torch.Tensor, "to", counting("to", real_to))
+    assert ctrl.cross_on == [True] * 3 + [False] * 4 and ctrl.self_on == [True] * 3 + [False] * 4
+    assert ctrl._equalizer.device == ctrl.prev._mapper.device == ctrl._cross_alpha.device == pipe.unet.device
+    probs = torch.rand(4, 2, 64, MAX_LEN).softmax(-1)
+    for step in range(STEPS):
+        ctrl.cur_step = step
+        for _ in range(3):
+            ctrl(probs, True)
+            ctrl.needs_probs(True, 64) and ctrl.needs_probs(False, 64)
+    assert calls == {"any": 0, "to": 0}
 
 
 def test_processors_route_only_needed_layers_to_explicit_attention(pipe):
@@ -365,6 +558,7 @@ def test_load_text2image_round_trip_and_errors(pipe, tmp_path):
 
     ref = copy.copy(pipe)
     ref.scheduler = loaded.scheduler.__class__.from_config(loaded.scheduler.config)
+    ref.embeddings = {}  # encode "a cat" alone, as the loaded model does (earlier tests cached it from a batch of 2)
     theirs, _ = generate(ref, ["a cat"], x_T, 3, 4.0)
     assert torch.equal(mine, theirs)
     with pytest.raises(ModelNotFoundError, match="p2p.model.pretrained"):

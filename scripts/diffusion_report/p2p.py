@@ -16,7 +16,10 @@ those of the source branch, so that the layout of the source image carries over:
 Cross-attention is injected during the first ``cross_replace_steps`` of the steps (a fraction,
 or per word), self-attention during the first ``self_replace_steps``, only at small maps (at most
 1/16 of the latent's pixels: 16x16 for Stable Diffusion's 64x64 latents, as in the paper; at
-least 8x8 for small models).
+least 8x8 for small models). Windows are rounded as in the reference implementation
+(google/prompt-to-prompt): a fraction f of S steps covers the first ``int(f * (S + 1))`` steps for
+cross-attention (``ptp_utils.get_time_words_attention_alpha`` counts S + 1 rows) and the first
+``int(f * S)`` for self-attention (``AttentionControlEdit.num_self_replace``).
 
 Everything runs through diffusers' attention-processor API: :func:`install` puts one
 :class:`P2PAttnProcessor` on every attention layer with ``unet.set_attn_processor``; each call
@@ -102,17 +105,21 @@ def token_indices(text: str, words: str | Sequence[str], tokenizer) -> list[int]
     return sorted(set(out))
 
 
-def _pad_map(j: int, end_t: int, end_s: int, max_len: int) -> int:
-    """Source position of target position j at or after the target's last prompt token."""
-    return min(end_s + (j - end_t), max_len - 1)
-
-
 def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> torch.Tensor:
     """Word-swap token mapping M, shape (L, L): edited attention = source attention @ M.
 
     Words are matched by position (same word count). A word of m source tokens swapped for one
     of n target tokens gives each target token 1/n of the m source tokens' attention, so the
     total attention on the word is kept. Special and padding tokens map to their counterparts.
+
+    Where the swapped words have the same token counts this is the reference's mapping
+    (``seq_aligner.get_replacement_mapper_`` in google/prompt-to-prompt). Where they differ we
+    deliberately depart from it: after its last swapped word the reference maps target position j
+    to source position j, so every later token (the following words, the end token, padding) takes
+    the attention of a token shifted by the difference in token counts ("a squirrel eating a burger"
+    -> "a lion eating a burger": "eating" would take the attention of one of squirrel's tokens).
+    Here every later token keeps following its own word, shifted with it, so the end token takes
+    the source's end token's attention.
     """
     sw, tw = prompt_words(source), prompt_words(target)
     if len(sw) != len(tw):
@@ -140,8 +147,13 @@ def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> tor
 def global_alignment(a: Sequence, b: Sequence, match: float = 1.0, mismatch: float = -1.0, gap: float = 0.0) -> list[int]:
     """Needleman-Wunsch alignment of sequence ``b`` to ``a``: for each b[j], its aligned index in a or -1.
 
-    Scores as in the paper's implementation: match +1, mismatch -1, gap 0; so differing elements
-    are left unaligned rather than paired, and each element of ``a`` aligns to at most one of ``b``.
+    Scores and traceback as in the reference implementation (``seq_aligner.global_align`` and
+    ``get_aligned_sequences`` in google/prompt-to-prompt): match +1, mismatch -1, gap 0; walking back
+    from the end, a cell whose score a gap in ``a`` explains leaves b[j] unaligned, else one whose
+    score a gap in ``b`` explains skips a[i], else b[j] pairs with a[i]. So of several equal-scoring
+    occurrences the leftmost is aligned (``a = [x]``, ``b = [x, x]`` aligns b[0]). With these scores
+    differing elements are never paired (a mismatch never beats two gaps), and each element of
+    ``a`` aligns to at most one of ``b``.
     """
     n, m = len(a), len(b)
     S = [[0.0] * (m + 1) for _ in range(n + 1)]
@@ -155,15 +167,13 @@ def global_alignment(a: Sequence, b: Sequence, match: float = 1.0, mismatch: flo
             S[i][j] = max(diag, S[i - 1][j] + gap, S[i][j - 1] + gap)
     out = [-1] * m
     i, j = n, m
-    while i > 0 and j > 0:
-        if a[i - 1] == b[j - 1] and S[i][j] == S[i - 1][j - 1] + match:
-            out[j - 1] = i - 1
-            i, j = i - 1, j - 1
-        elif S[i][j] == S[i - 1][j] + gap:
-            i -= 1
-        elif S[i][j] == S[i][j - 1] + gap:
+    while i > 0 and j > 0:  # on the border the rest is unaligned
+        if S[i][j] == S[i][j - 1] + gap:  # b[j-1] unaligned
             j -= 1
-        else:  # a mismatch pair (only when it scores better than two gaps)
+        elif S[i][j] == S[i - 1][j] + gap:  # a[i-1] unaligned
+            i -= 1
+        else:  # the diagonal: the reference pairs them (only equal elements get here with its scores)
+            out[j - 1] = i - 1
             i, j = i - 1, j - 1
     return out
 
@@ -173,25 +183,24 @@ def refinement_mapper(source: str, target: str, tokenizer, max_len: int) -> tupl
 
     ``mapper[j]`` is the source position whose attention target token j takes; ``alphas[j]`` is
     1 where token j is aligned to a source token and 0 for new tokens, which keep their own.
+
+    As the reference (``seq_aligner.get_mapper``): the whole token sequences, special tokens
+    included, are aligned (:func:`global_alignment`), so the end token follows the source's end
+    token; the positions after the target's tokens (padding) take the source's attention at the
+    same positions. New tokens map to themselves (the reference: to -1); their alpha of 0 makes
+    the mapping unused.
     """
-    s0, s1 = core_token_range(source, tokenizer)
-    t0, t1 = core_token_range(target, tokenizer)
-    word_token_spans(source, tokenizer, max_len)  # length check
+    word_token_spans(source, tokenizer, max_len)  # length checks
     word_token_spans(target, tokenizer, max_len)
-    src = _ids(tokenizer, " ".join(prompt_words(source)), special=False)
-    tgt = _ids(tokenizer, " ".join(prompt_words(target)), special=False)
-    align = global_alignment(src, tgt)
+    src = _ids(tokenizer, " ".join(prompt_words(source)), special=True)
+    tgt = _ids(tokenizer, " ".join(prompt_words(target)), special=True)
     mapper = torch.arange(max_len)
     alphas = torch.ones(max_len)
-    for j, i in enumerate(align):
+    for j, i in enumerate(global_alignment(src, tgt)):
         if i < 0:
-            mapper[t0 + j], alphas[t0 + j] = t0 + j, 0.0
+            alphas[j] = 0.0
         else:
-            mapper[t0 + j] = s0 + i
-    for j in range(min(s0, t0)):
-        mapper[j] = j
-    for j in range(t1, max_len):
-        mapper[j] = _pad_map(j, t1, s1, max_len)
+            mapper[j] = i
     return mapper, alphas
 
 
@@ -205,16 +214,18 @@ def equalizer(text: str, words: Sequence[str], scale: float, tokenizer, max_len:
     return eq
 
 
-def step_window(frac: float | Sequence[float], num_steps: int) -> tuple[int, int]:
-    """Steps [start, end) covered by a fraction (or a (start, end) pair of fractions) of the steps.
+def step_window(frac: float | Sequence[float], num_rows: int) -> tuple[int, int]:
+    """Steps [start, end) covered by a fraction (or a (start, end) pair of fractions) of ``num_rows`` steps.
 
-    A fraction of 1 covers every step, including the extra one some schedulers (PNDM) take.
+    ``[int(start * num_rows), int(end * num_rows))``, the reference's rounding. Cross-attention
+    windows count S + 1 rows for S steps (``ptp_utils.update_alpha_time_word``; a fraction of 1
+    also covers the extra step PNDM takes), self-attention windows S
+    (``AttentionControlEdit.num_self_replace``).
     """
     lo, hi = (0.0, float(frac)) if isinstance(frac, (int, float)) else (float(frac[0]), float(frac[1]))
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"step fractions must satisfy 0 <= start <= end <= 1, got {frac!r}")
-    end = num_steps + 1 if hi >= 1 else int(hi * num_steps)
-    return int(lo * num_steps), end
+    return int(lo * num_rows), int(hi * num_rows)
 
 
 def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer, max_len: int) -> torch.Tensor:
@@ -225,11 +236,12 @@ def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer
     """
     per_word = dict(steps) if isinstance(steps, dict) else {"default": steps}
     default = per_word.pop("default", per_word.pop("default_", 1.0))
-    alpha = torch.zeros(num_steps + 1, len(prompts) - 1, max_len)
-    a, b = step_window(default, num_steps)
+    rows = num_steps + 1
+    alpha = torch.zeros(rows, len(prompts) - 1, max_len)
+    a, b = step_window(default, rows)
     alpha[a:b] = 1.0
     for word, frac in per_word.items():
-        a, b = step_window(frac, num_steps)
+        a, b = step_window(frac, rows)
         for i, prompt in enumerate(prompts[1:]):
             idx = token_indices(prompt, word, tokenizer)
             if not idx:
@@ -264,7 +276,8 @@ class AttentionStore:
     probabilities. ``keep_steps`` also keeps each step's map (for tests and figures).
 
     After sampling: ``average()`` (B, h, w, L); ``steps`` list of (B, h*w, L) per step;
-    ``step_maps`` the last step's (B, h*w, L).
+    ``step_maps`` the last step's (B, h*w, L); ``total_maps`` their sum over the steps so far
+    (the reference's ``attention_store``, which local blending reads).
     """
 
     def __init__(self, store_level: int | None = None, keep_steps: bool = False):
@@ -289,6 +302,13 @@ class AttentionStore:
         self._total, self._n_steps = None, 0
         self.step_maps = None
         self.steps: list[torch.Tensor] = []
+        self.device = getattr(unet, "device", torch.device("cpu"))
+        self.dtype = getattr(unet, "dtype", torch.float32)
+
+    @property
+    def total_maps(self) -> torch.Tensor | None:
+        """(B, h*w, L) maps summed over the steps so far (each step's averaged over layers and heads)."""
+        return self._total
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
         """Whether this layer (at the current step) must compute explicit attention probabilities."""
@@ -338,13 +358,19 @@ class AttentionStore:
 class LocalBlend:
     """Keep latents outside the edited region equal to the source's (paper, sec. 3.2).
 
-    The mask of prompt i is its cross-attention on ``words`` (those occurring in prompt i), max-
-    pooled 3x3, resized to the latent, normalised by its maximum and thresholded; the edited
-    branches use the union of the source's mask and their own. Applied after each step from
-    ``start_blend`` of the steps on.
+    The mask of prompt i is its cross-attention on ``words`` (those occurring in prompt i), summed
+    over all steps so far (this one included), max-pooled 3x3, resized to the latent, normalised
+    by its maximum and thresholded; the edited branches use the union of the source's mask and
+    their own. Applied after every step, as ``LocalBlend`` of the reference's
+    ``prompt-to-prompt_stable.ipynb`` (it reads ``AttentionStore.attention_store``, the running sum
+    that ``between_steps`` has already updated with the current step).
+
+    ``start_blend`` (default 0, the reference's) delays blending to steps i >= int(start_blend * S)
+    (0-based), the ``counter > start_blend`` rule of the reference's null-text notebook, whose
+    LocalBlend uses 0.2.
     """
 
-    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.2):
+    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.0):
         self.alpha = torch.zeros(len(prompts), max_len)  # (B, L)
         for i, p in enumerate(prompts):
             idx = token_indices(p, list(words), tokenizer)
@@ -352,11 +378,22 @@ class LocalBlend:
         if not bool(self.alpha.any()):
             raise ValueError(f"blend words {list(words)} occur in none of the prompts")
         self.threshold, self.start_blend = float(threshold), float(start_blend)
-        self.last_mask = None
+        self._alpha = self.alpha
+        self._last_mask = None
 
-    def mask(self, step_maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
+    def begin(self, device) -> None:
+        """Move the word weights to the sampling device (once per run)."""
+        self._alpha = self.alpha.to(device)
+        self._last_mask = None
+
+    @property
+    def last_mask(self) -> torch.Tensor | None:
+        """The mask of the last blended step, (B, 1, h, w) bool on the CPU (None before any)."""
+        return None if self._last_mask is None else self._last_mask.cpu()
+
+    def mask(self, maps: torch.Tensor, map_hw: tuple[int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
         """(B, Q, L) maps -> boolean mask (B, 1, h, w) at the latent size (union with the source's)."""
-        m = (step_maps * self.alpha.to(step_maps)[:, None, :]).sum(-1)
+        m = (maps * _like(self._alpha, maps)[:, None, :]).sum(-1)
         m = m.reshape(m.shape[0], 1, *map_hw)
         m = F.max_pool2d(m, 3, stride=1, padding=1)
         m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
@@ -364,12 +401,18 @@ class LocalBlend:
         mask = m > self.threshold
         return mask[:1] | mask
 
-    def __call__(self, latents: torch.Tensor, step_maps, map_hw, step: int, num_steps: int) -> torch.Tensor:
-        if step_maps is None or step < int(self.start_blend * num_steps):
+    def __call__(self, latents: torch.Tensor, maps, map_hw, step: int, num_steps: int) -> torch.Tensor:
+        """Blend after step ``step`` (0-based) of ``num_steps``; ``maps`` (B, Q, L) summed over the steps so far."""
+        if maps is None or step < int(self.start_blend * num_steps):
             return latents
-        mask = self.mask(step_maps, map_hw, latents.shape[-2:])
-        self.last_mask = mask.cpu()
+        mask = self.mask(maps, map_hw, latents.shape[-2:])
+        self._last_mask = mask
         return latents[:1] + mask.to(latents.dtype) * (latents - latents[:1])
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``ref``'s device and dtype: itself when it already is (the usual case, after begin())."""
+    return t if (t.device == ref.device and t.dtype == ref.dtype) else t.to(ref)
 
 
 class AttentionEdit(AttentionStore):
@@ -406,22 +449,37 @@ class AttentionEdit(AttentionStore):
         self.self_max_tokens_arg = self_max_tokens
 
     def begin(self, unet, latent_hw, batch):
+        """Reset for a run; move the edit's tensors to the UNet's device once and decide, per step,
+        on the host, whether cross/self-attention is injected (no device sync in attention calls)."""
         if batch != len(self.prompts):
             raise ValueError(f"the controller was built for {len(self.prompts)} prompts, got {batch}")
         super().begin(unet, latent_hw, batch)
         h, w = self.latent_hw
         default = max((h * w) // 16, MIN_MAP_SIDE**2)
         self.self_max_tokens = self.self_max_tokens_arg if self.self_max_tokens_arg is not None else default
+        rows = self.cross_alpha.shape[0]  # S + 1
+        lo, hi = self.self_window
+        self.cross_on = [bool(self.cross_alpha[r].any()) for r in range(rows)]
+        self.self_on = [lo <= r < hi for r in range(rows)]
+        self.to_device(self.device, self.dtype)
+        if self.local_blend is not None:
+            self.local_blend.begin(self.device)
+
+    def to_device(self, device, dtype) -> None:
+        """Copies of the edit's tensors on the sampling device, in the attention's dtype."""
+        self._cross_alpha = self.cross_alpha.to(device, dtype)
+
+    def _row(self) -> int:
+        return min(self.cur_step, self.num_steps)
 
     def _alpha_now(self) -> torch.Tensor:
-        return self.cross_alpha[min(self.cur_step, self.num_steps)]  # (B - 1, L)
+        return self._cross_alpha[self._row()]  # (B - 1, L) on the device
 
     def cross_active(self) -> bool:
-        return bool(self._alpha_now().any())
+        return self.cross_on[self._row()]
 
     def self_active(self, n_query: int) -> bool:
-        lo, hi = self.self_window
-        return lo <= self.cur_step < hi and n_query <= self.self_max_tokens
+        return n_query <= self.self_max_tokens and self.self_on[self._row()]
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
         if is_cross:
@@ -431,7 +489,7 @@ class AttentionEdit(AttentionStore):
     def forward(self, attn, is_cross):
         base, own = attn[0], attn[1:]
         if is_cross and self.cross_active():
-            a = self._alpha_now().to(attn)[:, None, None, :]  # (B - 1, 1, 1, L)
+            a = _like(self._alpha_now(), attn)[:, None, None, :]  # (B - 1, 1, 1, L)
             own = self.edit_cross(base, own) * a + (1 - a) * own
             attn = torch.cat([base[None], own])
         elif not is_cross and self.self_active(attn.shape[2]):
@@ -445,7 +503,7 @@ class AttentionEdit(AttentionStore):
     def step_callback(self, latents):
         if self.local_blend is None:
             return latents
-        return self.local_blend(latents, self.step_maps, self.store_hw, self.cur_step, self.num_steps)
+        return self.local_blend(latents, self.total_maps, self.store_hw, self.cur_step, self.num_steps)
 
 
 class Replace(AttentionEdit):
@@ -454,9 +512,14 @@ class Replace(AttentionEdit):
     def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw):
         super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
         self.mapper = torch.stack([replacement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]])  # (B-1, L, L)
+        self._mapper = self.mapper
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._mapper = self.mapper.to(device, dtype)
 
     def edit_cross(self, base, own):
-        return torch.einsum("hql,bln->bhqn", base, self.mapper.to(base))
+        return torch.einsum("hql,bln->bhqn", base, _like(self._mapper, base))
 
 
 class Refine(AttentionEdit):
@@ -467,10 +530,16 @@ class Refine(AttentionEdit):
         maps = [refinement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]]
         self.mapper = torch.stack([m for m, _ in maps])  # (B-1, L)
         self.alphas = torch.stack([a for _, a in maps])  # (B-1, L)
+        self._mapper, self._alphas = self.mapper, self.alphas
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._mapper, self._alphas = self.mapper.to(device), self.alphas.to(device, dtype)
 
     def edit_cross(self, base, own):
-        taken = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (B-1, heads, Q, L)
-        a = self.alphas.to(base)[:, None, None, :]
+        mapper = self._mapper if self._mapper.device == base.device else self._mapper.to(base.device)
+        taken = base[:, :, mapper].permute(2, 0, 1, 3)  # (B-1, heads, Q, L)
+        a = _like(self._alphas, base)[:, None, None, :]
         return taken * a + own * (1 - a)
 
 
@@ -480,14 +549,21 @@ class Reweight(AttentionEdit):
     def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, equalizer: torch.Tensor, prev: AttentionEdit | None = None, **kw):
         super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len, **kw)
         self.equalizer = equalizer.reshape(-1, max_len)  # (1 or B-1, L)
+        self._equalizer = self.equalizer
         self.prev = prev
+
+    def to_device(self, device, dtype):
+        super().to_device(device, dtype)
+        self._equalizer = self.equalizer.to(device, dtype)
+        if self.prev is not None:  # its edit_cross runs inside ours; its begin() is never called
+            self.prev.to_device(device, dtype)
 
     def edit_cross(self, base, own):
         if self.prev is not None:
             base = self.prev.edit_cross(base, own)  # (B-1, heads, Q, L)
         else:
             base = base[None].expand_as(own)
-        return base * self.equalizer.to(base)[:, None, None, :]
+        return base * _like(self._equalizer, base)[:, None, None, :]
 
 
 def make_controller(
@@ -506,7 +582,7 @@ def make_controller(
     self_max_tokens: int | None = None,
     store_level: int | None = None,
     keep_steps: bool = False,
-    start_blend: float = 0.2,
+    start_blend: float = 0.0,
 ) -> AttentionEdit:
     """The controller of one edit.
 
