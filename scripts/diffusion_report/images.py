@@ -206,7 +206,7 @@ def to_rgb_array(im: Image.Image, size: int, label: str) -> np.ndarray:
     """An opened image -> centre-cropped, resized (size, size, 3) float32 array in [-1, 1].
 
     8-bit modes go through PIL's own conversion (palette, CMYK, YCbCr, LAB, HSV, 1-bit: 0/255);
-    alpha and palette or key-colour transparency are composited on white; 16/32-bit integer and
+    alpha and palette transparency are composited on white; 16/32-bit integer and
     float images are rescaled by :func:`pixel_range` and resized as floats, then repeated to RGB.
     A mode outside ``SUPPORTED_MODES`` is a ValueError naming ``label`` and the mode.
     """
@@ -220,7 +220,7 @@ def to_rgb_array(im: Image.Image, size: int, label: str) -> np.ndarray:
         im = _crop_resize(im, size)
         arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0) * 2.0 - 1.0
         return np.repeat(arr[..., None], 3, axis=2)
-    if im.mode in ALPHA_MODES or "transparency" in im.info:
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):  # not RGB/L key colours: as before
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, rgba)
