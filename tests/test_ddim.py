@@ -268,7 +268,7 @@ def test_missing_model_error_names_id_and_fix(monkeypatch):
     msg = str(err.value)
     assert "no-such-org/no-such-ddpm" in msg
     assert "ddim.model.pretrained" in msg
-    assert "huggingface-cli download" in msg and "HF_HUB_OFFLINE" in msg
+    assert "hf download" in msg and "HF_HUB_OFFLINE" in msg
 
 
 def test_image_metrics():
