@@ -13,7 +13,10 @@ SNAKEMAKE_ARGS = --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
 
 .PHONY: report test install system-deps lint clean
 
+# A run killed hard (kill -9, OOM, a closed terminal) leaves .snakemake/locks behind: the helper
+# unlocks it when no snakemake is running here, and stops (naming the process) when one is.
 report: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE-1} PYTHONPATH=scripts $(BIN)/python -m diffusion_report.lock --snakemake $(BIN)/snakemake -- $(SNAKEMAKE_ARGS)
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE-1} $(BIN)/snakemake $(SNAKEMAKE_ARGS)
 	@echo
 	@echo "Report: $(CURDIR)/results/report/report.html"

