@@ -32,6 +32,14 @@ def test_bench_forward_agrees_with_the_loop(tmp_path):
     assert (df["seconds"] > 0).all() and df["machine"].str.contains("cores").all()
 
 
+def test_bench_ddim_quality_stacked_equals_separate(tmp_path):
+    out = tmp_path / "ddim_quality.csv"
+    bench("bench_ddim_quality.py", "--steps", "2", "--num-samples", "2", "--repeats", "1", "--out", str(out))
+    df = pd.read_csv(out)  # the script exits non-zero when stacked and separate samples differ
+    assert list(df["steps"]) == [2] and int(df["variants"].iloc[0]) == 4
+    assert (df["max_abs_diff"] <= 1e-4).all() and (df["stacked_s_per_cell"] > 0).all()
+
+
 def test_bench_ddim_matches_ddimpipeline(tmp_path):
     out = tmp_path / "ddim.csv"
     bench("bench_ddim.py", "--steps", "2", "5", "--num-samples", "2", "--repeats", "1", "--out", str(out))

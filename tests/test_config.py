@@ -97,6 +97,15 @@ CASES = [
     ("t2i radius min equal to max", "t2i.data.radius", [4.0, 4.0], ["t2i.data.radius: [4.0, 4.0] needs min below max"]),
     ("channels not multiple of 8", "ddim.train.channels", [30, 64], ["ddim.train.channels.0", "multiple of 8"]),
     ("missing required key", "ddim.eta", _DELETE, ["ddim", "'eta' is a required property"]),
+    ("quality step above T", "ddim.quality.step_counts", [10, 5000], ["ddim.quality.step_counts: 5000 is above the training T = 1000"]),
+    ("reconstruction step above T", "ddim.reconstruction.step_counts", [2000], ["ddim.reconstruction.step_counts: 2000"]),
+    ("interpolation steps above T", "ddim.interpolation.steps", 1001, ["ddim.interpolation.steps: 1001"]),
+    ("quality eta above one", "ddim.quality.etas", [0.0, 2.0], ["ddim.quality.etas.1: 2.0 is out of range"]),
+    ("quality with a pretrained model", "ddim.model.source", "pretrained",
+     ["ddim.quality.enabled", "digit reader", "set ddim.quality.enabled: false"]),
+    ("missing shipped DDIM weights", "ddim.weights", "models/no-such-folder",
+     ["ddim.weights", "models/no-such-folder", "set ddim.retrain: true"]),
+    ("too few DDIM samples", "ddim.num_samples", 1, ["ddim.num_samples: 1 is out of range"]),
 ]
 
 

@@ -33,7 +33,8 @@ from conftest import ROOT, SNAKEMAKE, copy_workflow, load_yaml, run_snakemake, w
 
 LOCAL_SLURM = ROOT / "tests" / "slurm" / "local_slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-MODEL_RULES = ("ddim_train", "ddim_sample", "t2i_train", "t2i_eval", "p2p_edit")
+MODEL_RULES = ("ddim_train", "ddim_sample", "ddim_quality_samples", "ddim_reconstruction", "ddim_interpolation",
+               "t2i_train", "t2i_eval", "p2p_edit")
 CPU_PARTITION, GPU_PARTITION = "debug", "gpu"  # the local cluster's partitions (local_slurm.sh)
 GPU_RULE = "forward_grid"  # asks for a GPU the way the profile's model rules do
 # cancelled once while it runs; the retry must finish the workflow. This one because its retry

@@ -1,0 +1,83 @@
+"""Benchmark: time per cell of the DDIM quality table (the paper's Table 1), stacked against separate.
+
+Rule ``ddim_quality_samples`` draws every variant of one step count S (eta values, sigma-hat) with one
+UNet call per step on the variants' x_t stacked into one batch (``ddim.sample_variants``). Per S
+this measures, interleaved, the median wall time of
+
+* ``stacked``: one ``sample_variants`` call with all variants (what the rule runs);
+* ``separate``: one ``sample_variants`` call per variant, one after the other;
+
+and prints the time per cell (variant x S) of each and the ratio separate / stacked. The samples of
+both are checked equal (within 1e-4) before timing. Writes bench/out/ddim_quality.csv.
+
+    .venv/bin/python bench/bench_ddim_quality.py                           # default recipe's UNet, random weights
+    .venv/bin/python bench/bench_ddim_quality.py --model results/ddim/model --steps 10 50 100
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import side_by_side, write_rows
+
+from diffusion_report import ddim, training
+from diffusion_report.ddim_cells import quality_variants
+from diffusion_report.io import make_generator
+from diffusion_report.schedules import Schedule
+
+SEED = 0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a model folder or hub id (default: the default recipe's UNet, random weights)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 50])
+    ap.add_argument("--etas", type=float, nargs="+", default=[0.2, 0.5, 1.0])
+    ap.add_argument("--num-samples", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", help="CSV path (default bench/out/ddim_quality.csv)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    if args.model:
+        unet, schedule, _ = ddim.load_model(args.model, dev)
+    else:
+        unet = training.build_unet(training.unet_config(16, [32, 64, 64]), SEED).to(dev).eval()
+        schedule = Schedule.make("linear", 1000)
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    x_T = ddim.make_x_T((args.num_samples, int(c.in_channels), int(size), int(size)), SEED).to(dev)
+    variants = quality_variants(args.etas, True)
+
+    def gens():
+        return {v: make_generator(SEED, v) for v in variants}
+
+    rows = []
+    for S in args.steps:
+        def stacked():
+            return ddim.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
+
+        def separate():
+            g = gens()
+            return {v: ddim.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
+
+        a, b = stacked(), separate()
+        worst = max(float((a[v] - b[v]).abs().max()) for v in variants)
+        if worst > 1e-4:
+            raise SystemExit(f"S = {S}: stacked and separate samples differ by {worst:.2e}")
+        t = side_by_side({"stacked": stacked, "separate": separate}, repeats=args.repeats)
+        row = {"steps": S, "variants": len(variants), "num_samples": args.num_samples, "device": str(dev),
+               "threads": args.threads, "stacked_s_per_cell": t["stacked"] / len(variants),
+               "separate_s_per_cell": t["separate"] / len(variants), "separate_over_stacked": t["separate"] / t["stacked"],
+               "max_abs_diff": worst}
+        rows.append(row)
+        print(f"S = {S:5d}: {row['stacked_s_per_cell']:.3f} s per cell stacked, {row['separate_s_per_cell']:.3f} s separate "
+              f"({row['separate_over_stacked']:.2f}x); outputs agree within {worst:.1e}")
+    print(f"wrote {write_rows('ddim_quality', rows, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
