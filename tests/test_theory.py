@@ -152,8 +152,56 @@ def test_monte_carlo_mean_check_detects_a_biased_chain(schedule, monkeypatch):
 def test_expected_mse_chain_check(schedule):
     df = rows(theory.mse_checks_chain(schedule, TS, make_generator(0, "mse"), shape=(2, 3, 16, 16)))
     assert df["passed"].all(), theory.failures(df)
+    assert set(df["method"]) == {"exact (float64, 2 images, chain moments)", "Monte Carlo (2 images, chain)"}
     bad = rows(theory.mse_checks_chain(not_cumulative(schedule), TS, make_generator(0, "mse"), shape=(2, 3, 16, 16)))
     assert not bad[bad["t"] >= 100]["passed"].any()
+
+
+def test_chain_moments_match_the_sampled_chain(schedule):
+    """The exact moments of chain_moments are those of the chain that run_chain samples."""
+    x0 = torch.tensor([[-1.0, 0.0, 0.5]], dtype=torch.float64).expand(20000, 3).contiguous()
+    sampled = theory.run_chain(x0, schedule, {7, 300}, make_generator(0, "moments"))
+    exact = theory.chain_moments(x0[:1], schedule, {7, 300})
+    for t in (7, 300):
+        m, v = exact[t]
+        assert torch.allclose(m[0], schedule.alpha_bars[t].sqrt() * x0[0], rtol=1e-12)
+        assert v == pytest.approx(1 - float(schedule.alpha_bars[t]), rel=1e-12)
+        assert torch.allclose(sampled[t].mean(0), m[0], atol=5 * (v / 20000) ** 0.5)
+        assert torch.allclose(sampled[t].var(0), torch.full((3,), v, dtype=torch.float64), rtol=5 * (2 / 20000) ** 0.5)
+
+
+def _mse_with_noise_term_error(factor: float):
+    """forward.expected_mse with its noise term (1 - abar_t) multiplied by ``factor``."""
+    real = forward.expected_mse
+
+    def wrong(x0, alpha_bars):
+        return real(x0, alpha_bars) + (factor - 1) * (1 - alpha_bars.double().unsqueeze(1))
+
+    return wrong
+
+
+@pytest.mark.parametrize("factor", [1.01, 0.99])
+def test_expected_mse_chain_check_fails_a_one_percent_error_in_the_noise_term(schedule, monkeypatch, factor):
+    ts = [1, 10, 100, 500, 1000]
+    good = rows(theory.mse_checks_chain(schedule, ts, make_generator(0, "mse")))
+    assert good["passed"].all(), theory.failures(good)
+    exact = good[good["method"].str.startswith("exact")]
+    # the sharp row: float64 rounding, far below 1% of the noise term at every t (1e-6 at t = 1)
+    assert (exact["tolerance"] < 1e-9 * (1 - schedule.alpha_bars[ts].numpy())).all()
+    # the formula is 1% off in its noise term: every exact row fails, so the run fails
+    monkeypatch.setattr(forward, "expected_mse", _mse_with_noise_term_error(factor))
+    bad = rows(theory.mse_checks_chain(schedule, ts, make_generator(0, "mse")))
+    assert not bad[bad["method"].str.startswith("exact")]["passed"].any()
+    with pytest.raises(theory.CheckFailed, match=r"E\[MSE\(x_t, x_0\)\]: chain moments on random images"):
+        theory.assert_checks_passed(bad)
+
+
+def test_expected_mse_chain_check_fails_a_chain_with_one_percent_more_noise(schedule, monkeypatch):
+    """The chain's step adds 1% more noise variance: the exact row fails at every t."""
+    real = forward.q_step
+    monkeypatch.setattr(forward, "q_step", lambda x, t, noise, s: real(x, t, noise * 1.01**0.5, s))
+    bad = rows(theory.mse_checks_chain(schedule, TS, make_generator(0, "mse")))
+    assert not bad[bad["method"].str.startswith("exact")]["passed"].any()
 
 
 def test_expected_mse_forward_check(schedule):
