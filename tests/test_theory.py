@@ -218,6 +218,103 @@ def test_expected_mse_forward_check(schedule):
     assert not rows(theory.mse_checks_forward(other, x0, schedule, [500]))["passed"].any()
 
 
+# ------------------------------------------------------------------------------------------
+# DDIM (sec:q2-5): sigma of eq. 16, the eta = 1 posterior, the marginals of q_sigma, the report's step
+# ------------------------------------------------------------------------------------------
+
+
+def sigma_hat(s: Schedule, t: int, t_prev: int, eta: float) -> float:
+    """A wrong eq. 16: eta sqrt(1 - abar_t / abar_t') (the strided beta, DDPM's "large" variance)."""
+    return eta * (1 - float(s.alpha_bars[t] / s.alpha_bars[t_prev])) ** 0.5
+
+
+def conditional_without_sigma(s: Schedule, t: int, t_prev: int, sigma: float):
+    """A wrong eq:ddim-conditional: direction coefficient sqrt(1 - abar_t') (sigma^2 not subtracted)."""
+    ab, abp = float(s.alpha_bars[t]), float(s.alpha_bars[t_prev])
+    k = ((1 - abp) / (1 - ab)) ** 0.5
+    return abp**0.5 - ab**0.5 * k, k, sigma**2
+
+
+def conditional_wrong_x0(s: Schedule, t: int, t_prev: int, sigma: float):
+    """A wrong eq:ddim-conditional: abar_t' instead of sqrt(abar_t') in front of x_0."""
+    c0, k, var = theory.ddim_conditional(s, t, t_prev, sigma)
+    abp = float(s.alpha_bars[t_prev])
+    return c0 - abp**0.5 + abp, k, var
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ddim_sigma_closed_forms(kind):
+    s = Schedule.make(kind, 200)
+    bt = s.posterior_variance()
+    for t in range(1, 201):
+        assert theory.ddim_sigma(s, t, t - 1, 0.0) == 0.0
+        assert theory.ddim_sigma(s, t, t - 1, 1.0) ** 2 == pytest.approx(float(bt[t]), rel=1e-9, abs=1e-300)
+        for tp in (0, t // 2, t - 1):  # sigma^2 <= 1 - abar_t' for eta <= 1: the conditional is defined
+            assert theory.ddim_sigma(s, t, tp, 1.0) ** 2 <= 1 - float(s.alpha_bars[tp]) + 1e-15
+    assert theory.ddim_prev_timestep(1) == 0 and theory.ddim_prev_timestep(1000) == 500
+    # eta = 0: the conditional is a point mass whose mean moves x_t along its own noise direction
+    c0, k, var = theory.ddim_conditional(s, 100, 50, 0.0)
+    ab, abp = float(s.alpha_bars[100]), float(s.alpha_bars[50])
+    assert var == 0 and k == pytest.approx(((1 - abp) / (1 - ab)) ** 0.5) and c0 == pytest.approx(abp**0.5 - ab**0.5 * k)
+
+
+def test_ddim_exact_checks_pass_on_every_t_and_schedule():
+    for kind in ("linear", "cosine", "quadratic", "sigmoid"):
+        s = Schedule.make(kind, 1000)
+        df = rows(theory.ddim_exact_checks(s, list(range(1, 1001, 7)) + [1000], make_generator(0, "d"), n=50))
+        assert df["passed"].all(), theory.failures(df)[:3]
+        assert (df["abs_error"] / df["tolerance"]).max() < 0.5  # not passing by a hair
+
+
+def test_ddim_eta_one_check_rejects_a_wrong_sigma_or_conditional(schedule):
+    df = rows(theory.ddim_exact_checks(schedule, TS, make_generator(0, "d")))
+    assert len(df) == 4 * len(TS) and df["passed"].all(), theory.failures(df)
+    assert set(df["equation"]) == {"eq:ddim-eta-one", "eq:ddim-sigma", "eq:ddim-update"}
+    bad = rows(theory.ddim_exact_checks(schedule, TS, make_generator(0, "d"), sigma_fn=sigma_hat))
+    eta_one = bad[bad["identity"].str.startswith("DDIM eta = 1") & (bad["t"] >= 10)]
+    assert len(eta_one) == 3 * 3 and not eta_one["passed"].any()  # variance and both mean coefficients, t = 10, 100, 1000
+    bad = rows(theory.ddim_exact_checks(schedule, TS, make_generator(0, "d"), conditional=conditional_without_sigma))
+    coef = bad[bad["identity"].str.contains("coefficient") & (bad["t"] >= 10)]
+    assert len(coef) == 2 * 3 and not coef["passed"].any()
+    for wrong in (off_by_one(schedule), not_cumulative(schedule)):
+        bad = rows(theory.ddim_exact_checks(wrong, TS, make_generator(0, "d")))
+        var = bad[bad["identity"].str.contains("sigma_t\\^2") & (bad["t"] >= 10)]
+        assert len(var) == 3 and not var["passed"].any()
+
+
+def test_ddim_step_check_catches_a_wrong_sigma_in_the_reports_sampler(schedule, monkeypatch):
+    """The report's ddim_step is checked against eq:ddim-update: a sampler with a wrong eq. 16 fails."""
+    from diffusion_report import ddim
+
+    monkeypatch.setattr(ddim, "ddim_sigma", lambda ab, abp, eta: eta * (1 - ab / abp) ** 0.5)
+    bad = rows(theory.ddim_exact_checks(schedule, TS, make_generator(0, "d")))
+    step = bad[bad["equation"] == "eq:ddim-update"]
+    assert len(step) == len(TS) and not step["passed"].any()
+    assert bad[bad["equation"] != "eq:ddim-update"]["passed"].all()
+
+
+def test_ddim_marginal_monte_carlo_check(schedule):
+    n = 20000
+    df = rows(theory.ddim_monte_carlo_checks(schedule, TS, n, make_generator(0, "dmc")))
+    assert len(df) == 2 * len(theory.DDIM_ETAS) * len(TS) and df["passed"].all(), theory.failures(df)
+    assert {0.0, 1.0} <= set(theory.DDIM_ETAS) and len(theory.DDIM_ETAS) >= 3
+    # tolerance: Z_SCORE standard errors of the variance of x_t' (t' = 500 for t = 1000)
+    row = df[df["identity"].str.contains("Var") & (df["t"] == 1000)].iloc[0]
+    v = 1 - float(schedule.alpha_bars[500])
+    assert row["expected"] == pytest.approx(v) and row["tolerance"] == pytest.approx(theory.Z_SCORE * v * (2 / (n - 1)) ** 0.5)
+    # sigma^2 not subtracted in the direction coefficient: Var = 1 - abar_t' + sigma^2 is caught for every eta > 0;
+    # at eta = 0 (sigma = 0) the wrong formula coincides with the right one and passes
+    bad = rows(theory.ddim_monte_carlo_checks(schedule, TS, n, make_generator(0, "dmc"), conditional=conditional_without_sigma))
+    var_rows = bad[bad["identity"].str.contains("Var") & (bad["t"] >= 10)]
+    eta0 = var_rows["identity"].str.contains("eta = 0:")
+    assert len(var_rows) == 3 * len(theory.DDIM_ETAS) and eta0.sum() == 3
+    assert not var_rows[~eta0]["passed"].any() and var_rows[eta0]["passed"].all()
+    # a wrong x_0 coefficient moves the mean
+    bad = rows(theory.ddim_monte_carlo_checks(schedule, TS, n, make_generator(0, "dmc"), conditional=conditional_wrong_x0))
+    mean_rows = bad[bad["identity"].str.contains("E\\[") & (bad["t"] >= 100)]
+    assert len(mean_rows) == 2 * len(theory.DDIM_ETAS) and not mean_rows["passed"].any()
+
+
 def test_run_checks_is_deterministic_and_fails_loudly(schedule):
     a = theory.run_checks(schedule, [10, 500], 2000, seed=1)
     b = theory.run_checks(schedule, [10, 500], 2000, seed=1)

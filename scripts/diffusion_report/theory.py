@@ -11,7 +11,10 @@ Two halves:
 * **Checks** :func:`run_checks` verifies each identity of the derivation on the configured
   schedule and returns one row per (identity, t): exact float64 identities, and Monte-Carlo
   comparisons of the sequential chain (Ho et al. 2020, eq. 2) with the closed form (eq. 4) and
-  the posterior (eqs. 6-7), each with a tolerance of :data:`Z_SCORE` standard errors.
+  the posterior (eqs. 6-7), each with a tolerance of :data:`Z_SCORE` standard errors; the
+  expected MSE of exercise 3 exactly from the chain's moments; and the DDIM derivation (Song et
+  al. 2021: eta = 1 gives DDPM's posterior, the marginals of q_sigma match for every eta, the
+  report's sampler step is eq. 12).
 
 Notation is the package's (:mod:`diffusion_report.schedules`): t = 0 is clean data, arrays have
 length T + 1, ``alpha_bars[t]`` = prod_{i<=t} alpha_i.
@@ -360,10 +363,46 @@ def posterior_variance_by_conditioning(schedule: Schedule, t: int) -> torch.Tens
     return v_prev - cov**2 / v_t
 
 
+def _sqrt(v: float) -> float:
+    """sqrt that gives nan (a failed check row, not a crash) for a negative argument."""
+    return math.sqrt(v) if v >= 0 else math.nan
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b != 0 else math.nan
+
+
+def ddim_prev_timestep(t: int) -> int:
+    """The strided partner t' < t of a checked t for the DDIM checks: floor(t / 2) (t = 1 -> t' = 0, DDIM's last step)."""
+    return t // 2
+
+
+def ddim_sigma(schedule: Schedule, t: int, t_prev: int, eta: float) -> float:
+    """sigma_t(eta) = eta sqrt((1 - abar_{t'}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t'}) (eq:ddim-sigma, DDIM eq. 16).
+
+    nan when a wrong schedule makes it undefined.
+    """
+    ab, ab_prev = float(schedule.alpha_bars[t]), float(schedule.alpha_bars[t_prev])
+    return eta * _sqrt(_div(1 - ab_prev, 1 - ab)) * _sqrt(1 - _div(ab, ab_prev))
+
+
+def ddim_conditional(schedule: Schedule, t: int, t_prev: int, sigma: float) -> tuple[float, float, float]:
+    """q_sigma(x_{t'} | x_t, x_0) (eq:ddim-conditional, DDIM eq. 7) as (x_0 coefficient, x_t coefficient, variance).
+
+    mean = sqrt(abar_{t'}) x_0 + sqrt(1 - abar_{t'} - sigma^2) (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t),
+    variance sigma^2; nan coefficients when sigma^2 > 1 - abar_{t'} or 1 - abar_t = 0.
+    """
+    ab, ab_prev = float(schedule.alpha_bars[t]), float(schedule.alpha_bars[t_prev])
+    k = _div(_sqrt(1 - ab_prev - sigma**2), _sqrt(1 - ab))
+    return _sqrt(ab_prev) - _sqrt(ab) * k, k, sigma**2
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------
 
+DDIM_ETAS = (0.0, 0.5, 1.0)  # eta values of the DDIM marginal check (eq:ddim-marginal)
+DDIM_STEP_ETA = 0.5  # eta of the check of the report's DDIM step against eq:ddim-update (noise and direction both present)
 Z_SCORE = 5.0  # Monte-Carlo tolerance: this many standard errors (two-sided false alarm ~ 6e-7 per row)
 EPS64 = float(torch.finfo(torch.float64).eps)
 ULPS = 64  # float64 identities: this many machine epsilons, times condition number and scale
@@ -502,6 +541,97 @@ def monte_carlo_checks(schedule: Schedule, timesteps: list[int], n: int, generat
     return out
 
 
+def ddim_exact_checks(schedule: Schedule, timesteps: list[int], generator: torch.Generator, n: int = 1000,
+                      sigma_fn=ddim_sigma, conditional=ddim_conditional) -> list[Check]:
+    """Float64 identities of the DDIM derivation (sec:q2-5) at each t.
+
+    * eta = 1 with t' = t - 1: q_sigma(x_{t-1} | x_t, x_0) (eq:ddim-conditional with sigma of eq:ddim-sigma)
+      has the x_t and x_0 coefficients of DDPM's posterior mean (eq:posterior-mean, via eq:ddim-eta-one)
+      and its variance beta_tilde_t (eq:posterior-var);
+    * the report's DDIM step (:func:`diffusion_report.ddim.ddim_step`, eta = :data:`DDIM_STEP_ETA`,
+      t' = :func:`ddim_prev_timestep`) equals eq:ddim-conditional with x_0 replaced by x0_hat
+      (eq:ddim-x0), which is what eq:ddim-update rewrites (max |diff| over n draws).
+
+    ``sigma_fn`` and ``conditional`` are parameters so that tests can feed wrong formulas.
+    Tolerances (:func:`exact_tolerance`): the coefficients divide by 1 - abar_t and the x_0 one
+    cancels to sqrt(abar_{t-1}) beta_t / (1 - abar_t), relative condition (1 - abar_t) / beta_t;
+    sigma^2 contains 1 - abar_t / abar_{t-1} = beta_t, condition 1 / beta_t; the step divides by
+    sqrt(abar_t) to recover x0_hat.
+    """
+    from .ddim import ddim_step
+
+    method = "exact (float64)"
+    inv = lambda v: 1.0 / v if v > 0 else math.inf  # noqa: E731
+    out = []
+    for t in timesteps:
+        ab, ab_prev = float(schedule.alpha_bars[t]), float(schedule.alpha_bars[t - 1])
+        alpha, beta = float(schedule.alphas[t]), float(schedule.betas[t])
+        c0, ct, var = conditional(schedule, t, t - 1, sigma_fn(schedule, t, t - 1, 1.0))
+        post_ct = math.sqrt(alpha) * (1 - ab_prev) * inv(1 - ab)
+        post_c0 = math.sqrt(ab_prev) * beta * inv(1 - ab)
+        cond = inv(1 - ab) + (1 - ab) * inv(beta)
+        out.append(Check("DDIM eta = 1, t' = t - 1: x_t coefficient = posterior's", "eq:ddim-eta-one", method, t,
+                         ct, post_ct, exact_tolerance(cond, max(1.0, abs(post_ct)))))
+        out.append(Check("DDIM eta = 1, t' = t - 1: x_0 coefficient = posterior's", "eq:ddim-eta-one", method, t,
+                         c0, post_c0, exact_tolerance(cond, max(1.0, abs(post_c0)))))
+        bt = float(schedule.posterior_variance()[t])
+        out.append(Check("DDIM eta = 1, t' = t - 1: sigma_t^2 = beta_tilde_t", "eq:ddim-sigma", method, t,
+                         var, bt, exact_tolerance(inv(1 - ab) + inv(beta), max(1 - ab_prev, beta))))
+        # the report's step vs the conditional with x0_hat substituted for x_0
+        tp = ddim_prev_timestep(t)
+        ab_tp = float(schedule.alpha_bars[tp])
+        x0 = torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1
+        eps = torch.randn(n, generator=generator, dtype=torch.float64)
+        eps_pred = eps + 0.3 * torch.randn(n, generator=generator, dtype=torch.float64)
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        x_t = _sqrt(ab) * x0 + _sqrt(1 - ab) * eps  # eq:closed-form
+        x0_hat = (x_t - _sqrt(1 - ab) * eps_pred) / _sqrt(ab)  # eq:ddim-x0
+        sigma = sigma_fn(schedule, t, tp, DDIM_STEP_ETA)
+        c0, ct, var = conditional(schedule, t, tp, sigma)
+        expected = c0 * x0_hat + ct * x_t + _sqrt(var) * z  # eq:ddim-conditional at x_0 = x0_hat
+        try:
+            step, _ = ddim_step(eps_pred, x_t, ab, ab_tp, eta=DDIM_STEP_ETA, noise=z)
+            diff = float((step - expected).abs().max())
+        except (ValueError, ZeroDivisionError):  # a wrong schedule the step cannot take
+            diff = math.nan
+        scale = max(1.0, float(x0_hat.abs().max()), float(x_t.abs().max()))
+        out.append(Check(f"DDIM step (eta = {DDIM_STEP_ETA:g}, t' = floor(t/2)): report's ddim_step = update (max |diff|)",
+                         "eq:ddim-update", method, t, diff, 0.0,
+                         exact_tolerance(inv(_sqrt(ab)) + inv(1 - ab), scale)))
+    return out
+
+
+def ddim_monte_carlo_checks(schedule: Schedule, timesteps: list[int], n: int, generator: torch.Generator,
+                            etas: tuple[float, ...] = DDIM_ETAS, sigma_fn=ddim_sigma,
+                            conditional=ddim_conditional) -> list[Check]:
+    """The marginals of DDIM's q_sigma are DDPM's (eq:ddim-marginal), by Monte Carlo with n draws in float64.
+
+    For each t, t' = :func:`ddim_prev_timestep` (a strided pair) and each eta: draw
+    x_t ~ q(x_t | x_0) (eq:closed-form, x_0 = CHAIN_X0), then x_{t'} ~ q_sigma(x_{t'} | x_t, x_0)
+    (eq:ddim-conditional with sigma of eq:ddim-sigma); the sample mean and variance of x_{t'} must be
+    sqrt(abar_{t'}) x_0 and 1 - abar_{t'} within Z_SCORE standard errors (as :func:`monte_carlo_checks`).
+    """
+    method = f"Monte Carlo (n={n})"
+    out = []
+    for t in timesteps:
+        tp = ddim_prev_timestep(t)
+        ab, ab_tp = float(schedule.alpha_bars[t]), float(schedule.alpha_bars[tp])
+        v = 1 - ab_tp
+        for eta in etas:
+            c0, ct, var = conditional(schedule, t, tp, sigma_fn(schedule, t, tp, eta))
+            eps = torch.randn(n, generator=generator, dtype=torch.float64)
+            z = torch.randn(n, generator=generator, dtype=torch.float64)
+            x_t = _sqrt(ab) * CHAIN_X0 + _sqrt(1 - ab) * eps
+            x_tp = c0 * CHAIN_X0 + ct * x_t + _sqrt(var) * z
+            out.append(Check(f"DDIM q_sigma, eta = {eta:g}: E[x_t' | x_0] = sqrt(abar_t') x_0, t' = floor(t/2)",
+                             "eq:ddim-marginal", method, t, float(x_tp.mean()), _sqrt(ab_tp) * CHAIN_X0,
+                             Z_SCORE * _sqrt(v / n) + MC_ATOL))
+            out.append(Check(f"DDIM q_sigma, eta = {eta:g}: Var[x_t' | x_0] = 1 - abar_t', t' = floor(t/2)",
+                             "eq:ddim-marginal", method, t, float(x_tp.var()), v,
+                             Z_SCORE * v * math.sqrt(2 / (n - 1)) + MC_ATOL))
+    return out
+
+
 def mse_standard_error(x0: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     """Standard error of the empirical MSE(x_t, x_0) of one noise draw, per image. x0 (N, ...) -> (N,).
 
@@ -604,6 +734,8 @@ def run_checks(schedule: Schedule, timesteps: list[int], mc_samples: int, seed: 
     checks = exact_checks(schedule, timesteps, make_generator(seed, "theory/exact"))
     checks += monte_carlo_checks(schedule, timesteps, mc_samples, make_generator(seed, "theory/chain"))
     checks += mse_checks_chain(schedule, timesteps, make_generator(seed, "theory/mse"))
+    checks += ddim_exact_checks(schedule, timesteps, make_generator(seed, "theory/ddim-exact"))
+    checks += ddim_monte_carlo_checks(schedule, timesteps, mc_samples, make_generator(seed, "theory/ddim-mc"))
     if forward_mse is not None and forward_x0 is not None:
         checks += mse_checks_forward(forward_mse, forward_x0, schedule, timesteps)
     return pd.DataFrame([c.row() for c in checks], columns=COLUMNS)
@@ -689,6 +821,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "n_identities": len(summary),
         "timesteps": sorted(int(t) for t in df["t"].unique()),
         "mc_samples": int(config["theory"]["mc_samples"]),
+        "ddim_etas": [f"{eta:g}" for eta in DDIM_ETAS],
         "z_score": Z_SCORE,
         "exact_ulps": ULPS,
         "max_exact_error": float(exact["abs_error"].max()) if len(exact) else 0.0,
