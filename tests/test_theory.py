@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -374,6 +375,54 @@ def test_every_math_span_is_svg_and_no_tex_is_left(fragment):
     text = visible_text(fragment)
     assert not re.search(r"\\[A-Za-z]+|\$|\\\(|\\\[", text), re.findall(r".{20}(?:\\[A-Za-z]+|\$).{20}", text)[:5]
     assert "Exercise 1" in text and "posterior" in text
+
+
+class _SvgAlternatives(HTMLParser):
+    """(role, aria-label, aria-hidden, <title> text) of every <svg>, parsed as a browser would read the attributes."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.found, self._title = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "svg":
+            a = dict(attrs)
+            self.found.append({"role": a.get("role"), "label": a.get("aria-label"), "hidden": a.get("aria-hidden"), "title": None})
+        elif tag == "title" and self.found and self.found[-1]["title"] is None:
+            self._title = []
+
+    def handle_data(self, data):
+        if self._title is not None:
+            self._title.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "title" and self._title is not None:
+            self.found[-1]["title"], self._title = "".join(self._title), None
+
+
+def test_every_math_svg_has_its_tex_as_text_alternative(fragment):
+    """Accessible math: each SVG is role="img" with a non-empty aria-label and <title> equal to its TeX."""
+    ast = theory.latex_to_ast(TEX, BIB)
+    tex = []
+
+    def grab(n):
+        if n.get("t") == "Math":
+            kind, src = n["c"][0]["t"], n["c"][1]
+            tex.append(theory.math_label(src if kind == "InlineMath" else theory.parse_display(src)[0]))
+        return None
+
+    theory._walk(ast["blocks"], grab)
+    parser = _SvgAlternatives()
+    parser.feed(fragment)
+    assert len(parser.found) == len(tex) == fragment.count("<svg") > 50
+    for svg, src in zip(parser.found, tex):
+        assert svg["role"] == "img" and svg["hidden"] is None
+        assert svg["label"] and svg["label"].strip() and svg["label"] == svg["title"] == src
+    labels = [svg["label"] for svg in parser.found]
+    assert r"q_\sigma(x_{t'} \mid x_t, x_0)" in " ".join(labels)  # macros expanded, primes and escapes kept
+    # markup in TeX is escaped, not injected
+    one = theory.tex_to_svg(r"a < b \& c")
+    assert 'aria-label="a &lt; b \\&amp; c"' in one and "<title>a &lt; b \\&amp; c</title>" in one
 
 
 def test_equations_are_numbered_and_cross_references_resolve(fragment):

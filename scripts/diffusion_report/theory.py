@@ -5,7 +5,8 @@ Two halves:
 * **Rendering** :func:`render_fragment` turns ``report/theory.tex`` into an HTML fragment with
   pandoc (LaTeX reader -> JSON AST, with citeproc for the reference list), then walks the AST:
   every ``Math`` node becomes an inline SVG drawn by ziamath (vector glyph outlines, no fonts, no
-  JavaScript, the same in a browser and in WeasyPrint), numbered display equations get an anchor
+  JavaScript, the same in a browser and in WeasyPrint; ``role="img"`` with the TeX source as its
+  ``aria-label`` and ``<title>``, the text alternative), numbered display equations get an anchor
   and a number, and ``\\eqref``/``\\ref`` links get that number. Unknown LaTeX commands are errors,
   never silently dropped or drawn as raw TeX.
 * **Checks** :func:`run_checks` verifies each identity of the derivation on the configured
@@ -107,7 +108,8 @@ def tex_to_svg(tex: str, display: bool = False) -> str:
     """One TeX math string -> an inline <svg> of glyph outlines (ziamath, STIX Two Math).
 
     The size is set in em (24 SVG units = 1 em) and the baseline is aligned with the text by
-    ``vertical-align``. Raises :class:`TheoryRenderError` for commands ziamath does not know
+    ``vertical-align``. The SVG is ``role="img"`` with the TeX (:func:`math_label`) as its
+    ``aria-label`` and ``<title>``, so screen readers and text tools get the formula as text. Raises :class:`TheoryRenderError` for commands ziamath does not know
     (it would otherwise draw them as literal "\\foo" text).
     """
     with warnings.catch_warnings():  # ziamath loads its font through a deprecated importlib.resources API
@@ -133,7 +135,16 @@ def tex_to_svg(tex: str, display: bool = False) -> str:
         style += ";flex:none"
     svg = re.sub(r'\swidth="[^"]*"', f' width="{w / SVG_EM:.3f}em"', svg, count=1)
     svg = re.sub(r'\sheight="[^"]*"', f' height="{h / SVG_EM:.3f}em"', svg, count=1)
-    return svg.replace("<svg ", f'<svg aria-hidden="true" focusable="false" style="{style}" ', 1)
+    # text alternative: the TeX source, as the accessible name (aria-label) and as the SVG's <title>
+    # (read by screen readers, shown as a tooltip, never drawn: the PDF keeps vector glyphs only)
+    label = html.escape(math_label(tex), quote=True)
+    svg = svg.replace("<svg ", f'<svg role="img" aria-label="{label}" focusable="false" style="{style}" ', 1)
+    return re.sub(r"^(<svg\b[^>]*>)", lambda m: f"{m.group(1)}<title>{label}</title>", svg, count=1)
+
+
+def math_label(tex: str) -> str:
+    """The text alternative of a math element: its TeX source with runs of white space made one space."""
+    return " ".join(tex.split())
 
 
 def parse_display(tex: str) -> tuple[str, bool, str | None]:
