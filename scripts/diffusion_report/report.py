@@ -11,9 +11,15 @@ import base64
 import html
 import importlib
 import importlib.metadata
+import math
 import mimetypes
+import os
+import re
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -211,9 +217,18 @@ def render_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
     """Print the HTML to PDF with WeasyPrint (same document, print stylesheet, fixed metadata)."""
     from weasyprint import HTML
 
-    doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
-    doc.metadata.created = PDF_DATE
-    doc.metadata.modified = PDF_DATE
-    with atomic_path(out_pdf) as tmp:
-        doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
+    # Without HarfBuzz-Subset, WeasyPrint subsets fonts with fontTools, which stamps each subset's
+    # 'head' table with the current time unless SOURCE_DATE_EPOCH is set: use the fixed PDF date.
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    if before is None:
+        os.environ["SOURCE_DATE_EPOCH"] = str(int(datetime.fromisoformat(PDF_DATE.replace("Z", "+00:00")).timestamp()))
+    try:
+        doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
+        doc.metadata.created = PDF_DATE
+        doc.metadata.modified = PDF_DATE
+        with atomic_path(out_pdf) as tmp:
+            doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
+    finally:
+        if before is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
 
