@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import re
+import sys
+from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
@@ -12,9 +15,11 @@ import pytest
 from conftest import ROOT, load_yaml
 from diffusion_report import forward, report
 from diffusion_report.schedules import Schedule
+from test_determinism import strip_measurements
 
 TEMPLATES = ROOT / "report" / "templates"
 CSS = ROOT / "report" / "style.css"
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +41,14 @@ def fixture_results(tmp_path_factory):
     for rule in ("forward_clean", "forward_mse", "report_html"):
         (bench / rule).mkdir(parents=True)
         (bench / rule / f"{rule}.tsv").write_text("s\th:m:s\tmax_rss\n1.5\t0:00:01\t123.4\n")
+        os.utime(bench / rule / f"{rule}.tsv", (NOW.timestamp() - 100.25,) * 2)  # ended 100.25 s before the report
     flat = {f"forward__{k}": str(v) for k, v in files.items()}
     return out, cfg, flat, bench
 
 
-def render(tmp_path, cfg, flat, bench, name="report.html"):
+def render(tmp_path, cfg, flat, bench, name="report.html", now=NOW):
     out = tmp_path / name
-    html = report.render_html(flat, cfg, TEMPLATES, CSS, out, repo=ROOT, bench_dir=bench)
+    html = report.render_html(flat, cfg, TEMPLATES, CSS, out, repo=ROOT, bench_dir=bench, now=now)
     return out, html
 
 
@@ -92,6 +98,75 @@ def test_provenance_lists_rules_versions_and_checksums(tmp_path, fixture_results
     assert digest in prov
     assert "<td>torch</td>" in prov and "<td>diffusers</td>" in prov
     assert "mse_max_t: 20" in prov  # the effective config
+    # the run: total wall time (forward_clean + forward_mse; the report's own rule is left out), date, hardware
+    m = lambda text: f'<span class="measured">{text}</span>'  # noqa: E731
+    assert f"Report rendered {m('2026-01-02 03:04:05 UTC')}" in prov
+    assert f"The {m(2)} jobs of the run took {m('3.0 s')} of wall time in all" in prov
+    assert f"{m('1 min 42 s')} passed from the earliest job start ({m('2026-01-02 03:02:23 UTC')})" in prov
+    assert f"CPU {m(report.cpu_model())}; GPU {m(report.gpu_model())}" in prov
+    # every artifact by its full path, none twice
+    paths = re.findall(r"<tr><td>forward</td><td>([^<]+)</td>", prov)
+    assert sorted(paths) == sorted(["clean.png", "grid.png", "mse.csv", "mse_shown.png", "mse_curve.png"])
+
+
+def test_run_dependent_text_is_marked_measured(tmp_path, fixture_results, monkeypatch):
+    """Renders at other times, on other hardware, after other job times differ only in measured spans."""
+    _, cfg, flat, bench = fixture_results
+    _, a = render(tmp_path, cfg, flat, bench, "a.html", now=NOW)
+    other = tmp_path / "bench_other"
+    for tsv in bench.glob("*/*.tsv"):
+        (other / tsv.parent.name).mkdir(parents=True, exist_ok=True)
+        (other / tsv.parent.name / tsv.name).write_text("s\th:m:s\tmax_rss\n4000.3\t1:06:40\t99.5\n")
+    monkeypatch.setattr(report, "cpu_model", lambda: "Other CPU (64 logical CPUs)")
+    monkeypatch.setattr(report, "gpu_model", lambda: "8 x Some GPU")
+    _, b = render(tmp_path, cfg, flat, other, "b.html", now=datetime(2027, 6, 7, 8, 9, 10, tzinfo=timezone.utc))
+    assert a != b and "2 h 13 min 21 s" in b and "2 h 13 min 21 s" not in a and "8 x Some GPU" in b
+    assert strip_measurements(a) == strip_measurements(b)
+
+
+def test_run_times_from_benchmark_files(tmp_path):
+    bench = tmp_path / "benchmarks"
+    end = NOW.timestamp()
+    for rule, job, secs, ended in [("a", "a", [10.0], end - 100), ("b", "1", [5.0, 7.0], end - 50),
+                                   ("report_html", "report_html", [3.0], end - 5000), ("c", "empty", [], end)]:
+        (bench / rule).mkdir(parents=True, exist_ok=True)
+        tsv = bench / rule / f"{job}.tsv"
+        tsv.write_text("s\th:m:s\n" + "".join(f"{x}\t0:00:00\n" for x in secs))
+        os.utime(tsv, (ended, ended))
+    run = report.run_times(bench, NOW)
+    assert run["n_jobs"] == 2 and run["total_s"] == pytest.approx(22.0) and run["total"] == "22.0 s"
+    assert run["span_s"] == pytest.approx(110.0)  # job a started at end - 100 - 10
+    assert run["start"] == "2026-01-02 03:02:15 UTC" and run["date"] == "2026-01-02 03:04:05 UTC"
+    assert report.run_times(tmp_path / "none", NOW) == {"n_jobs": 0, "date": "2026-01-02 03:04:05 UTC"}
+    assert [report.duration_text(x) for x in (0.04, 59.94, 61, 3723.4)] == ["0.0 s", "59.9 s", "1 min 01 s", "1 h 02 min 03 s"]
+
+
+def test_artifact_paths_are_full_and_distinct(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rel = ["results/ddim/eta0/side_by_side.png", "results/ddim/eta1/side_by_side.png", "results/p2p/x/side_by_side.png"]
+    assert report.artifact_paths(rel, ".") == rel
+    assert report.artifact_paths([str(tmp_path / r) for r in rel], ".") == rel  # absolute inside the working directory
+    elsewhere = tmp_path.parent / "elsewhere"
+    assert report.artifact_paths([str(elsewhere / "r" / "a" / "f.png"), str(elsewhere / "r" / "b" / "f.png"), rel[0]],
+                                 str(tmp_path)) == ["a/f.png", "b/f.png", rel[0]]
+
+
+def test_cpu_and_gpu_models(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n\nprocessor\t: 1\nmodel name\t: Example CPU @ 2.0GHz\n")
+    assert report.cpu_model(info) == "Example CPU @ 2.0GHz (2 logical CPUs)"
+    assert report.cpu_model(tmp_path / "missing")  # falls back to the platform, never empty
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1234)'\necho '  MIG 1g.18gb Device 0: (UUID: MIG-5)'\n"
+                   "echo 'GPU 1: NVIDIA H200 (UUID: GPU-5678)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setattr(report.shutil, "which", lambda name: str(smi) if name == "nvidia-smi" else None)
+    assert report.gpu_model() == "2 x NVIDIA H200"
+    # no nvidia-smi and torch not imported: "none", and torch is not imported to find out
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert report.gpu_model() == "none" and "torch" not in sys.modules
+    assert "import torch" not in (ROOT / "scripts/diffusion_report/report.py").read_text()
 
 
 def test_rendering_twice_gives_identical_bytes(tmp_path, fixture_results):
@@ -111,3 +186,4 @@ def test_fmt():
     assert report.fmt(3) == "3"
     assert report.fmt(float("nan")) == "n/a"
     assert report.fmt(123456.0) == "1.235e+05"
+

@@ -174,14 +174,129 @@ def benchmark_rows(bench_dir: str | Path) -> list[dict]:
     return rows
 
 
-def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path, bench_dir: str | Path) -> dict:
+# The report's own rules: their benchmark files are written after they finish, so any present while
+# the report renders are from an earlier render and are left out of the run's totals.
+REPORT_RULES = ("report_html", "report_pdf")
+
+
+def utc_text(timestamp: float) -> str:
+    """A POSIX time as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as '12.3 s', '4 min 05 s' or '2 h 03 min 04 s'."""
+    if seconds != seconds:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h} h {m:02d} min {sec:02d} s" if h else f"{m} min {sec:02d} s"
+
+
+def run_times(bench_dir: str | Path, now: datetime) -> dict:
+    """The run's wall time from Snakemake's benchmark files (benchmarks/<rule>/*.tsv).
+
+    total: the sum of every job's wall time (column ``s``, all repeats); each job's start is its
+    file's modification time (written when the job ends) minus that time; span: from the earliest
+    start to ``now`` (the report's render). The report's own rules (:data:`REPORT_RULES`) are left
+    out. Jobs of earlier invocations whose outputs were reused count too: the span then covers
+    the time between invocations.
+    """
+    total, starts = 0.0, []
+    for tsv in sorted(Path(bench_dir).glob("*/*.tsv")):
+        if tsv.parent.name in REPORT_RULES:
+            continue
+        try:
+            df = pd.read_csv(tsv, sep="\t")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+            continue
+        secs = pd.to_numeric(df.get("s", pd.Series(dtype=float)), errors="coerce").dropna()
+        if secs.empty:
+            continue
+        total += float(secs.sum())
+        starts.append(tsv.stat().st_mtime - float(secs.sum()))
+    out = {"n_jobs": len(starts), "date": utc_text(now.timestamp())}
+    if starts:
+        start = min(starts)
+        span = now.timestamp() - start
+        if span < 0:  # a clock set differently where the jobs ran (another node): no honest span
+            span = math.nan
+        out.update(total=duration_text(total), total_s=total, start=utc_text(start),
+                   span=duration_text(span), span_s=span)
+    return out
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """CPU model from /proc/cpuinfo ("model name"), with the number of logical CPUs listed there."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines()
+             if ln.split(":", 1)[0].strip().lower() == "model name" and ":" in ln]
+    if not names:
+        import platform
+
+        return platform.processor() or platform.machine() or "unknown"
+    models = list(dict.fromkeys(names))
+    return f"{', '.join(models)} ({len(names)} logical CPU{'s' if len(names) != 1 else ''})"
+
+
+def gpu_model(timeout: float = 20.0) -> str:
+    """GPU models: ``nvidia-smi -L`` if present (UUIDs left out); else torch.cuda if torch is already
+    imported (the report layer never imports it for this); else "none"."""
+    exe = shutil.which("nvidia-smi")
+    if exe:
+        try:
+            proc = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout)
+            names = [re.sub(r"\s*\((?:UUID|S/N):[^)]*\)", "", ln.split(":", 1)[1]).strip()
+                     for ln in proc.stdout.splitlines() if proc.returncode == 0 and re.match(r"GPU \d+:", ln)]
+        except (OSError, subprocess.SubprocessError):
+            names = []
+        if names:
+            return ", ".join(f"{names.count(n)} x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        except Exception:  # noqa: BLE001 - a broken driver is "none" for the provenance line
+            pass
+    return "none"
+
+
+def artifact_paths(paths: list[str], workdir: str | Path) -> list[str]:
+    """Each artifact's path as the reader would find it: relative to the run's working directory
+    (what Snakemake passes, e.g. results/ddim/eta0/side_by_side.png); paths outside it relative to
+    the deepest folder holding all of those."""
+    work = os.path.abspath(workdir)
+    absolute = [os.path.abspath(p) for p in paths]
+
+    def inside(a: str) -> bool:
+        return os.path.commonpath([a, work]) == work
+
+    outside = [os.path.dirname(a) for a in absolute if not inside(a)]
+    base = os.path.commonpath(outside) if outside else work
+    return [Path(os.path.relpath(a, work if inside(a) else base)).as_posix() for a in absolute]
+
+
+def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path, bench_dir: str | Path,
+               now: datetime | None = None, workdir: str | Path = ".") -> dict:
+    """Plain data for the provenance section. ``now`` (default: the current time, UTC) dates the
+    report; every run- or machine-dependent value is marked measured by the template."""
     import platform
 
+    found = [(stage, path) for stage, named in files.items() for path in named.values() if Path(path).is_file()]
+    rel = artifact_paths([path for _, path in found], workdir)
     artifacts = [
-        {"stage": stage, "artifact": Path(path).name, "path": path, "sha256": sha256_file(path),
+        {"stage": stage, "path": shown, "sha256": sha256_file(path),
          "_measured": Path(path).name.startswith("timing")}  # wall times: differ from run to run
-        for stage, named in files.items() for path in named.values() if Path(path).is_file()
+        for (stage, path), shown in zip(found, rel)
     ]
+    now = now or datetime.now(timezone.utc)
     return {
         "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
         "git": git_state(repo),
@@ -191,13 +306,20 @@ def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path,
         "device": config.get("device", "auto"),
         "seed": config.get("seed"),
         "benchmarks": benchmark_rows(bench_dir),
+        "run": run_times(bench_dir, now),
+        "cpu": cpu_model(),
+        "gpu": gpu_model(),
         "artifacts": artifacts,
     }
 
 
 def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
-                out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks") -> str:
-    """Render the self-contained HTML report and write it atomically; returns the HTML."""
+                out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks",
+                now: datetime | None = None) -> str:
+    """Render the self-contained HTML report and write it atomically; returns the HTML.
+
+    ``now`` dates the report (default: the current time); it and every other run-dependent value
+    are marked measured, so two renders differ only inside those marks."""
     files = split_inputs(flat_inputs)
     env = environment(templates_dir)
     page = env.get_template("base.html.j2").render(
@@ -205,7 +327,7 @@ def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         sections=stage_contexts(files, config),
         config=config,
         css=Path(css_path).read_text(encoding="utf-8"),
-        provenance=provenance(config, files, repo, bench_dir),
+        provenance=provenance(config, files, repo, bench_dir, now=now),
         pdf_date=PDF_DATE,
         escape=html.escape,
     )
