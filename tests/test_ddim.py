@@ -15,6 +15,7 @@ from diffusion_report.io import sha256_file
 from diffusion_report.models import ModelNotFoundError
 from diffusion_report.schedules import Schedule
 
+ROOT_TEMPLATES = __import__("pathlib").Path(__file__).resolve().parents[1] / "report" / "templates"
 T_TINY = 50  # abar_T ~ 0.6: the random UNet's x0_hat stays O(1), so 1e-5 is a meaningful bound
 
 
@@ -389,3 +390,90 @@ def test_paired_bootstrap_uses_the_given_indices():
     # same indices: a set shifted by a constant moves every resample the same way
     assert np.all(b2 > b1)
     assert metrics.bootstrap_frechet(f, ref, np.arange(64)[None]) [0] == pytest.approx(metrics.feature_frechet(f, ref))
+
+
+def _quality_table(fd: dict, err: float = 0.5, conf: float = 0.95, pix: float = 1.0, recog: float = 0.97):
+    import pandas as pd
+
+    from diffusion_report.ddim_experiments import PAPER_FID
+
+    rows = [{"variant": v, "steps": s, "num_samples": 64, "fd": x, "fd_boot_std": err, "recognisability": recog,
+             "confident_fraction": conf, "max_abs_pixel": pix,
+             "paper_cifar10_fid": dict(zip((10, 20, 50, 100, 1000), PAPER_FID[v])).get(s)}
+            for (v, s), x in fd.items()]
+    return pd.DataFrame(rows)
+
+
+def test_ordering_claims_follow_the_numbers():
+    """The paper's ordering (eta = 0 best at few steps, sigma-hat best at 1000) is claimed only when
+    the numbers show it beyond twice the bootstrap error; contrary numbers flip the verdict."""
+    from diffusion_report.ddim_experiments import ordering_claims
+
+    paper_like = {("eta=0", 10): 5.0, ("eta=1", 10): 20.0, ("sigma_hat", 10): 90.0,
+                  ("eta=0", 1000): 3.0, ("eta=1", 1000): 3.5, ("sigma_hat", 1000): 1.0}
+    c = ordering_claims(_quality_table(paper_like))
+    assert c["few"]["best"] == "eta=0" and c["few"]["verdict"] == "agrees"
+    assert c["many"]["best"] == "sigma_hat" and c["many"]["verdict"] == "agrees"
+    contrary = dict(paper_like)
+    contrary[("eta=1", 10)] = 1.0  # eta = 1 now wins at 10 steps
+    assert ordering_claims(_quality_table(contrary))["few"]["verdict"] == "differs"
+    close = dict(paper_like)
+    close[("eta=1", 1000)] = 1.5  # within 2 x sqrt(2) x 0.5 of sigma-hat
+    assert ordering_claims(_quality_table(close))["many"]["verdict"] == "tied"
+
+
+def test_quality_goals_and_neighbour_resolution_flip():
+    import pandas as pd
+
+    from diffusion_report.ddim_experiments import neighbours_resolved, quality_goals
+
+    fd = {("eta=0", 10): 5.0, ("eta=0", 20): 4.0, ("eta=0", 50): 3.9}
+    ok = quality_goals(_quality_table(fd), "eta=0", 0.98)
+    assert ok["confident_ok"] and ok["recog_ok"] and ok["pixel_ok"]
+    bad = quality_goals(_quality_table(fd, conf=0.85, pix=3.0, recog=0.9), "eta=0", 0.98)
+    assert not bad["confident_ok"] and not bad["recog_ok"] and not bad["pixel_ok"]
+    pairs = pd.DataFrame({"fd_change": [-1.0, -0.1], "change_boot_std": [0.2, 0.2]})
+    assert neighbours_resolved(pairs) == {"resolved": 1, "total": 2, "factor": 2.0}
+
+
+def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):
+    """The three experiment rules on the tiny model, then the real section template: its
+    reconstruction sentence follows the numbers (a contrary table flips it)."""
+    import pandas as pd
+
+    from diffusion_report import ddim_experiments as E
+    from diffusion_report import report
+
+    out, cfg, labels = stage_run
+    sampling = {"eta": 0.0, "skip_type": "uniform", "clip_sample": False}
+    for S, variants in ((5, ["eta=1", "sigma_hat"]), (10, ["eta=0", "eta=1", "sigma_hat"])):
+        E.run_quality_samples(str(model_dir), str(out / "x_T.safetensors"), str(tmp_path / f"q{S}.safetensors"), steps=S,
+                              variants=variants, sampling=sampling, seed=3, device="cpu")
+    q = {"quality_csv": tmp_path / "q.csv", "quality_pairs": tmp_path / "p.csv", "quality_png": tmp_path / "q.png"}
+    E.run_quality_table({5: str(tmp_path / "q5.safetensors"), 10: str(tmp_path / "q10.safetensors")},
+                        {5: ("eta=0", str(out / "ddim_5.safetensors"))}, out_csv=q["quality_csv"], pairs_csv=q["quality_pairs"],
+                        out_png=q["quality_png"], variants=["eta=0", "eta=1", "sigma_hat"], image_size=8, seed=3, n_boot=20)
+    df = pd.read_csv(q["quality_csv"])
+    assert len(df) == 3 * 2 + 1 and (df["fd"] >= 0).all() and (df["fd_boot_std"] > 0).all()
+    # the reused cell is ddim_sample's file: its score is that of those very samples
+    x5 = ddim.load_tensor(out / "ddim_5.safetensors")[0]
+    assert float(df[(df.variant == "eta=0") & (df.steps == 5)]["max_abs_pixel"].iloc[0]) == pytest.approx(float(x5.abs().max()))
+    r = {"recon_csv": tmp_path / "r.csv", "recon_png": tmp_path / "r.png"}
+    E.run_reconstruction(str(model_dir), r["recon_csv"], r["recon_png"], step_counts=[2, 10, T_TINY], num_images=4,
+                         sampling=sampling, seed=3, device="cpu")
+    rec = pd.read_csv(r["recon_csv"])
+    assert list(rec["steps"]) == [2, 10, T_TINY] and rec["mse"].iloc[-1] < rec["mse"].iloc[0]
+    E.run_interpolation(str(model_dir), str(tmp_path / "i.png"), pairs=1, points=3, steps=5, sampling=sampling, seed=3)
+    files = {"grid": str(tmp_path / "g.png"), "convergence": str(tmp_path / "c.png"), "metrics": str(tmp_path / "m.csv"),
+             "timing": str(tmp_path / "t.csv")}
+    ddim.run_figures({lab: str(out / f"{lab}.safetensors") for lab in labels}, {lab: str(out / f"{lab}.json") for lab in labels},
+                     grid_png=files["grid"], convergence_png=files["convergence"], metrics_csv=files["metrics"],
+                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), config=cfg)
+    files.update({k: str(v) for k, v in {**q, **r}.items()}, interp_png=str(tmp_path / "i.png"))
+    env = report.environment(ROOT_TEMPLATES)
+    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim.report_context(files, cfg), config=cfg)
+    assert "falls with every added step count" in html and "The DDIM paper's Table 1" in html
+    rec.loc[:, "mse"] = rec["mse"].iloc[::-1].values  # contrary numbers: the error grows with S
+    rec.to_csv(r["recon_csv"], index=False)
+    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim.report_context(files, cfg), config=cfg)
+    assert "falls with every added step count" not in html and "does <strong>not</strong> fall" in html
