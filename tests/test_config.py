@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ CASES = [
     ("unknown sample name", "forward.images", ["astronot"], ["forward.images[0]", "astronot"]),
     ("image_size zero", "forward.image_size", 0, ["forward.image_size: 0 is out of range", "[8, 1024]"]),
     ("image_size absurd", "forward.image_size", 100000, ["forward.image_size: 100000 is out of range", "[8, 1024]"]),
-    ("negative timestep", "forward.show_timesteps", [0, -5], ["forward.show_timesteps.1: -5 is out of range", "[0, inf)"]),
+    ("negative timestep", "forward.show_timesteps", [0, -5], ["forward.show_timesteps[1]: -5 is out of range", "[0, inf)"]),
     ("timestep above T", "forward.show_timesteps", [0, 1001], ["forward.show_timesteps", "1001", "above schedule.T = 1000"]),
     ("duplicate timesteps", "forward.show_timesteps", [0, 10, 10], ["forward.show_timesteps", "non-unique"]),
     ("mse_max_t above T", "forward.mse_max_t", 2000, ["forward.mse_max_t", "2000", "above schedule.T"]),
@@ -69,7 +70,7 @@ CASES = [
     ("theory timestep above T", "theory.check_timesteps", [5000], ["theory.check_timesteps", "5000"]),
     ("mc_samples too few", "theory.mc_samples", 3, ["theory.mc_samples: 3 is out of range", "[100, "]),
     ("ddim step above T", "ddim.step_counts", [10, 2000], ["ddim.step_counts", "2000", "training T = 1000"]),
-    ("ddim step zero", "ddim.step_counts", [0, 10], ["ddim.step_counts.0: 0 is out of range", "[1, inf)"]),
+    ("ddim step zero", "ddim.step_counts", [0, 10], ["ddim.step_counts[0]: 0 is out of range", "[1, inf)"]),
     ("ddim duplicate steps", "ddim.step_counts", [10, 10], ["ddim.step_counts", "non-unique"]),
     ("ddim empty steps", "ddim.step_counts", [], ["ddim.step_counts", "non-empty"]),
     ("eta above one", "ddim.eta", 1.5, ["ddim.eta: 1.5 is out of range", "a number in [0, 1]"]),
@@ -80,32 +81,35 @@ CASES = [
     ("guidance negative", "p2p.guidance_scale", -7.5, ["p2p.guidance_scale: -7.5 is out of range"]),
     ("unknown p2p scheduler", "p2p.scheduler", "euler", ["p2p.scheduler", "'ddim'", "'pndm'"]),
     ("empty edit list", "p2p.edits", [], ["p2p.edits", "non-empty"]),
-    ("empty prompt", "p2p.edits.0.source", "", ["p2p.edits.0.source"]),
-    ("blank prompt", "p2p.edits.0.target", "   ", ["p2p.edits.0.target", "does not match"]),
-    ("unknown edit mode", "p2p.edits.0.mode", "swap", ["p2p.edits.0.mode", "'replace'"]),
+    ("empty prompt", "p2p.edits.0.source", "", ["p2p.edits[0].source: the prompt is empty (''); write some text"]),
+    ("blank prompt", "p2p.edits.0.target", "   ", ["p2p.edits[0].target: the prompt is empty ('   ')"]),
+    ("unknown edit mode", "p2p.edits.0.mode", "swap", ["p2p.edits[0].mode", "'replace'"]),
     ("word swap with different word counts", "p2p.edits.0.target", "a big red square on a white background",
      ["p2p.edits[0] (shape_swap)", "same number of words", "source has 7, target 8"]),
     ("blend word not in prompt", "p2p.edits.0.blend_words", ["triangle"], ["p2p.edits[0] (shape_swap): blend word 'triangle' is in neither prompt"]),
     ("reweight word not in prompt", "p2p.edits.2.reweight", {"words": ["blue"], "scale": 2.0}, ["p2p.edits[2] (reweight_red): reweight word 'blue' is not in the target prompt"]),
-    ("cross_replace_steps above one", "p2p.edits.0.cross_replace_steps", 1.5, ["p2p.edits.0.cross_replace_steps"]),
+    ("cross_replace_steps above one", "p2p.edits.0.cross_replace_steps", 1.5, ["p2p.edits[0].cross_replace_steps"]),
     ("reweight block on a replace edit", "p2p.edits.0.reweight", {"words": ["red"], "scale": 2.0}, ["reweight is only used with mode reweight"]),
     ("base_mode none with a different target", "p2p.edits.2.target", "a red square on a white background", ["base_mode none reweights the source prompt itself"]),
-    ("edit name unsafe for files", "p2p.edits.0.name", "../evil", ["p2p.edits.0.name", "does not match"]),
+    ("edit name unsafe for files", "p2p.edits.0.name", "../evil", ["p2p.edits[0].name: '../evil' is not allowed", "letters, digits"]),
     ("too long prompt", "p2p.edits.1.source", " ".join(["red"] * 80), ["p2p.edits[1] (colour_swap): source prompt has 80 words", "at most 75"]),
-    ("unsupported output format", "report.formats", ["html", "docx"], ["report.formats.1", "'docx' is not allowed"]),
+    ("unsupported output format", "report.formats", ["html", "docx"], ["report.formats[1]", "'docx' is not allowed"]),
     ("empty formats", "report.formats", [], ["report.formats", "non-empty"]),
     ("t2i radius min equal to max", "t2i.data.radius", [4.0, 4.0], ["t2i.data.radius: [4.0, 4.0] needs min below max"]),
-    ("channels not multiple of 8", "ddim.train.channels", [30, 64], ["ddim.train.channels.0", "multiple of 8"]),
+    ("channels not multiple of 8", "ddim.train.channels", [30, 64], ["ddim.train.channels[0]", "multiple of 8"]),
     ("missing required key", "ddim.eta", _DELETE, ["ddim", "'eta' is a required property"]),
     ("quality step above T", "ddim.quality.step_counts", [10, 5000], ["ddim.quality.step_counts: 5000 is above the training T = 1000"]),
     ("reconstruction step above T", "ddim.reconstruction.step_counts", [2000], ["ddim.reconstruction.step_counts: 2000"]),
     ("interpolation steps above T", "ddim.interpolation.steps", 1001, ["ddim.interpolation.steps: 1001"]),
-    ("quality eta above one", "ddim.quality.etas", [0.0, 2.0], ["ddim.quality.etas.1: 2.0 is out of range"]),
+    ("quality eta above one", "ddim.quality.etas", [0.0, 2.0], ["ddim.quality.etas[1]: 2.0 is out of range"]),
     ("quality with a pretrained model", "ddim.model.source", "pretrained",
      ["ddim.quality.enabled", "digit reader", "set ddim.quality.enabled: false"]),
     ("missing shipped DDIM weights", "ddim.weights", "models/no-such-folder",
      ["ddim.weights", "models/no-such-folder", "set ddim.retrain: true"]),
     ("too few DDIM samples", "ddim.num_samples", 1, ["ddim.num_samples: 1 is out of range"]),
+    ("nested value read as text", "forward.image_size", "64",
+     ["forward.image_size: '64' is not of type 'integer'", "--config KEY='{...}' as text", "--configfile FILE"]),
+    ("nested flag read as text", "ddim.clip_sample", "True", ["ddim.clip_sample: 'True' is not of type 'boolean'", "--configfile FILE"]),
 ]
 
 
@@ -121,6 +125,9 @@ def test_bad_config_is_rejected_with_a_message_naming_the_key(default_config, ca
     # one line per problem, each starting with "config error:"
     lines = message.splitlines()[1:]
     assert lines and all(line.strip().startswith("config error:") for line in lines)
+    assert len(set(lines)) == len(lines), message
+    # list items are named as p2p.edits[0].source, never p2p.edits.0.source; no regex jargon
+    assert not re.search(r"[A-Za-z_]\.\d", message) and "does not match" not in message, message
 
 
 @pytest.mark.parametrize("kind", ["empty", "notimage", "folder"])
@@ -205,3 +212,36 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
     assert "config error: schedule.kind: 'cosin' is not allowed" in out
     assert not (work / "results").exists()
     assert not (work / "logs").exists()
+
+
+# What snakemake itself prints before the Snakefile is read (the workflow's default profile, a
+# --config overlay); everything else a config error prints must be a "config error:" line.
+_SNAKEMAKE_PREAMBLE = ("Using workflow specific profile", "Config file config.yaml is extended")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config", "seed=-1"], ["config error: seed: -1 is out of range"]),
+    (["--config", "forward={image_size: 64}"],
+     ["config error: forward.image_size: '64' is not of type 'integer'", "--configfile FILE"]),
+    (["--config", 'forward={"image_size": 64}'], ["config error: forward.image_size: '64' is not of type 'integer'"]),
+], ids=["seed", "nested-yaml", "nested-json"])
+def test_config_errors_print_clean_lines_and_exit_1(tmp_path, args, expected):
+    """No traceback, no line pointing into rules/common.smk: only the config error lines, exit status 1."""
+    work = copy_workflow(tmp_path / "wf")
+    proc = run_snakemake(work, "-n", *args, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    for fragment in expected:
+        assert fragment in out, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines and all(line.startswith(("config error: ", *_SNAKEMAKE_PREAMBLE)) for line in lines), out
+    assert "Traceback" not in out and "common.smk" not in out and "WorkflowError" not in out
+
+
+def test_the_nested_value_hint_works(tmp_path):
+    """What the hint says (a YAML file through --configfile) passes a nested integer as an integer."""
+    work = copy_workflow(tmp_path / "wf")
+    overlay = write_config(tmp_path / "size.yaml", {"forward": {"image_size": 64}, "ddim": {"enabled": False}})
+    proc = run_snakemake(work, "results/forward/x0.safetensors", "-n", "--configfile", str(overlay), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "config error" not in proc.stdout + proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 MAX_PROMPT_WORDS = 75  # CLIP's 77 tokens minus <bos>/<eos>; the exact token count is checked at run time
@@ -19,7 +20,19 @@ class ConfigError(ValueError):
 
 
 def _path(error) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    """The key in the style of the cross-field checks: ``p2p.edits[0].source``."""
+    out = ""
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+# What a value of each schema type looks like, for a string that would have been one
+_TEXT_LOOKS_LIKE = {"integer": r"[-+]?\d+", "number": r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", "boolean": r"(?i:true|false)"}
+NESTED_CONFIG_HINT = (
+    "(snakemake reads nested values given with --config KEY='{...}' as text; put them in a YAML file "
+    "and pass --configfile FILE, or give them in config.yaml)"
+)
 
 
 def _format_schema_error(error) -> str:
@@ -45,6 +58,15 @@ def _format_schema_error(error) -> str:
         return f"{key}: {error.instance!r} is out of range; allowed: {kind} in {lo}, {hi}"
     if error.validator == "oneOf":
         return f"{key}: {error.instance!r} must be a fraction in [0, 1] or a mapping of words to such fractions"
+    if error.validator in ("pattern", "minLength") and isinstance(error.instance, str) and not error.instance.strip():
+        noun = "prompt" if key.endswith((".source", ".target")) else "value"
+        return f"{key}: the {noun} is empty ({error.instance!r}); write some text"
+    if error.validator == "pattern" and error.schema.get("description"):
+        return f"{key}: {error.instance!r} is not allowed: {error.schema['description']}"
+    if error.validator == "type" and isinstance(error.instance, str):
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if any(re.fullmatch(_TEXT_LOOKS_LIKE.get(t, "(?!)"), error.instance.strip()) for t in wanted):
+            return f"{key}: {error.message} {NESTED_CONFIG_HINT}"
     return f"{key}: {error.message}"
 
 
@@ -65,7 +87,8 @@ def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    return [_format_schema_error(e) for e in errors] or ["config does not match schemas/config.schema.yaml"]
+    lines = list(dict.fromkeys(_format_schema_error(e) for e in errors))  # an empty string breaks two rules, say it once
+    return lines or ["config does not match schemas/config.schema.yaml"]
 
 
 def edit_errors(edits: list[dict]) -> list[str]:
