@@ -107,6 +107,10 @@ CASES = [
     ("missing shipped DDIM weights", "ddim.weights", "models/no-such-folder",
      ["ddim.weights", "models/no-such-folder", "set ddim.retrain: true"]),
     ("too few DDIM samples", "ddim.num_samples", 1, ["ddim.num_samples: 1 is out of range"]),
+    ("prompt beyond the embedded model's text window", "p2p.edits.1.target", "a big red square on a white background a red circle",
+     ["p2p.edits[1] (colour_swap).target: 11 tokens; at most 10 fit the embedded model's text window", "t2i.model.max_length = 12"]),
+    ("punctuation counts as tokens", "p2p.edits.2.source", "a big red, square on a white, black background.",
+     ["p2p.edits[2] (reweight_red).source: 12 tokens; at most 10 fit"]),
     ("nested value read as text", "forward.image_size", "64",
      ["forward.image_size: '64' is not of type 'integer'", "--config KEY='{...}' as text", "--configfile FILE"]),
     ("nested flag read as text", "ddim.clip_sample", "True", ["ddim.clip_sample: 'True' is not of type 'boolean'", "--configfile FILE"]),
@@ -245,3 +249,34 @@ def test_the_nested_value_hint_works(tmp_path):
     proc = run_snakemake(work, "results/forward/x0.safetensors", "-n", "--configfile", str(overlay), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "config error" not in proc.stdout + proc.stderr
+
+
+def test_the_token_window_check_agrees_with_the_tokenizer(default_config):
+    """The config check rejects exactly the prompts the shipped embedded model's tokenizer cannot fit
+    (what p2p_edit would fail on after jobs started)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from diffusion_report.p2p import word_token_spans
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "models" / "t2i-shapes" / "model" / "tokenizer"))
+    window = default_config["t2i"]["model"]["max_length"]
+    assert tok.model_max_length == window
+    words = "a big red square on a white background a red circle on a".split()
+    prompts = [" ".join(words[:n]) for n in range(8, 14)]
+    prompts += ["a big red, square on a white background.", "a big red, square on a white, black background.",
+                "a red square!! on a white background ..."]
+    for prompt in prompts:
+        cfg = copy.deepcopy(default_config)
+        cfg["p2p"]["edits"] = [{"name": "one", "source": prompt, "target": prompt, "mode": "refine"}]
+        try:
+            word_token_spans(prompt, tok, window)
+            fits = True
+        except ValueError as exc:
+            assert "fit the text encoder" in str(exc)
+            fits = False
+        try:
+            validate_config(cfg, SCHEMA, base_dir=ROOT)
+            message = ""
+        except ConfigError as exc:
+            message = str(exc)
+        assert ("text window" not in message) == fits, (prompt, message)

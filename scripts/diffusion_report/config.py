@@ -132,9 +132,19 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
     return []
 
 
+# The embedded model's tokenizer (t2i.build_tokenizer) splits text like tokenizers' Whitespace
+# pre-tokenizer: runs of word characters and runs of punctuation, each one token.
+_EMBEDDED_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
+def embedded_tokens(text: str) -> list[str]:
+    """The tokens the embedded model's tokenizer makes of ``text`` (without the start and end tokens)."""
+    return _EMBEDDED_TOKEN.findall(text)
+
+
 def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
     """The embedded text-to-image model: step counts within its T, a consistent palette and sizes,
-    prompts within its vocabulary, and shipped weights present when it is not retrained."""
+    prompts within its vocabulary and its text window, and shipped weights present when it is not retrained."""
     out: list[str] = []
     T = t2i["schedule"]["T"]
     for key, n in (("t2i.samples.num_steps", t2i["samples"]["num_steps"]), ("t2i.eval.num_steps", t2i["eval"]["num_steps"]),
@@ -161,6 +171,14 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[
             if unknown:
                 out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {', '.join(map(repr, unknown))} not in the embedded model's "
                            f"vocabulary ({', '.join(sorted(vocab - {''}))}); use p2p.model.source: pretrained for free text")
+    window = int(t2i["model"]["max_length"])
+    for i, edit in enumerate(p2p["edits"]):
+        for label in ("source", "target"):
+            n = len(embedded_tokens(edit[label]))
+            if n > window - 2:
+                out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {n} tokens; at most {window - 2} fit the embedded "
+                           f"model's text window (t2i.model.max_length = {window}, the start and end tokens included); "
+                           "shorten the prompt")
     if not t2i["train"]:
         folder = Path(base_dir, t2i["weights"])
         if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
