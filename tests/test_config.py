@@ -178,7 +178,65 @@ def test_missing_pretrained_model_is_rejected_offline(default_config, tmp_path, 
     msg = str(info.value)
     assert "ddim.model.pretrained: 'nobody/no-such-model' is not in the Hugging Face cache" in msg
     assert "hf download nobody/no-such-model" in msg
-    assert f"p2p.model.pretrained: folder {str(empty)!r} has none of" in msg
+    assert f"p2p.model.pretrained: folder {str(empty)!r} is not a complete diffusers text-to-image pipeline folder" in msg
+    assert msg.count("model_index.json") == 0 and msg.count("unet/config.json") == 1
+
+
+# Placeholder files of a complete local folder, per layout (the check looks at names, not contents)
+_PIPELINE_FILES = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                   "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
+                   "tokenizer/merges.txt", "scheduler/scheduler_config.json"]
+_UNET_FILES = ["config.json", "diffusion_pytorch_model.bin", "scheduler_config.json"]
+
+
+def _model_folder(root: Path, files: list[str]) -> Path:
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("{}")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _model_config(default_config, stage: str, folder: Path) -> dict:
+    cfg = copy.deepcopy(default_config)
+    cfg["ddim"]["retrain"] = True  # the shipped digits weights are not what this test is about
+    if stage == "ddim":
+        cfg["ddim"]["quality"]["enabled"] = False
+    cfg[stage]["model"] = {"source": "pretrained", "pretrained": str(folder)}
+    return cfg
+
+
+@pytest.mark.parametrize("stage, files, removed, named", [
+    ("p2p", _PIPELINE_FILES, ["unet/diffusion_pytorch_model.safetensors"], ["unet/diffusion_pytorch_model.safetensors (or diffusion_pytorch_model.bin)"]),
+    ("p2p", _PIPELINE_FILES, ["text_encoder/model.safetensors"], ["text_encoder/model.safetensors (or pytorch_model.bin)"]),
+    ("p2p", _PIPELINE_FILES, ["tokenizer/vocab.json", "tokenizer/merges.txt"], ["tokenizer/ files (tokenizer.json, vocab.json"]),
+    ("p2p", _PIPELINE_FILES, ["scheduler/scheduler_config.json"], ["scheduler/scheduler_config.json"]),
+    ("p2p", _PIPELINE_FILES + ["vae/config.json"], [], ["vae/diffusion_pytorch_model.safetensors"]),
+    ("p2p", ["model_index.json"], [], ["unet/config.json", "text_encoder/config.json", "tokenizer/ files", "scheduler/scheduler_config.json"]),
+    ("ddim", _UNET_FILES, ["diffusion_pytorch_model.bin"], ["diffusion_pytorch_model.safetensors (or diffusion_pytorch_model.bin)"]),
+    ("ddim", _UNET_FILES, ["scheduler_config.json"], ["scheduler_config.json (or scheduler/scheduler_config.json)"]),
+    ("ddim", ["unet/config.json", "unet/diffusion_pytorch_model.bin", "scheduler/scheduler_config.json"], [], ["missing: config.json;"]),
+], ids=["unet-weights", "text-encoder-weights", "tokenizer", "scheduler", "vae-weights", "only-model-index",
+        "ddim-weights", "ddim-scheduler", "ddim-pipeline-layout"])
+def test_local_model_folder_missing_a_component_is_rejected(default_config, tmp_path, stage, files, removed, named):
+    """What the loaders would fail on seconds into a job is named before any job: component and file."""
+    folder = _model_folder(tmp_path / "model", [f for f in files if f not in removed])
+    with pytest.raises(ConfigError) as info:
+        validate_config(_model_config(default_config, stage, folder), SCHEMA, base_dir=ROOT)
+    msg = str(info.value)
+    assert f"{stage}.model.pretrained: folder {str(folder)!r} is not a complete diffusers" in msg, msg
+    for fragment in named:
+        assert fragment in msg, msg
+    assert "model_index.json" not in msg
+
+
+@pytest.mark.parametrize("stage, folder", [
+    ("p2p", None), ("p2p", ROOT / "models" / "t2i-shapes" / "model"), ("ddim", None),
+], ids=["p2p-placeholders", "p2p-shipped-model", "ddim-placeholders"])
+def test_complete_local_model_folder_passes(default_config, tmp_path, stage, folder):
+    if folder is None:
+        folder = _model_folder(tmp_path / "model", _PIPELINE_FILES if stage == "p2p" else _UNET_FILES)
+    validate_config(_model_config(default_config, stage, folder), SCHEMA, base_dir=ROOT)
 
 
 def test_printed_download_command_exists_in_the_venv(default_config, tmp_path, monkeypatch):

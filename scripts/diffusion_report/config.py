@@ -98,11 +98,43 @@ def edit_errors(edits: list[dict]) -> list[str]:
     return validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
 
 
+# Files each component of a local model folder needs, as the loaders read them (ddim.load_model,
+# text2image.load): (label, alternatives); one of the alternatives must be a file.
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                      "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+
+
+def _weights(sub: str, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    return (f"{sub}{names[0]} (or {names[1]})", tuple(sub + n for n in names))
+
+
+def required_model_files(expect: str, folder: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(what, alternatives) per required file of a local model folder.
+
+    ``expect`` "config.json": a bare UNet2DModel folder (ddim.load_model): config.json, weights and
+    a scheduler config (at the top or in scheduler/). "model_index.json": a text-to-image pipeline
+    folder (text2image.load): unet/, text_encoder/, tokenizer/, scheduler/, and vae/ when present.
+    """
+    if expect == "config.json":
+        return [("config.json", ("config.json",)), _weights("", _DIFFUSERS_WEIGHTS),
+                ("scheduler_config.json (or scheduler/scheduler_config.json)", ("scheduler_config.json", "scheduler/scheduler_config.json"))]
+    need = [("unet/config.json", ("unet/config.json",)), _weights("unet/", _DIFFUSERS_WEIGHTS),
+            ("text_encoder/config.json", ("text_encoder/config.json",)), _weights("text_encoder/", _TRANSFORMERS_WEIGHTS),
+            (f"tokenizer/ files ({', '.join(_TOKENIZER_FILES[:-1])} or {_TOKENIZER_FILES[-1]})", tuple("tokenizer/" + n for n in _TOKENIZER_FILES)),
+            ("scheduler/scheduler_config.json", ("scheduler/scheduler_config.json",))]
+    if (folder / "vae").is_dir():  # a latent model; without vae/ it is a pixel-space one
+        need += [("vae/config.json", ("vae/config.json",)), _weights("vae/", _DIFFUSERS_WEIGHTS)]
+    return need
+
+
 def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
     """A pretrained model that can be seen to be missing before any job runs.
 
     ``expect`` is the file that marks the layout: "config.json" for a bare UNet2DModel folder or
-    "model_index.json" for a pipeline folder (either is accepted with a unet/ subfolder).
+    "model_index.json" for a pipeline folder; a local folder must hold every file its loader reads
+    (:func:`required_model_files`).
     """
     if model_cfg.get("source") != "pretrained":
         return []
@@ -112,9 +144,11 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
     if looks_local:
         if not path.is_dir():
             return [f"{key}.pretrained: folder {where!r} does not exist (give a local diffusers folder or a hub id owner/name)"]
-        markers = [expect, "model_index.json", "unet/config.json", "config.json"]
-        if not any((path / m).exists() for m in markers):
-            return [f"{key}.pretrained: folder {where!r} has none of {', '.join(markers)}; it is not a diffusers model folder"]
+        missing = [what for what, names in required_model_files(expect, path) if not any((path / n).is_file() for n in names)]
+        if missing:
+            kind = "UNet2DModel" if expect == "config.json" else "text-to-image pipeline"
+            return [f"{key}.pretrained: folder {where!r} is not a complete diffusers {kind} folder; "
+                    f"missing: {'; '.join(missing)}"]
         return []
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
     if offline:
