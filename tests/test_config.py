@@ -338,3 +338,107 @@ def test_the_token_window_check_agrees_with_the_tokenizer(default_config):
         except ConfigError as exc:
             message = str(exc)
         assert ("text window" not in message) == fits, (prompt, message)
+
+
+# -------------------------------------------------------------------------------- the hub, online
+@pytest.fixture
+def silent_hub():
+    """An endpoint that accepts connections and never answers (a hub behind a dead network)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.fixture
+def answering_hub():
+    """An endpoint that answers every request (404, as the hub does for an unknown path)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _online(monkeypatch, tmp_path, endpoint, timeout=1.0):
+    from diffusion_report import config as config_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(config_module, "HUB_TIMEOUT_S", timeout)
+
+
+def _hub_config(default_config) -> dict:
+    cfg = copy.deepcopy(default_config)
+    cfg["ddim"]["retrain"] = True  # the shipped digits weights are not what these tests are about
+    cfg["p2p"]["model"] = {"source": "pretrained", "pretrained": "nobody/some-model"}
+    return cfg
+
+
+@pytest.mark.parametrize("hub", ["silent", "refused"])
+def test_unreachable_hub_is_a_config_error_within_the_timeout(default_config, tmp_path, monkeypatch, request, hub):
+    import time
+
+    endpoint = request.getfixturevalue("silent_hub") if hub == "silent" else _closed_port()
+    _online(monkeypatch, tmp_path, endpoint, timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        validate_config(_hub_config(default_config), SCHEMA, base_dir=ROOT)
+    elapsed = time.monotonic() - start
+    msg = str(info.value)
+    assert f"p2p.model.pretrained: 'nobody/some-model' is not in the Hugging Face cache and the hub ({endpoint}) did not answer within 1 s" in msg
+    assert ("timed out" in msg or "no answer" in msg) if hub == "silent" else "refused" in msg
+    assert "hf download nobody/some-model" in msg
+    assert elapsed < 2.5
+
+
+def test_answering_hub_passes(default_config, tmp_path, monkeypatch, answering_hub):
+    _online(monkeypatch, tmp_path, answering_hub)
+    validate_config(_hub_config(default_config), SCHEMA, base_dir=ROOT)
+
+
+def test_cached_model_needs_no_hub(default_config, tmp_path, monkeypatch):
+    _online(monkeypatch, tmp_path, _closed_port())
+    repo = tmp_path / "hf" / "hub" / "models--nobody--some-model"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "blobs").mkdir()
+    validate_config(_hub_config(default_config), SCHEMA, base_dir=ROOT)
+
+
+def test_snakemake_stops_early_when_the_hub_does_not_answer(tmp_path, silent_hub):
+    """HF_HUB_OFFLINE unset, a hub id not in the cache, no answer: a config error after ~3 s, no job."""
+    import time
+
+    work = copy_workflow(tmp_path / "wf")
+    overlay = write_config(tmp_path / "hub.yaml", {"ddim": {"enabled": False},
+                                                  "p2p": {"model": {"source": "pretrained", "pretrained": "nobody/some-model"}}})
+    start = time.monotonic()
+    proc = run_snakemake(work, "--configfile", str(overlay), timeout=300,
+                         env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": silent_hub, "HF_HOME": str(tmp_path / "hf")})
+    elapsed = time.monotonic() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "config error: p2p.model.pretrained: 'nobody/some-model' is not in the Hugging Face cache and the hub" in out
+    assert "within 3 s" in out and "Traceback" not in out
+    assert not (work / "results").exists()
+    assert elapsed < 30, elapsed

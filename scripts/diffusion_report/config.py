@@ -8,6 +8,7 @@ allowed; all of them are reported at once.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from pathlib import Path
@@ -150,20 +151,79 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
             return [f"{key}.pretrained: folder {where!r} is not a complete diffusers {kind} folder; "
                     f"missing: {'; '.join(missing)}"]
         return []
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    if offline:
-        try:
-            from huggingface_hub import scan_cache_dir
-
-            cached = {r.repo_id for r in scan_cache_dir().repos}
-        except Exception:  # noqa: BLE001 - no cache folder at all
-            cached = set()
-        if where not in cached:
+    if hf_offline():
+        if not in_hf_cache(where):
             return [
                 f"{key}.pretrained: {where!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
                 f"run `hf download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
             ]
+        return []
+    if not in_hf_cache(where):  # it would be downloaded in a job: see now that the hub answers
+        why = hub_unreachable(hub_endpoint(), HUB_TIMEOUT_S)
+        if why:
+            return [
+                f"{key}.pretrained: {where!r} is not in the Hugging Face cache and the hub ({hub_endpoint()}) "
+                f"did not answer within {HUB_TIMEOUT_S:g} s ({why}); check the network (or HF_ENDPOINT, HTTPS_PROXY), "
+                f"run `hf download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
+            ]
     return []
+
+
+HUB_TIMEOUT_S = 3.0  # how long the config check waits for the hub (a job's own download would wait ~30 s)
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub finds it, read from the environment now."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return repo_id in {r.repo_id for r in scan_cache_dir(hf_cache_dir()).repos}
+    except Exception:  # noqa: BLE001 - no cache folder at all
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable(endpoint: str, timeout: float) -> str | None:
+    """None when ``endpoint`` answers an HTTP request within ``timeout`` seconds (any status: an
+    answer is an answer), else why not. The request runs in a daemon thread joined for ``timeout``,
+    so name resolution cannot stretch the wait either."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    result: dict[str, str] = {}
+
+    def probe():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD"), timeout=timeout):
+                result["ok"] = ""
+        except urllib.error.HTTPError:
+            result["ok"] = ""
+        except Exception as exc:  # noqa: BLE001 - URLError, timeouts, refused connections, bad URLs
+            result["why"] = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "ok" in result:
+        return None
+    return result.get("why", "no answer")
 
 
 # The embedded model's tokenizer (t2i.build_tokenizer) splits text like tokenizers' Whitespace
