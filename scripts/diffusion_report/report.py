@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import logging
 import mimetypes
+import os
 import re
 import subprocess
 import unicodedata
@@ -40,6 +41,7 @@ PACKAGES = ("snakemake", "torch", "torchvision", "diffusers", "transformers", "n
 
 # A fixed date for the PDF metadata, so the same HTML prints to the same bytes.
 PDF_DATE = "2000-01-01T00:00:00Z"
+PDF_EPOCH = 946684800  # the same instant in seconds since 1970
 
 
 @dataclass
@@ -278,6 +280,16 @@ def render_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
     doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
     doc.metadata.created = PDF_DATE
     doc.metadata.modified = PDF_DATE
-    with atomic_path(out_pdf) as tmp:
-        doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
+    # fontTools stamps each embedded font subset's head table with the time it was made, unless
+    # SOURCE_DATE_EPOCH says otherwise: without it, two prints a second apart differ in bytes
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(PDF_EPOCH)
+    try:
+        with atomic_path(out_pdf) as tmp:
+            doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
+    finally:
+        if before is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
