@@ -376,3 +376,21 @@ def test_declared_memory_covers_the_measured_peak(tmp_path, mode):
     peak_mb = int(proc.stdout.split()[-1])
     declared = 1000 + decode_mem_mb([str(path)])
     assert peak_mb < declared, (peak_mb, declared)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG"])
+def test_truncated_pixel_data_is_a_config_error_or_a_clean_load_error(tmp_path, monkeypatch, fmt):
+    """Cut-off pixel data: the config check decodes images up to CHECK_DECODE_MAX_PIXELS and names
+    the file; above that (header checks only) load_image still fails with one ValueError naming it."""
+    import io
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    path = _write(tmp_path / f"cut.{fmt.lower()}", buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    problem = check_image(str(path))
+    assert problem is not None and "is not a readable image" in problem and "cut." in problem
+    monkeypatch.setattr(images, "CHECK_DECODE_MAX_PIXELS", 100)  # as if the image were large
+    if check_image(str(path)) is None:  # a PNG's verify() already sees the damage
+        with pytest.raises(ValueError, match=r"forward\.images: .*cut\..* is not a readable image"):
+            load_image(str(path), 16)

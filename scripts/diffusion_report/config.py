@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
 import re
 from pathlib import Path
@@ -20,12 +21,30 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message has one line per problem."""
 
 
+def _join(key: str, part) -> str:
+    """``key`` extended by a list index or a mapping key: ``p2p.edits[0].source``; a mapping key
+    that is not a plain word is quoted (``cross_replace_steps['two words']``)."""
+    if isinstance(part, int) and not isinstance(part, bool):
+        return f"{key}[{part}]"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+        return f"{key}[{part!r}]"
+    return f"{key}.{part}" if key else str(part)
+
+
 def _path(error) -> str:
     """The key in the style of the cross-field checks: ``p2p.edits[0].source``."""
     out = ""
     for part in error.absolute_path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+        out = _join(out, part)
     return out or "(top level)"
+
+
+# What str.splitlines breaks at: a value holding one must not split a "config error:" line in two.
+_LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(text: str) -> str:
+    return "".join(_LINE_BREAKS.get(c, c) for c in text)
 
 
 # What a value of each schema type looks like, for a string that would have been one
@@ -71,6 +90,13 @@ def _format_schema_error(error) -> str:
     return f"{key}: {error.message}"
 
 
+@functools.lru_cache(maxsize=4)
+def _load_schema(path: str, mtime_ns: int) -> dict:
+    import yaml
+
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
     """Validate with Snakemake's ``validate`` (which also fills in defaults); list every problem."""
     from snakemake.exceptions import WorkflowError
@@ -83,10 +109,8 @@ def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
         pass
     # Snakemake reports the best match only; list all problems, one line each.
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_load_schema(str(schema_path), Path(schema_path).stat().st_mtime_ns))
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     lines = list(dict.fromkeys(_format_schema_error(e) for e in errors))  # an empty string breaks two rules, say it once
     return lines or ["config does not match schemas/config.schema.yaml"]
@@ -357,10 +381,24 @@ def output_errors(base_dir: str | os.PathLike = ".") -> list[str]:
     return out
 
 
+def nonfinite_errors(node, key: str = "") -> list[str]:
+    """NaN and infinities anywhere in the config (YAML's .nan/.inf): JSON schema bounds let NaN through."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{key or '(top level)'}: {node!r} is not a finite number"]
+    if isinstance(node, dict):
+        return [e for k, v in node.items() for e in nonfinite_errors(v, _join(key, k))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in nonfinite_errors(v, _join(key, i))]
+    return []
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike, base_dir: str | os.PathLike = ".") -> None:
     """Schema first (fills defaults), then cross-field checks; raise ConfigError listing all problems."""
     errors = schema_errors(config, schema_path)
+    said = tuple(e.split(": ", 1)[0] for e in errors)  # a key the schema already rejected, or its parent
+    errors += [e for e in nonfinite_errors(config)
+               if not any(e.split(": ", 1)[0] == k or e.startswith((k + ".", k + "[")) for k in said)]
     if not errors:
         errors = cross_field_errors(config, base_dir) + output_errors(base_dir)
     if errors:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {e}" for e in errors))
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {_one_line(e)}" for e in errors))

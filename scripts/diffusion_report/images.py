@@ -12,6 +12,11 @@ from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PIXELS = 100_000_000  # refuse decompression bombs (larger than 10k x 10k)
+# The config check decodes images up to this size in full (a 4000 x 4000 RGB JPEG: ~0.2 s, 48 MB),
+# so that truncated or corrupt pixel data is a config error; larger ones get header checks only
+# (decoding them at every snakemake start would cost seconds), and a decode failure in the job is
+# still a one-line error naming the image.
+CHECK_DECODE_MAX_PIXELS = 16_000_000
 
 
 def skimage_data_dir() -> Path:
@@ -189,12 +194,16 @@ def check_image(source: str, base_dir: str | os.PathLike = ".") -> str | None:
         return f"{source!r} has no pixels"
     if mode not in SUPPORTED_MODES:
         return _unsupported(repr(source), mode)
-    if _needs_range(mode, tiff):
+    if _needs_range(mode, tiff) or w * h <= CHECK_DECODE_MAX_PIXELS:
         try:
-            with Image.open(path) as im:
-                frame, tiff = _first_frame(im, repr(source))
-                if _needs_range(frame.mode, tiff):
-                    pixel_range(frame, repr(source), tiff)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL's warnings about odd metadata; the pixels decide
+                with Image.open(path) as im:
+                    frame, tiff = _first_frame(im, repr(source))  # decodes the pixels
+                    if frame.mode not in SUPPORTED_MODES:
+                        return _unsupported(repr(source), frame.mode)
+                    if _needs_range(frame.mode, tiff):
+                        pixel_range(frame, repr(source), tiff)
         except ValueError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - truncated data and the like
@@ -272,8 +281,13 @@ def load_image(source: str, size: int, base_dir: str | os.PathLike = "."):
     problem = check_image(source, base_dir)
     if problem:
         raise ValueError(f"forward.images: {problem}")
-    with Image.open(resolve_image(source, base_dir)) as im:
-        arr = to_rgb_array(im, size, repr(source))
+    try:
+        with Image.open(resolve_image(source, base_dir)) as im:
+            arr = to_rgb_array(im, size, repr(source))
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt pixel data of an image too large for the config check to decode
+        raise ValueError(f"forward.images: {source!r} is not a readable image ({type(exc).__name__}: {exc})") from exc
     import torch
 
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
