@@ -4,8 +4,6 @@ import glob
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from diffusion_report.config import ConfigError, validate_config  # noqa: E402
@@ -13,7 +11,10 @@ from diffusion_report.config import ConfigError, validate_config  # noqa: E402
 try:
     validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml", base_dir=Path.cwd())
 except ConfigError as exc:
-    raise WorkflowError(str(exc)) from None
+    # One "config error: ..." line per problem on stderr and exit 1, before any job: a WorkflowError
+    # raised here would add a traceback line pointing into this file.
+    print("\n".join(line.strip() for line in str(exc).splitlines()[1:]), file=sys.stderr)
+    sys.exit(1)
 
 
 # What the report shows, {stage: {name: path}}, filled in by each stage's .smk file.

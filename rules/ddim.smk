@@ -12,6 +12,7 @@
 #   ddim_interpolation    Figure 6: slerp between x_T pairs, decoded with DDIM
 
 from diffusion_report.ddim_cells import quality_variants, reused_variant, variant_label
+from diffusion_report.images import decode_mem_mb
 
 DDIM = config["ddim"]
 DDIM_IS_DIGITS = DDIM["model"]["source"] == "train"
@@ -282,7 +283,8 @@ rule ddim_reconstruction:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=3000,
+        # a pretrained model encodes the forward stage's images, decoded here at full size first
+        mem_mb=lambda wildcards: 3000 + (0 if DDIM_IS_DIGITS else decode_mem_mb(config["forward"]["images"][: DDIM["reconstruction"]["num_images"]])),
         runtime=60,
     script:
         "../scripts/ddim_reconstruction.py"

@@ -1,5 +1,7 @@
 # Exercise 3: forward diffusion of clean images, MSE per timestep against its expectation.
 
+from diffusion_report.images import decode_mem_mb
+
 FWD = config["forward"]
 
 
@@ -18,7 +20,8 @@ rule forward_clean:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        # ~600 MB of libraries, plus what decoding the largest image takes (its header's size and mode)
+        mem_mb=lambda wildcards: 1000 + decode_mem_mb(FWD["images"]),
         runtime=5,
     script:
         "../scripts/forward_clean.py"

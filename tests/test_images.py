@@ -307,3 +307,90 @@ def test_config_check_rejects_an_unusable_float_image(tmp_path):
     cfg["forward"]["images"] = [str(path)]
     with pytest.raises(ConfigError, match=r"forward\.images\[0\]: .*hdr\.tif.*PIL mode 'F'"):
         validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT)
+
+
+# ------------------------------------------------------------------ declared memory of image rules
+def test_decode_memory_comes_from_the_headers(tmp_path):
+    """decode_mem_mb: the largest image's pixels times its mode's bytes per pixel, from headers only."""
+    from diffusion_report.images import DECODE_BYTES_OTHER, decode_mem_mb
+
+    gray = tmp_path / "gray.png"
+    Image.new("L", (2000, 1000), 200).save(gray)
+    rgb = tmp_path / "rgb.jpg"
+    Image.new("RGB", (1000, 1000), "white").save(rgb)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (1000, 1000)).save(rgba)
+    pal = tmp_path / "pal.png"
+    Image.new("P", (1000, 1000), 1).save(pal, transparency=1)
+    assert decode_mem_mb([str(gray)]) == 24  # 2 Mpx x 12 B
+    assert decode_mem_mb([str(rgb)]) == 18
+    assert decode_mem_mb([str(rgba)]) == decode_mem_mb([str(pal)]) == DECODE_BYTES_OTHER
+    assert decode_mem_mb([str(rgb), str(gray), str(rgba)]) == 26  # images load one at a time: the largest counts
+    assert decode_mem_mb(["astronaut"]) == 5  # a scikit-image sample: 512 x 512 RGB
+    assert decode_mem_mb([str(tmp_path / "missing.png"), str(tmp_path)]) == 0  # the config check names these
+
+
+def test_forward_clean_declares_memory_for_a_large_input(tmp_path):
+    """The dry run's job listing shows mem_mb grown with an 8000 x 8000 input (the header is read,
+    the 64 Mpx are not decoded), and the default small images keep the old 1000 MB."""
+    import re
+
+    from conftest import copy_workflow, run_snakemake, write_config
+
+    work = copy_workflow(tmp_path / "wf")
+    Image.new("L", (8000, 8000), 128).save(work / "big.png")  # 64 Mpx, a few hundred kB on disk
+    declared = {}
+    for name, imgs in (("big", ["big.png", "camera"]), ("small", ["camera"])):
+        overlay = write_config(tmp_path / f"{name}.yaml", {"forward": {"images": imgs}, "ddim": {"enabled": False}})
+        proc = run_snakemake(work, "results/forward/x0.safetensors", "-n", "--configfile", str(overlay), timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out
+        declared[name] = int(re.search(r"resources: .*\bmem_mb=(\d+)", out).group(1))
+    assert declared == {"big": 1000 + 768, "small": 1000 + 4}  # 64 Mpx x 12 B (8-bit gray); camera 512 x 512
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["RGBA", "F"])
+def test_declared_memory_covers_the_measured_peak(tmp_path, mode):
+    """forward.save_clean on a 4000 x 4000 image of the costliest modes peaks below what the rule declares."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from diffusion_report.images import decode_mem_mb
+
+    path = tmp_path / f"big_{mode}.tif"
+    if mode == "F":
+        Image.fromarray(np.linspace(0, 1, 4000 * 4000, dtype=np.float32).reshape(4000, 4000), "F").save(path)
+    else:
+        Image.new(mode, (4000, 4000), (200, 10, 10, 128)).save(path)
+    code = (
+        "import resource, sys; from diffusion_report import forward; "
+        f"forward.save_clean([{str(path)!r}], 64, {str(tmp_path / 'x0.safetensors')!r}, {str(tmp_path / 'clean.png')!r}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stdout.split()[-1])
+    declared = 1000 + decode_mem_mb([str(path)])
+    assert peak_mb < declared, (peak_mb, declared)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG"])
+def test_truncated_pixel_data_is_a_config_error_or_a_clean_load_error(tmp_path, monkeypatch, fmt):
+    """Cut-off pixel data: the config check decodes images up to CHECK_DECODE_MAX_PIXELS and names
+    the file; above that (header checks only) load_image still fails with one ValueError naming it."""
+    import io
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    path = _write(tmp_path / f"cut.{fmt.lower()}", buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    problem = check_image(str(path))
+    assert problem is not None and "is not a readable image" in problem and "cut." in problem
+    monkeypatch.setattr(images, "CHECK_DECODE_MAX_PIXELS", 100)  # as if the image were large
+    if check_image(str(path)) is None:  # a PNG's verify() already sees the damage
+        with pytest.raises(ValueError, match=r"forward\.images: .*cut\..* is not a readable image"):
+            load_image(str(path), 16)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import sys
+import time
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -175,6 +176,7 @@ def test_rendering_twice_gives_identical_bytes(tmp_path, fixture_results):
     b, _ = render(tmp_path, cfg, flat, bench, "b.html")
     assert a.read_bytes() == b.read_bytes()
     report.render_pdf(a, tmp_path / "a.pdf")
+    time.sleep(1.1)  # embedded font subsets carry a timestamp in seconds: the two prints must not share one
     report.render_pdf(b, tmp_path / "b.pdf")
     pa, pb = (tmp_path / "a.pdf").read_bytes(), (tmp_path / "b.pdf").read_bytes()
     assert pa.startswith(b"%PDF-") and pa == pb
@@ -187,3 +189,66 @@ def test_fmt():
     assert report.fmt(float("nan")) == "n/a"
     assert report.fmt(123456.0) == "1.235e+05"
 
+
+UNICORN = "\N{UNICORN FACE}"
+
+
+def _emoji_config(cfg):
+    cfg = copy.deepcopy(cfg)
+    cfg["p2p"]["edits"][0]["source"] = f"a red {UNICORN} on a white background"
+    return cfg
+
+
+def _glyph_note(html):
+    m = re.search(r'<div class="note warning" id="missing-glyphs">(.*?)</div>', html, re.S)
+    return m.group(1) if m else None
+
+
+def test_a_prompt_with_an_emoji_no_font_draws_is_listed_in_the_report(tmp_path, fixture_results, monkeypatch):
+    """A prompt's emoji that no installed font has: a visible note lists it by code point and name
+    (in the HTML and so in the PDF printed from it), instead of blank boxes and a log line."""
+    _, cfg, flat, bench = fixture_results
+    fonts = report.drawable_codepoints()
+    if fonts is None:
+        pytest.skip("no fc-list (fontconfig)")
+    monkeypatch.setattr(report, "drawable_codepoints", lambda: fonts - {ord(UNICORN)})
+    out, html = render(tmp_path, _emoji_config(cfg), flat, bench)
+    assert f"a red {UNICORN} on a white background" in html  # the prompt, in the effective config
+    note = _glyph_note(html)
+    assert note and "U+1F984 UNICORN FACE" in note and "blank boxes" in note, note
+    # the note is printed: its words are in the PDF's first page
+    from pypdf import PdfReader
+
+    report.render_pdf(out, tmp_path / "report.pdf")
+    first_page = " ".join(PdfReader(tmp_path / "report.pdf").pages[0].extract_text().split())
+    assert "U+1F984 UNICORN FACE" in first_page and "Missing glyphs" in first_page
+
+
+def test_emoji_with_the_fonts_installed_here(tmp_path, fixture_results):
+    """The same prompt against the fonts of this machine: the note appears exactly when no font has the emoji."""
+    _, cfg, flat, bench = fixture_results
+    fonts = report.drawable_codepoints()
+    if fonts is None:
+        pytest.skip("no fc-list (fontconfig)")
+    _, html = render(tmp_path, _emoji_config(cfg), flat, bench)
+    note = _glyph_note(html) or ""
+    assert ("U+1F984 UNICORN FACE" in note) == (ord(UNICORN) not in fonts), note
+
+
+def test_no_glyph_note_when_every_character_has_a_font(tmp_path, fixture_results, monkeypatch):
+    _, cfg, flat, bench = fixture_results
+    cfg = _emoji_config(cfg)
+    cfg["p2p"]["edits"][1]["source"] = "a red circle on a white background \N{VARIATION SELECTOR-16}\N{ZERO WIDTH JOINER}"
+    monkeypatch.setattr(report, "drawable_codepoints", lambda: set(range(0x20, 0x30000)))
+    _, html = render(tmp_path, cfg, flat, bench)
+    assert _glyph_note(html) is None
+    monkeypatch.setattr(report, "drawable_codepoints", lambda: None)  # no fontconfig: no check, no note
+    _, html = render(tmp_path, cfg, flat, bench)
+    assert _glyph_note(html) is None
+
+
+def test_visible_text_leaves_out_markup_styles_and_image_data():
+    page = ('<style>p::before { content: "\u2603"; }</style><p title="\u2602">a &amp; b &#x1F984;</p>'
+            '<img src="data:image/png;base64,\u2601">')
+    assert report.visible_text(page).split() == ["a", "&", "b", UNICORN]
+    assert report.undrawable_characters("a\u00e9 \u200d\ufe0f" + UNICORN, {ord("a"), 0xE9}) == [UNICORN]

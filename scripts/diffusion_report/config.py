@@ -8,7 +8,10 @@ allowed; all of them are reported at once.
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
+import re
 from pathlib import Path
 
 MAX_PROMPT_WORDS = 75  # CLIP's 77 tokens minus <bos>/<eos>; the exact token count is checked at run time
@@ -18,8 +21,38 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message has one line per problem."""
 
 
+def _join(key: str, part) -> str:
+    """``key`` extended by a list index or a mapping key: ``p2p.edits[0].source``; a mapping key
+    that is not a plain word is quoted (``cross_replace_steps['two words']``)."""
+    if isinstance(part, int) and not isinstance(part, bool):
+        return f"{key}[{part}]"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+        return f"{key}[{part!r}]"
+    return f"{key}.{part}" if key else str(part)
+
+
 def _path(error) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    """The key in the style of the cross-field checks: ``p2p.edits[0].source``."""
+    out = ""
+    for part in error.absolute_path:
+        out = _join(out, part)
+    return out or "(top level)"
+
+
+# What str.splitlines breaks at: a value holding one must not split a "config error:" line in two.
+_LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(text: str) -> str:
+    return "".join(_LINE_BREAKS.get(c, c) for c in text)
+
+
+# What a value of each schema type looks like, for a string that would have been one
+_TEXT_LOOKS_LIKE = {"integer": r"[-+]?\d+", "number": r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", "boolean": r"(?i:true|false)"}
+NESTED_CONFIG_HINT = (
+    "(snakemake reads nested values given with --config KEY='{...}' as text; put them in a YAML file "
+    "and pass --configfile FILE, or give them in config.yaml)"
+)
 
 
 def _format_schema_error(error) -> str:
@@ -45,7 +78,23 @@ def _format_schema_error(error) -> str:
         return f"{key}: {error.instance!r} is out of range; allowed: {kind} in {lo}, {hi}"
     if error.validator == "oneOf":
         return f"{key}: {error.instance!r} must be a fraction in [0, 1] or a mapping of words to such fractions"
+    if error.validator in ("pattern", "minLength") and isinstance(error.instance, str) and not error.instance.strip():
+        noun = "prompt" if key.endswith((".source", ".target")) else "value"
+        return f"{key}: the {noun} is empty ({error.instance!r}); write some text"
+    if error.validator == "pattern" and error.schema.get("description"):
+        return f"{key}: {error.instance!r} is not allowed: {error.schema['description']}"
+    if error.validator == "type" and isinstance(error.instance, str):
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if any(re.fullmatch(_TEXT_LOOKS_LIKE.get(t, "(?!)"), error.instance.strip()) for t in wanted):
+            return f"{key}: {error.message} {NESTED_CONFIG_HINT}"
     return f"{key}: {error.message}"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_schema(path: str, mtime_ns: int) -> dict:
+    import yaml
+
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
@@ -60,12 +109,11 @@ def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
         pass
     # Snakemake reports the best match only; list all problems, one line each.
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_load_schema(str(schema_path), Path(schema_path).stat().st_mtime_ns))
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    return [_format_schema_error(e) for e in errors] or ["config does not match schemas/config.schema.yaml"]
+    lines = list(dict.fromkeys(_format_schema_error(e) for e in errors))  # an empty string breaks two rules, say it once
+    return lines or ["config does not match schemas/config.schema.yaml"]
 
 
 def edit_errors(edits: list[dict]) -> list[str]:
@@ -75,11 +123,43 @@ def edit_errors(edits: list[dict]) -> list[str]:
     return validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
 
 
+# Files each component of a local model folder needs, as the loaders read them (ddim.load_model,
+# text2image.load): (label, alternatives); one of the alternatives must be a file.
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                      "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+
+
+def _weights(sub: str, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    return (f"{sub}{names[0]} (or {names[1]})", tuple(sub + n for n in names))
+
+
+def required_model_files(expect: str, folder: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(what, alternatives) per required file of a local model folder.
+
+    ``expect`` "config.json": a bare UNet2DModel folder (ddim.load_model): config.json, weights and
+    a scheduler config (at the top or in scheduler/). "model_index.json": a text-to-image pipeline
+    folder (text2image.load): unet/, text_encoder/, tokenizer/, scheduler/, and vae/ when present.
+    """
+    if expect == "config.json":
+        return [("config.json", ("config.json",)), _weights("", _DIFFUSERS_WEIGHTS),
+                ("scheduler_config.json (or scheduler/scheduler_config.json)", ("scheduler_config.json", "scheduler/scheduler_config.json"))]
+    need = [("unet/config.json", ("unet/config.json",)), _weights("unet/", _DIFFUSERS_WEIGHTS),
+            ("text_encoder/config.json", ("text_encoder/config.json",)), _weights("text_encoder/", _TRANSFORMERS_WEIGHTS),
+            (f"tokenizer/ files ({', '.join(_TOKENIZER_FILES[:-1])} or {_TOKENIZER_FILES[-1]})", tuple("tokenizer/" + n for n in _TOKENIZER_FILES)),
+            ("scheduler/scheduler_config.json", ("scheduler/scheduler_config.json",))]
+    if (folder / "vae").is_dir():  # a latent model; without vae/ it is a pixel-space one
+        need += [("vae/config.json", ("vae/config.json",)), _weights("vae/", _DIFFUSERS_WEIGHTS)]
+    return need
+
+
 def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
     """A pretrained model that can be seen to be missing before any job runs.
 
     ``expect`` is the file that marks the layout: "config.json" for a bare UNet2DModel folder or
-    "model_index.json" for a pipeline folder (either is accepted with a unet/ subfolder).
+    "model_index.json" for a pipeline folder; a local folder must hold every file its loader reads
+    (:func:`required_model_files`).
     """
     if model_cfg.get("source") != "pretrained":
         return []
@@ -89,29 +169,100 @@ def model_errors(model_cfg: dict, key: str, expect: str) -> list[str]:
     if looks_local:
         if not path.is_dir():
             return [f"{key}.pretrained: folder {where!r} does not exist (give a local diffusers folder or a hub id owner/name)"]
-        markers = [expect, "model_index.json", "unet/config.json", "config.json"]
-        if not any((path / m).exists() for m in markers):
-            return [f"{key}.pretrained: folder {where!r} has none of {', '.join(markers)}; it is not a diffusers model folder"]
+        missing = [what for what, names in required_model_files(expect, path) if not any((path / n).is_file() for n in names)]
+        if missing:
+            kind = "UNet2DModel" if expect == "config.json" else "text-to-image pipeline"
+            return [f"{key}.pretrained: folder {where!r} is not a complete diffusers {kind} folder; "
+                    f"missing: {'; '.join(missing)}"]
         return []
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    if offline:
-        try:
-            from huggingface_hub import scan_cache_dir
-
-            cached = {r.repo_id for r in scan_cache_dir().repos}
-        except Exception:  # noqa: BLE001 - no cache folder at all
-            cached = set()
-        if where not in cached:
+    if hf_offline():
+        if not in_hf_cache(where):
             return [
                 f"{key}.pretrained: {where!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"run `hf download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
+            ]
+        return []
+    if not in_hf_cache(where):  # it would be downloaded in a job: see now that the hub answers
+        why = hub_unreachable(hub_endpoint(), HUB_TIMEOUT_S)
+        if why:
+            return [
+                f"{key}.pretrained: {where!r} is not in the Hugging Face cache and the hub ({hub_endpoint()}) "
+                f"did not answer within {HUB_TIMEOUT_S:g} s ({why}); check the network (or HF_ENDPOINT, HTTPS_PROXY), "
                 f"run `hf download {where}` where the hub is reachable, or set {key}.pretrained to a local folder"
             ]
     return []
 
 
+HUB_TIMEOUT_S = 3.0  # how long the config check waits for the hub (a job's own download would wait ~30 s)
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub finds it, read from the environment now."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return repo_id in {r.repo_id for r in scan_cache_dir(hf_cache_dir()).repos}
+    except Exception:  # noqa: BLE001 - no cache folder at all
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable(endpoint: str, timeout: float) -> str | None:
+    """None when ``endpoint`` answers an HTTP request within ``timeout`` seconds (any status: an
+    answer is an answer), else why not. The request runs in a daemon thread joined for ``timeout``,
+    so name resolution cannot stretch the wait either."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    result: dict[str, str] = {}
+
+    def probe():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD"), timeout=timeout):
+                result["ok"] = ""
+        except urllib.error.HTTPError:
+            result["ok"] = ""
+        except Exception as exc:  # noqa: BLE001 - URLError, timeouts, refused connections, bad URLs
+            result["why"] = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "ok" in result:
+        return None
+    return result.get("why", "no answer")
+
+
+# The embedded model's tokenizer (t2i.build_tokenizer) splits text like tokenizers' Whitespace
+# pre-tokenizer: runs of word characters and runs of punctuation, each one token.
+_EMBEDDED_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
+def embedded_tokens(text: str) -> list[str]:
+    """The tokens the embedded model's tokenizer makes of ``text`` (without the start and end tokens)."""
+    return _EMBEDDED_TOKEN.findall(text)
+
+
 def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
     """The embedded text-to-image model: step counts within its T, a consistent palette and sizes,
-    prompts within its vocabulary, and shipped weights present when it is not retrained."""
+    prompts within its vocabulary and its text window, and shipped weights present when it is not retrained."""
     out: list[str] = []
     T = t2i["schedule"]["T"]
     for key, n in (("t2i.samples.num_steps", t2i["samples"]["num_steps"]), ("t2i.eval.num_steps", t2i["eval"]["num_steps"]),
@@ -138,6 +289,14 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[
             if unknown:
                 out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {', '.join(map(repr, unknown))} not in the embedded model's "
                            f"vocabulary ({', '.join(sorted(vocab - {''}))}); use p2p.model.source: pretrained for free text")
+    window = int(t2i["model"]["max_length"])
+    for i, edit in enumerate(p2p["edits"]):
+        for label in ("source", "target"):
+            n = len(embedded_tokens(edit[label]))
+            if n > window - 2:
+                out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {n} tokens; at most {window - 2} fit the embedded "
+                           f"model's text window (t2i.model.max_length = {window}, the start and end tokens included); "
+                           "shorten the prompt")
     if not t2i["train"]:
         folder = Path(base_dir, t2i["weights"])
         if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
@@ -222,10 +381,24 @@ def output_errors(base_dir: str | os.PathLike = ".") -> list[str]:
     return out
 
 
+def nonfinite_errors(node, key: str = "") -> list[str]:
+    """NaN and infinities anywhere in the config (YAML's .nan/.inf): JSON schema bounds let NaN through."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{key or '(top level)'}: {node!r} is not a finite number"]
+    if isinstance(node, dict):
+        return [e for k, v in node.items() for e in nonfinite_errors(v, _join(key, k))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in nonfinite_errors(v, _join(key, i))]
+    return []
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike, base_dir: str | os.PathLike = ".") -> None:
     """Schema first (fills defaults), then cross-field checks; raise ConfigError listing all problems."""
     errors = schema_errors(config, schema_path)
+    said = tuple(e.split(": ", 1)[0] for e in errors)  # a key the schema already rejected, or its parent
+    errors += [e for e in nonfinite_errors(config)
+               if not any(e.split(": ", 1)[0] == k or e.startswith((k + ".", k + "[")) for k in said)]
     if not errors:
         errors = cross_field_errors(config, base_dir) + output_errors(base_dir)
     if errors:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {e}" for e in errors))
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {_one_line(e)}" for e in errors))

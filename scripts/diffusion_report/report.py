@@ -11,6 +11,7 @@ import base64
 import html
 import importlib
 import importlib.metadata
+import logging
 import math
 import mimetypes
 import os
@@ -18,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +28,8 @@ import pandas as pd
 import yaml
 
 from .io import atomic_path, sha256_file, write_text
+
+log = logging.getLogger(__name__)
 
 # Report order: stage key -> (module providing report_context, section title for the contents)
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -41,6 +45,7 @@ PACKAGES = ("snakemake", "torch", "torchvision", "diffusers", "transformers", "n
 
 # A fixed date for the PDF metadata, so the same HTML prints to the same bytes.
 PDF_DATE = "2000-01-01T00:00:00Z"
+PDF_EPOCH = 946684800  # the same instant in seconds since 1970
 
 
 @dataclass
@@ -298,7 +303,7 @@ def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path,
     ]
     now = now or datetime.now(timezone.utc)
     return {
-        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True),
         "git": git_state(repo),
         "packages": package_versions(),
         "python": platform.python_version(),
@@ -313,16 +318,62 @@ def provenance(config: dict, files: dict[str, dict[str, str]], repo: str | Path,
     }
 
 
+def drawable_codepoints() -> set[int] | None:
+    """Every code point some installed font can draw, as fontconfig sees it (WeasyPrint finds its
+    fonts, and the fallback for a missing glyph, through fontconfig); None without ``fc-list``."""
+    try:
+        out = subprocess.run(["fc-list", "--format", "%{charset}\n"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    points: set[int] = set()
+    for span in out.split():  # "20-7e a0-1a9 ... 1f600" per font
+        lo, _, hi = span.partition("-")
+        try:
+            points.update(range(int(lo, 16), int(hi or lo, 16) + 1))
+        except ValueError:
+            continue
+    return points
+
+
+_TAG = re.compile(r"<style\b.*?</style>|<script\b.*?</script>|<[^>]*>", re.S | re.I)
+
+
+def visible_text(page: str) -> str:
+    """The text of an HTML page as printed: markup, stylesheets and attributes (image data) left out."""
+    return html.unescape(_TAG.sub(" ", page))
+
+
+def undrawable_characters(text: str, drawable: set[int]) -> list[str]:
+    """The distinct characters of ``text`` that no font in ``drawable`` has, in code point order.
+    Spaces, controls, format characters (joiners) and variation selectors need no glyph."""
+    out = set()
+    for ch in set(text):
+        if ord(ch) in drawable or ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp"):
+            continue
+        if 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF:
+            continue
+        out.add(ch)
+    return sorted(out)
+
+
+def glyph_label(ch: str) -> str:
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
+
+
 def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
                 out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks",
                 now: datetime | None = None) -> str:
     """Render the self-contained HTML report and write it atomically; returns the HTML.
 
     ``now`` dates the report (default: the current time); it and every other run-dependent value
-    are marked measured, so two renders differ only inside those marks."""
+    are marked measured, so two renders differ only inside those marks. Characters that no
+    installed font can draw (an emoji, a script without a font) would print as blank boxes in the
+    PDF with only a WeasyPrint warning in a log; they are listed in a visible note at the top of
+    the report instead (and logged)."""
     files = split_inputs(flat_inputs)
     env = environment(templates_dir)
-    page = env.get_template("base.html.j2").render(
+    context = dict(
         title=config.get("report", {}).get("title", "Diffusion models"),
         sections=stage_contexts(files, config),
         config=config,
@@ -330,7 +381,19 @@ def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         provenance=provenance(config, files, repo, bench_dir, now=now),
         pdf_date=PDF_DATE,
         escape=html.escape,
+        missing_glyphs=[],
     )
+    template = env.get_template("base.html.j2")
+    page = template.render(**context)
+    drawable = drawable_codepoints()
+    if drawable is None:
+        log.warning("fc-list (fontconfig) not found: cannot tell which characters the PDF's fonts lack")
+    else:
+        missing = undrawable_characters(visible_text(page), drawable)
+        if missing:
+            labels = [glyph_label(ch) for ch in missing]
+            log.warning("no installed font draws %d character(s) of the report: %s", len(missing), ", ".join(labels))
+            page = template.render(**{**context, "missing_glyphs": labels})
     write_text(out_html, page)
     return page
 
@@ -339,18 +402,19 @@ def render_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
     """Print the HTML to PDF with WeasyPrint (same document, print stylesheet, fixed metadata)."""
     from weasyprint import HTML
 
-    # Without HarfBuzz-Subset, WeasyPrint subsets fonts with fontTools, which stamps each subset's
-    # 'head' table with the current time unless SOURCE_DATE_EPOCH is set: use the fixed PDF date.
+    doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
+    doc.metadata.created = PDF_DATE
+    doc.metadata.modified = PDF_DATE
+    # fontTools stamps each embedded font subset's head table with the time it was made, unless
+    # SOURCE_DATE_EPOCH says otherwise: without it, two prints a second apart differ in bytes
     before = os.environ.get("SOURCE_DATE_EPOCH")
-    if before is None:
-        os.environ["SOURCE_DATE_EPOCH"] = str(int(datetime.fromisoformat(PDF_DATE.replace("Z", "+00:00")).timestamp()))
+    os.environ["SOURCE_DATE_EPOCH"] = str(PDF_EPOCH)
     try:
-        doc = HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).render()
-        doc.metadata.created = PDF_DATE
-        doc.metadata.modified = PDF_DATE
         with atomic_path(out_pdf) as tmp:
             doc.write_pdf(str(tmp), pdf_identifier=b"diffusion-report")
     finally:
         if before is None:
             os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
