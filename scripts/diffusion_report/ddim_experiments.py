@@ -183,9 +183,12 @@ def quality_figure(df, variants: list[str]):
         axes[0].axhline(float(real["fd"].iloc[0]), color="k", ls=":", lw=1, label="real digits")
     axes[0].set_title("this run: Frechet distance on\nthe digit reader's features", fontsize=8)
     axes[1].set_title("DDIM paper, CIFAR-10 FID (Table 1)", fontsize=8)
-    for ax in axes:
+    steps = sorted(int(s) for s in df.loc[df.variant != "real digits", "steps"].unique())
+    for ax, ticks in zip(axes, (steps, PAPER_STEPS)):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(list(ticks), [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("sampling steps S", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both")
