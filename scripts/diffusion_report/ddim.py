@@ -808,13 +808,18 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
     if files.get("recon_csv"):
         r = pd.read_csv(files["recon_csv"]).sort_values("steps")
         mse = r["mse"].tolist()
+        med = r["mse_median"].tolist() if "mse_median" in r.columns else mse
         out["recon"] = {
             "png": files["recon_png"],
-            "rows": [{"S": int(x["steps"]), "MSE (this run)": float(x["mse"]), "PSNR (dB)": float(x["psnr"]),
+            "rows": [{"S": int(x["steps"]), "MSE, mean": float(x["mse"]), "MSE, median": float(x.get("mse_median", x["mse"])),
+                      f"failed (MSE > {E.RECON_FAIL_MSE:g})": int(x.get("failed", 0)), "PSNR (dB), mean": float(x["psnr"]),
                       "paper CIFAR-10 MSE": float(x["paper_cifar10_mse"])} for _, x in r.iterrows()],
             "num_images": int(r["num_images"].iloc[0]),
             "monotone": all(a > b for a, b in zip(mse, mse[1:])),
-            "first": {"steps": int(r["steps"].iloc[0]), "mse": float(mse[0])},
-            "last": {"steps": int(r["steps"].iloc[-1]), "mse": float(mse[-1])},
+            "median_monotone": all(a > b for a, b in zip(med, med[1:])),
+            "first": {"steps": int(r["steps"].iloc[0]), "mse": float(mse[0]), "median": float(med[0])},
+            "last": {"steps": int(r["steps"].iloc[-1]), "mse": float(mse[-1]), "median": float(med[-1]),
+                     "failed": int(r["failed"].iloc[-1]) if "failed" in r.columns else 0},
+            "fail_mse": E.RECON_FAIL_MSE,
         }
     return out

@@ -47,6 +47,7 @@ PAPER_RECON_MSE = (0.014, 0.0065, 0.0023, 0.0009, 0.0004, 0.0001, 0.0001)
 CONFIDENT_GOAL = 0.9  # the issue's goal: >= 90% of DDIM samples confidently classified at S >= 20
 RECOG_GAP = 0.03  # DDIM recognisability within this of the 1000-step DDPM's
 PIXEL_BOUND = 1.2  # no sample pixel outside [-1.2, 1.2] before display clamping
+RECON_FAIL_MSE = 0.01  # a round trip with a per-pixel MSE above this (PSNR < 20 dB) counts as failed
 
 
 # ------------------------------------------------------------------------------------ tensors
@@ -232,7 +233,8 @@ def run_reconstruction(model: str, out_csv: str, out_png: str, *, step_counts, n
         rec = ddim_sample(unet, x_T, schedule, S, clip_sample=False, **kw).to("cpu")
         d = metrics.pairwise(rec, x0)
         rows.append({"steps": S, "num_images": int(x0.shape[0]), "mse": float(d["mse"].mean()),
-                     "mse_max": float(d["mse"].max()), "psnr": float(np.mean(d["psnr"])),
+                     "mse_median": float(np.median(d["mse"])), "mse_max": float(d["mse"].max()),
+                     "failed": int((d["mse"] > RECON_FAIL_MSE).sum()), "psnr": float(np.mean(d["psnr"])),
                      "x_T_std": float(x_T.std()),
                      "paper_cifar10_mse": dict(zip(PAPER_RECON_STEPS, PAPER_RECON_MSE)).get(S, float("nan"))})
         recs.append((S, rec))
@@ -265,18 +267,29 @@ def run_interpolation(model: str, out_png: str, *, pairs: int, points: int, step
     grid = [[x[i * len(alphas) + j] for j in range(len(alphas))] for i in range(int(pairs))]
     fig = image_grid(grid, col_labels=[f"{a:.2g}" for a in alphas], cell_inches=0.55)
     fig.supxlabel("interpolation weight alpha (slerp between two x_T)", fontsize=8)
+    fig.tight_layout()
     save_figure(out_png, fig)
 
 
 # ------------------------------------------------------------------------------------ claims
+def _resolved(sub, a: str, b: str) -> bool:
+    """Is cell ``a`` below cell ``b`` by more than twice the error of the difference (the two
+    cells' bootstrap errors in quadrature, an upper bound of the paired error)?"""
+    err = float(np.hypot(sub.loc[a, "fd_boot_std"], sub.loc[b, "fd_boot_std"]))
+    return float(sub.loc[b, "fd"]) - float(sub.loc[a, "fd"]) > 2.0 * err
+
+
 def ordering_claims(df) -> dict:
     """The paper's orderings, tested on this run's table (a DataFrame of :func:`run_quality_table`).
 
-    A claim holds when the winner's Frechet distance is below every other variant's at that S by
-    more than twice the bootstrap error of the difference (approximated by the two cells' errors
-    in quadrature); it is "tied" when the winner is lowest but within that margin.
-    Returns {"few": {...}, "many": {...}} for the smallest and the largest S, each with
-    ``best`` (lowest-FD variant), ``paper_best`` (the paper's), ``verdict`` (agrees / tied / differs).
+    For the smallest and the largest S: ``best`` (lowest-FD variant here), ``paper_best`` (the
+    paper's), and ``verdict``:
+
+    * ``agrees``: the paper's winner is lowest here too, below every other variant by more than
+      twice the bootstrap error of the difference;
+    * ``differs``: another variant is below the paper's winner by more than that margin;
+    * ``tied``: neither: the paper's winner is within the sampling error of the lowest, so this run
+      cannot tell the ordering at this sample size.
     """
     out = {}
     cells = df[df["variant"] != "real digits"]
@@ -289,17 +302,14 @@ def ordering_claims(df) -> dict:
         paper_col = {v: dict(zip(PAPER_STEPS, vals)).get(s) for v, vals in PAPER_FID.items() if v in sub.index}
         paper_col = {v: x for v, x in paper_col.items() if x is not None}
         paper_best = min(paper_col, key=paper_col.get) if paper_col else None
-        margin_ok = all(
-            float(sub.loc[v, "fd"]) - float(sub.loc[best, "fd"])
-            > 2.0 * float(np.hypot(sub.loc[v, "fd_boot_std"], sub.loc[best, "fd_boot_std"]))
-            for v in sub.index if v != best
-        )
         if paper_best is None:
             verdict = "no paper value"
-        elif best == paper_best:
-            verdict = "agrees" if margin_ok else "tied"
-        else:
+        elif best == paper_best and all(_resolved(sub, best, v) for v in sub.index if v != best):
+            verdict = "agrees"
+        elif best != paper_best and _resolved(sub, best, paper_best):
             verdict = "differs"
+        else:
+            verdict = "tied"
         out[key] = {"steps": s, "best": best, "paper_best": paper_best, "verdict": verdict,
                     "best_fd": float(sub.loc[best, "fd"]), "best_err": float(sub.loc[best, "fd_boot_std"])}
     return out
