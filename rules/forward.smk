@@ -1,11 +1,16 @@
 # Exercise 3: forward diffusion of clean images, MSE per timestep against its expectation.
 
-from diffusion_report.images import decode_mem_mb
+from diffusion_report.images import decode_mem_mb, resolve_image
 
 FWD = config["forward"]
+# The image files themselves (scikit-image samples resolved to their files): inputs, so replacing
+# an image's content reruns the stage.
+FWD_IMAGE_FILES = [str(resolve_image(s)) for s in FWD["images"]]
 
 
 rule forward_clean:
+    input:
+        images=FWD_IMAGE_FILES,
     output:
         tensor="results/forward/x0.safetensors",
         png="results/forward/clean.png",

@@ -189,3 +189,23 @@ def test_snakemakes_own_report_lists_the_marked_outputs(tiny_run, tmp_path):
     for category in ("Forward diffusion", "Report"):
         assert category in html
     assert "grid.png" in html and "report.pdf" in html
+
+
+def test_replacing_an_image_file_reruns_the_forward_stage(tmp_path):
+    """forward.images are inputs: new content at the same path reruns forward_clean (and what
+    depends on it), not "Nothing to be done" with a stale report."""
+    import numpy as np
+    from PIL import Image
+
+    work = copy_workflow(tmp_path / "wf")
+    img = work / "mine.png"
+    Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(img)
+    (work / "one.yaml").write_text("forward: {images: [mine.png], image_size: 16}\n")
+    target = "results/forward/x0.safetensors"
+    proc = run_snakemake(work, target, "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_snakemake(work, target, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    assert job_stats(proc.stdout) == {}  # up to date
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(img)  # same path, new content
+    proc = run_snakemake(work, target, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    assert job_stats(proc.stdout).get("forward_clean") == 1, proc.stdout[-3000:]

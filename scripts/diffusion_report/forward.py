@@ -153,15 +153,18 @@ def mse_table(x0: torch.Tensor, names: list[str], t_max: int, schedule: Schedule
 # --------------------------------------------------------------------------------------------
 
 
-def save_clean(sources: list[str], size: int, out_tensor: str, out_png: str) -> None:
-    """Load the clean images into one safetensors file (x0, N x 3 x size x size) and a PNG strip."""
+def save_clean(sources: list[str], size: int, out_tensor: str, out_png: str, files: list[str] | None = None) -> None:
+    """Load the clean images into one safetensors file (x0, N x 3 x size x size) and a PNG strip.
+
+    ``sources`` are the config entries (they name the images); ``files`` the files they resolve
+    to (the rule's inputs), read instead when given."""
     from safetensors.torch import save_file
 
     from . import figures
     from .images import image_name, load_images
     from .io import atomic_path, save_figure
 
-    x0 = load_images(sources, size)
+    x0 = load_images(list(files) if files else sources, size)
     names = [image_name(s) for s in sources]
     with atomic_path(out_tensor) as tmp:
         save_file({"x0": x0}, str(tmp), metadata={"names": ",".join(names)})
