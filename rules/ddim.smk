@@ -18,7 +18,6 @@ DDIM = config["ddim"]
 DDIM_IS_DIGITS = DDIM["model"]["source"] == "train"
 # The trained model folder when ddim.model.source is train; nothing for a pretrained model.
 DDIM_MODEL_INPUT = ["results/ddim/model"] if DDIM_IS_DIGITS else []
-DDIM_MODEL = "results/ddim/model" if DDIM_IS_DIGITS else DDIM["model"]["pretrained"]
 DDIM_LABELS = [f"ddim_{int(s)}" for s in DDIM["step_counts"]] + (["ddpm"] if DDIM["ddpm_baseline"] else [])
 # The config each rule depends on, declared as params so that changing it reruns the rule
 # (the scripts read the same values from the config).
@@ -42,27 +41,6 @@ DDIM_WEIGHT_FILES = [
     "loss.csv",
     "SHA256SUMS",
 ]
-
-
-def get_ddim_train_input(wildcards):
-    """The shipped weights (their edits rerun the rule); nothing when the model is trained here."""
-    return [] if DDIM["retrain"] else [f"{DDIM['weights']}/{f}" for f in DDIM_WEIGHT_FILES]
-
-
-def get_quality_variants(steps):
-    """The Table 1 variants rule ddim_quality_samples draws at ``steps`` (minus the one ddim_sample made)."""
-    reused = reused_variant(DDIM_SAMPLING, int(steps), DDIM["step_counts"])
-    return [v for v in quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]) if v != reused]
-
-
-def get_quality_inputs(wildcards):
-    """{q_<S>: quality samples, r_<S>: ddim_sample's samples reused for the cell it already made}."""
-    out = {}
-    for s in DDIM_QUALITY["step_counts"]:
-        out[f"q_{s}"] = f"results/ddim/quality/samples_{s}.safetensors"
-        if reused_variant(DDIM_SAMPLING, s, DDIM["step_counts"]):
-            out[f"r_{s}"] = f"results/ddim/samples/ddim_{s}.safetensors"
-    return out
 
 
 rule ddim_train:
@@ -209,8 +187,8 @@ rule ddim_quality_samples:
     output:
         "results/ddim/quality/samples_{steps}.safetensors",
     params:
-        model=DDIM_MODEL,
-        variants=lambda wc: get_quality_variants(wc.steps),
+        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
+        variants=lambda wildcards: get_quality_variants(wildcards.steps),
         sampling=DDIM_SAMPLING,
         seed=config["seed"],
         device=config["device"],
@@ -269,7 +247,7 @@ rule ddim_reconstruction:
         csv="results/ddim/reconstruction.csv",
         png="results/ddim/reconstruction.png",
     params:
-        model=DDIM_MODEL,
+        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
         reconstruction=DDIM["reconstruction"],
         sampling=DDIM_SAMPLING,
         forward_images=config["forward"]["images"],
@@ -296,7 +274,7 @@ rule ddim_interpolation:
     output:
         png="results/ddim/interpolation.png",
     params:
-        model=DDIM_MODEL,
+        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
         interpolation=DDIM["interpolation"],
         sampling=DDIM_SAMPLING,
         seed=config["seed"],

@@ -525,6 +525,7 @@ def run_sampling(
 # --------------------------------------------------------------------------------------------
 def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
     """Rows = samplers, columns = samples (same x_T per column). Images (N, C, H, W) in [-1, 1]."""
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")
@@ -553,6 +554,7 @@ def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
 
 
 def _convergence_figure(df, ref_label: str):
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")

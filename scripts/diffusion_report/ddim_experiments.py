@@ -166,6 +166,7 @@ def run_quality_table(quality_files: dict[int, str], reused_files: dict[int, tup
 
 
 def quality_figure(df, variants: list[str]):
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")

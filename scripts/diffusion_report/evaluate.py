@@ -91,6 +91,7 @@ def reader_rule(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- figures
 def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str] | None = None, cell: float = 0.9) -> None:
     """A grid of small images (each (3, H, W) in [-1, 1]) drawn with nearest-neighbour upscaling."""
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")

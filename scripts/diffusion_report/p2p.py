@@ -811,6 +811,7 @@ def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
     """Images (H, W, C uint8) in a row with their prompts as titles."""
     import textwrap
 
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")
@@ -830,6 +831,7 @@ def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
 
 def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[int, str]]]]) -> None:
     """Per-token cross-attention maps: one row per (title, maps (h, w, L), token labels)."""
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")

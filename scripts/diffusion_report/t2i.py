@@ -358,6 +358,7 @@ def model_config(cfg: dict) -> dict:
 
 def loss_figure(path, loss: pd.DataFrame, window: int = 50) -> None:
     """Training loss per step (light) and its running mean over ``window`` steps, log scale."""
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")

@@ -223,6 +223,7 @@ def recipe(config: dict) -> dict:
 
 def loss_figure(path: str | Path, df, n_params: int | None = None) -> None:
     """Per-step loss (light) and its running mean (``loss_smoothed``), log scale."""
+    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
 
     matplotlib.use("Agg")
