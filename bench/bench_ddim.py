@@ -76,9 +76,7 @@ def main(argv=None) -> None:
                           timestep_spacing="leading", steps_offset=0)
     pipe = DDIMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    shape = (args.num_samples, c.in_channels, size, size)
+    shape = (args.num_samples, *ddim.image_shape(unet))
 
     def ours(S):
         x_T = ddim.make_x_T(shape, SEED).to(dev)

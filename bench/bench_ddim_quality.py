@@ -47,9 +47,7 @@ def main(argv=None) -> None:
     else:
         unet = training.build_unet(training.unet_config(16, [32, 64, 64]), SEED).to(dev).eval()
         schedule = Schedule.make("linear", 1000)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    x_T = ddim.make_x_T((args.num_samples, int(c.in_channels), int(size), int(size)), SEED).to(dev)
+    x_T = ddim.make_x_T((args.num_samples, *ddim.image_shape(unet)), SEED).to(dev)
     variants = quality_variants(args.etas, True)
 
     def gens():

@@ -11,7 +11,7 @@
 #   ddim_reconstruction   Table 2: encode (DDIM inversion) and decode held-out digits per S
 #   ddim_interpolation    Figure 6: slerp between x_T pairs, decoded with DDIM
 
-from diffusion_report.ddim_cells import quality_variants, reused_variant, variant_label
+from diffusion_report.ddim_cells import WEIGHT_FILES as DDIM_SHIPPED_FILES, quality_variants, reused_variant, variant_label
 from diffusion_report.images import decode_mem_mb
 
 DDIM = config["ddim"]
@@ -33,14 +33,7 @@ DDIM_SAMPLING_CONFIG = {
 DDIM_SAMPLING = {"eta": DDIM["eta"], "skip_type": DDIM["skip_type"], "clip_sample": DDIM["clip_sample"]}
 DDIM_QUALITY = DDIM["quality"]
 DDIM_QUALITY_ON = DDIM["enabled"] and DDIM_IS_DIGITS and DDIM_QUALITY["enabled"]
-DDIM_WEIGHT_FILES = [
-    "model/config.json",
-    "model/diffusion_pytorch_model.safetensors",
-    "model/scheduler_config.json",
-    "model/ddim_config.json",
-    "loss.csv",
-    "SHA256SUMS",
-]
+DDIM_WEIGHT_FILES = [*DDIM_SHIPPED_FILES, "SHA256SUMS"]
 
 
 rule ddim_train:

@@ -408,8 +408,8 @@ def check_step_counts(step_counts, T: int) -> None:
 # --------------------------------------------------------------------------------------------
 # rule entry points
 # --------------------------------------------------------------------------------------------
-def save_tensor(path: str | Path, tensor: torch.Tensor, metadata: dict | None = None) -> None:
-    """Save one tensor as safetensors (key ``x``) with JSON metadata, atomically.
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Save named tensors (float32, CPU) as safetensors with JSON metadata, atomically.
 
     The metadata goes into a single header entry (``meta``, keys sorted): safetensors writes a
     metadata map in hash order, so several entries would give different bytes on each run.
@@ -417,17 +417,35 @@ def save_tensor(path: str | Path, tensor: torch.Tensor, metadata: dict | None = 
     from safetensors.torch import save_file
 
     meta = {"meta": json.dumps(metadata or {}, sort_keys=True)}
+    data = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(tensors.items())}
     with atomic_path(path) as tmp:
-        save_file({"x": tensor.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=meta)
+        save_file(data, str(tmp), metadata=meta)
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """({name: tensor}, metadata) saved by :func:`save_tensors`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads((fh.metadata() or {}).get("meta", "{}"))
+
+
+def save_tensor(path: str | Path, tensor: torch.Tensor, metadata: dict | None = None) -> None:
+    """Save one tensor (key ``x``) with :func:`save_tensors`."""
+    save_tensors(path, {"x": tensor}, metadata)
 
 
 def load_tensor(path: str | Path) -> tuple[torch.Tensor, dict]:
     """(tensor, metadata) saved by :func:`save_tensor`."""
-    from safetensors import safe_open
+    tensors, meta = load_tensors(path)
+    return tensors["x"], meta
 
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-        return fh.get_tensor("x"), json.loads(header.get("meta", "{}"))
+
+def image_shape(unet) -> tuple[int, int, int]:
+    """(C, H, W) of the images a diffusers UNet2DModel generates (``sample_size`` an int or a pair)."""
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    return int(c.in_channels), int(size), int(size)
 
 
 def tensor_sha256(x: torch.Tensor) -> str:
@@ -446,9 +464,7 @@ def run_x_T(out_path: str | Path, config: dict) -> None:
     """The ``ddim_x_T`` rule: draw x_T (num_samples, C, H, W) for the model's image shape."""
     unet, schedule, _ = load_model(model_source(config), "cpu")
     check_step_counts(config["ddim"]["step_counts"], schedule.T)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    shape = (int(config["ddim"]["num_samples"]), int(c.in_channels), int(size), int(size))
+    shape = (int(config["ddim"]["num_samples"]), *image_shape(unet))
     x_T = make_x_T(shape, int(config["seed"]))
     log.info("x_T: shape %s, mean %.4f, std %.4f", shape, float(x_T.mean()), float(x_T.std()))
     save_tensor(out_path, x_T, {"seed": int(config["seed"]), "name": "ddim_x_T"})
@@ -760,18 +776,13 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     return ctx
 
 
-def fmt(value, digits: int = 4) -> str:
-    from .report import fmt as report_fmt
-
-    return report_fmt(value, digits)
-
-
 def experiments_context(files: dict[str, str], ctx: dict) -> dict:
     """The DDIM paper's experiments for the report: the quality table beside the paper's, the
     claims chosen from the numbers (see :mod:`ddim_experiments` for thresholds), reconstruction."""
     import pandas as pd
 
     from . import ddim_experiments as E
+    from .report import fmt
 
     out: dict = {"quality": None, "recon": None, "interp": files.get("interp_png")}
     if files.get("quality_csv"):

@@ -1,4 +1,5 @@
-"""Names of the DDIM quality table's cells (no torch: the rules import this to build the DAG).
+"""Names the DDIM rules share with the package (no torch: the rules import this to build the DAG):
+the files of a shipped digits-DDPM folder and the quality table's cells.
 
 A cell is a sampler variant at a step count S. Variants are ``eta=<value>`` (DDIM eq. 12 with the
 sigma of eq. 16; ``eta=0`` is deterministic DDIM) and ``sigma_hat`` (DDPM's larger variance
@@ -6,6 +7,16 @@ sigma-hat^2 = 1 - abar_t / abar_{t'} on the strided timesteps, the last row of D
 """
 
 from __future__ import annotations
+
+# The files of a digits-DDPM folder made by rule ddim_train (``ddim.weights``), relative to it;
+# SHA256SUMS beside them lists them all.
+WEIGHT_FILES = (
+    "model/config.json",
+    "model/diffusion_pytorch_model.safetensors",
+    "model/scheduler_config.json",
+    "model/ddim_config.json",
+    "loss.csv",
+)
 
 
 def variant_label(eta) -> str:

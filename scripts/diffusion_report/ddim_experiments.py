@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ddim import ddim_invert, ddim_sample, load_tensor, sample_variants, slerp
+from .ddim import ddim_invert, ddim_sample, image_shape, load_tensor, load_tensors, sample_variants, save_tensors, slerp, tensor_sha256
 from .ddim_cells import quality_variants, reused_variant, variant_label  # noqa: F401 (re-exported)
-from .io import atomic_path, derive_seed, make_generator
+from .io import derive_seed, make_generator
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +50,6 @@ PIXEL_BOUND = 1.2  # no sample pixel outside [-1.2, 1.2] before display clamping
 RECON_FAIL_MSE = 0.01  # a round trip with a per-pixel MSE above this (PSNR < 20 dB) counts as failed
 
 
-# ------------------------------------------------------------------------------------ tensors
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Several named tensors in one safetensors file (float32, CPU), one JSON metadata entry, atomically."""
-    from safetensors.torch import save_file
-
-    meta = {"meta": json.dumps(metadata or {}, sort_keys=True)}
-    data = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(tensors.items())}
-    with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=meta)
-
-
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads((fh.metadata() or {}).get("meta", "{}"))
-
-
 # ------------------------------------------------------------------------------------ rules
 def run_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int, variants: list[str],
                         sampling: dict, seed: int, device: str = "auto") -> None:
@@ -81,9 +63,7 @@ def run_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int,
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
-    x_T, meta = load_tensor(x_T_path)
-    from .ddim import tensor_sha256
-
+    x_T, _ = load_tensor(x_T_path)
     # one variant after another: stacking them into one UNet batch (sample_variants with all of them)
     # gives the same bytes but was measured 1.1-1.3x slower on 2 CPU cores (bench/bench_ddim_quality.py)
     out = {}
@@ -128,41 +108,35 @@ def run_quality_table(quality_files: dict[int, str], reused_files: dict[int, tup
     n = next(iter(cells.values())).shape[0]
     rng = np.random.default_rng(derive_seed(seed, "ddim_quality_bootstrap"))
     idx = rng.integers(0, n, size=(int(n_boot), n))
-    boot, rows = {}, []
+    boot, fd, rows = {}, {}, []
     for v in variants:
         for s in steps_all:
             x = cells[(v, s)]
             f = clf.features(x)
-            b = metrics.bootstrap_frechet(f, ref, idx)
-            boot[(v, s)] = b
+            boot[(v, s)] = metrics.bootstrap_frechet(f, ref, idx)
+            fd[(v, s)] = metrics.feature_frechet(f, ref)
             rows.append({"variant": v, "steps": s, "num_samples": int(x.shape[0]),
-                         "fd": metrics.feature_frechet(f, ref), "fd_boot_std": float(b.std(ddof=1)),
+                         "fd": fd[(v, s)], "fd_boot_std": float(boot[(v, s)].std(ddof=1)),
                          **clf.recognisability(x), "max_abs_pixel": float(x.abs().max())})
     # the floor: real digits the DDPM never saw (clf split, same size as a cell) against the test split
     real = split["clf"][0][: n]
+    f_real = clf.features(real)
     rows.append({"variant": "real digits", "steps": 0, "num_samples": int(real.shape[0]),
-                 "fd": metrics.feature_frechet(clf.features(real), ref), "fd_boot_std": float(
-                     metrics.bootstrap_frechet(clf.features(real), ref, idx % real.shape[0]).std(ddof=1)),
+                 "fd": metrics.feature_frechet(f_real, ref),
+                 "fd_boot_std": float(metrics.bootstrap_frechet(f_real, ref, idx % real.shape[0]).std(ddof=1)),
                  **clf.recognisability(real), "max_abs_pixel": float(real.abs().max())})
     df = pd.DataFrame(rows)
     paper = {v: dict(zip(PAPER_STEPS, vals)) for v, vals in PAPER_FID.items()}
     df["paper_cifar10_fid"] = [paper.get(r["variant"], {}).get(int(r["steps"]), float("nan")) for _, r in df.iterrows()]
     write_csv(out_csv, df)
-    pairs = []
-    for v in variants:
-        for s0, s1 in zip(steps_all, steps_all[1:]):
-            d = boot[(v, s1)] - boot[(v, s0)]
-            f0 = float(df[(df.variant == v) & (df.steps == s0)]["fd"].iloc[0])
-            f1 = float(df[(df.variant == v) & (df.steps == s1)]["fd"].iloc[0])
-            pairs.append({"variant": v, "steps_from": s0, "steps_to": s1, "fd_change": f1 - f0,
-                          "change_boot_std": float(d.std(ddof=1))})
-    for s in steps_all:  # neighbouring variants at one S
-        for v0, v1 in zip(variants, variants[1:]):
-            d = boot[(v1, s)] - boot[(v0, s)]
-            f0 = float(df[(df.variant == v0) & (df.steps == s)]["fd"].iloc[0])
-            f1 = float(df[(df.variant == v1) & (df.steps == s)]["fd"].iloc[0])
-            pairs.append({"variant": f"{v0} -> {v1}", "steps_from": s, "steps_to": s, "fd_change": f1 - f0,
-                          "change_boot_std": float(d.std(ddof=1))})
+
+    def change(a, b, label, s0, s1):  # cell a -> cell b, with the paired-bootstrap error of the difference
+        return {"variant": label, "steps_from": s0, "steps_to": s1, "fd_change": fd[b] - fd[a],
+                "change_boot_std": float((boot[b] - boot[a]).std(ddof=1))}
+
+    pairs = [change((v, s0), (v, s1), v, s0, s1) for v in variants for s0, s1 in zip(steps_all, steps_all[1:])]
+    pairs += [change((v0, s), (v1, s), f"{v0} -> {v1}", s, s)  # neighbouring variants at one S
+              for s in steps_all for v0, v1 in zip(variants, variants[1:])]
     write_csv(pairs_csv, pd.DataFrame(pairs))
     save_figure(out_png, quality_figure(df, variants))
 
@@ -226,9 +200,8 @@ def run_reconstruction(model: str, out_csv: str, out_png: str, *, step_counts, n
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    x0 = reconstruction_images(int(size), int(c.in_channels), num_images, seed, forward_images)
+    channels, size, _ = image_shape(unet)
+    x0 = reconstruction_images(size, channels, num_images, seed, forward_images)
     kw = {"skip_type": sampling["skip_type"], "prediction_type": prediction_type}
     rows, recs = [], []
     for S in sorted(int(s) for s in step_counts):
@@ -259,10 +232,8 @@ def run_interpolation(model: str, out_png: str, *, pairs: int, points: int, step
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     gen = make_generator(seed, "ddim_interpolation")
-    ends = torch.randn((int(pairs), 2, int(c.in_channels), int(size), int(size)), generator=gen)
+    ends = torch.randn((int(pairs), 2, *image_shape(unet)), generator=gen)
     alphas = np.linspace(0.0, 1.0, int(points))
     z = torch.stack([slerp(p[0], p[1], float(a)) for p in ends for a in alphas])
     x = ddim_sample(unet, z.to(dev), schedule, int(steps), skip_type=sampling["skip_type"],

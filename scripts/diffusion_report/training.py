@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .ddim_cells import WEIGHT_FILES
 from .forward import q_sample
 from .io import atomic_path, derive_seed, make_generator
 from .schedules import Schedule
@@ -202,15 +203,6 @@ def ddpm_scheduler(schedule_cfg: dict):
     )
 
 
-# The files of a DDIM model folder made by :func:`run_training`, relative to the shipped folder
-# (``ddim.model.weights``); SHA256SUMS lists them all.
-WEIGHT_FILES = (
-    "model/config.json",
-    "model/diffusion_pytorch_model.safetensors",
-    "model/scheduler_config.json",
-    "model/ddim_config.json",
-    "loss.csv",
-)
 
 
 def recipe(config: dict) -> dict:
