@@ -6,12 +6,10 @@ import csv
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 OUT = ROOT / "bench" / "out"
 
 

@@ -2,7 +2,7 @@
 
 Per step count, the median wall time (measured interleaved) of
 
-* ``ours``: ``diffusion_report.ddim.make_x_T`` + ``ddim_sample`` (what rule ``ddim_sample`` runs);
+* ``ours``: ``diffusion_report.stages.ddim.make_x_T`` + ``ddim_sample`` (what rule ``ddim_sample`` runs);
 * ``diffusers``: ``DDIMPipeline(unet, DDIMScheduler)(num_inference_steps=S, output_type="pt")``,
   given a generator in the state that draws the same x_T;
 * ``floor``: S x one UNet forward pass on the batch (no sampler at all).
@@ -25,9 +25,11 @@ import copy
 import torch
 from _common import machine, side_by_side, write_rows
 
-from diffusion_report import ddim, training
+from diffusion_report.core import samplers
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import make_generator
-from diffusion_report.schedules import Schedule
+from diffusion_report.models import ddpm
+from diffusion_report.stages import ddim as ddim_stage
 
 SEED = 0
 
@@ -61,13 +63,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if args.model:
-        unet, schedule, _ = ddim.load_model(args.model, dev)
+        unet, schedule, _ = ddpm.load_model(args.model, dev)
         name = args.model
     elif args.arch == "cifar10":
         unet, name = cifar10_unet().to(dev).eval(), "ddpm-cifar10-32 shapes"
         schedule = None
     else:
-        unet = training.build_unet(training.unet_config(16, [32, 64, 64]), seed=0).to(dev).eval()
+        unet = ddpm.build_unet(ddpm.unet_config(16, [32, 64, 64]), seed=0).to(dev).eval()
         schedule, name = None, "digits UNet (embedded default)"
     if schedule is None:
         schedule = Schedule.make("linear", 1000)
@@ -76,17 +78,17 @@ def main(argv=None) -> None:
                           timestep_spacing="leading", steps_offset=0)
     pipe = DDIMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    shape = (args.num_samples, *ddim.image_shape(unet))
+    shape = (args.num_samples, *ddpm.image_shape(unet))
 
     def ours(S):
-        x_T = ddim.make_x_T(shape, SEED).to(dev)
-        return ddim.ddim_sample(unet, x_T, schedule, S)
+        x_T = ddim_stage.make_x_T(shape, SEED).to(dev)
+        return samplers.ddim_sample(unet, x_T, schedule, S)
 
     def theirs(S):
         return pipe(batch_size=args.num_samples, generator=make_generator(SEED, "ddim_x_T"), num_inference_steps=S,
                     output_type="pt").images
 
-    x_T = ddim.make_x_T(shape, SEED).to(dev)
+    x_T = ddim_stage.make_x_T(shape, SEED).to(dev)
     k = torch.full((args.num_samples,), 500, device=dev)
 
     def forward():
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
             # Above 1e-5: is it float32 rounding (the UNet's, amplified over the steps)? Compare both
             # with the same sampler in float64 (UNet, x_T and coefficients): ours must be as close.
             u64 = copy.deepcopy(unet).double()
-            ref = to_image(ddim.ddim_sample(u64, ddim.make_x_T(shape, SEED).to(dev).double(), schedule, S)).float()
+            ref = to_image(samplers.ddim_sample(u64, ddim_stage.make_x_T(shape, SEED).to(dev).double(), schedule, S)).float()
             ref_ours, ref_theirs = float((a - ref).abs().max()), float((b - ref).abs().max())
             print(f"{S} steps: ours and DDIMPipeline differ by {diff:.1e} (> 1e-5); from float64 arithmetic: "
                   f"ours {ref_ours:.1e}, DDIMPipeline {ref_theirs:.1e}")

@@ -1,7 +1,7 @@
 """Benchmark: time per cell of the DDIM quality table (the paper's Table 1), stacked against separate.
 
 Rule ``ddim_quality_samples`` draws every variant of one step count S (eta values, sigma-hat) with one
-UNet call per step on the variants' x_t stacked into one batch (``ddim.sample_variants``). Per S
+UNet call per step on the variants' x_t stacked into one batch (``samplers.sample_variants``). Per S
 this measures, interleaved, the median wall time of
 
 * ``stacked``: one ``sample_variants`` call with all variants (what the rule runs);
@@ -21,10 +21,12 @@ import argparse
 import torch
 from _common import side_by_side, write_rows
 
-from diffusion_report import ddim, training
-from diffusion_report.ddim_cells import quality_variants
+from diffusion_report.core import samplers
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import make_generator
-from diffusion_report.schedules import Schedule
+from diffusion_report.models import ddpm
+from diffusion_report.stages import ddim as ddim_stage
+from diffusion_report.stages.ddim_cells import quality_variants
 
 SEED = 0
 
@@ -43,11 +45,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if args.model:
-        unet, schedule, _ = ddim.load_model(args.model, dev)
+        unet, schedule, _ = ddpm.load_model(args.model, dev)
     else:
-        unet = training.build_unet(training.unet_config(16, [32, 64, 64]), SEED).to(dev).eval()
+        unet = ddpm.build_unet(ddpm.unet_config(16, [32, 64, 64]), SEED).to(dev).eval()
         schedule = Schedule.make("linear", 1000)
-    x_T = ddim.make_x_T((args.num_samples, *ddim.image_shape(unet)), SEED).to(dev)
+    x_T = ddim_stage.make_x_T((args.num_samples, *ddpm.image_shape(unet)), SEED).to(dev)
     variants = quality_variants(args.etas, True)
 
     def gens():
@@ -56,11 +58,11 @@ def main(argv=None) -> None:
     rows = []
     for S in args.steps:
         def stacked():
-            return ddim.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
+            return samplers.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
 
         def separate():
             g = gens()
-            return {v: ddim.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
+            return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
 
         a, b = stacked(), separate()
         worst = max(float((a[v] - b[v]).abs().max()) for v in variants)

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from _common import machine, side_by_side, write_rows
 
-from diffusion_report import forward
+from diffusion_report.core import forward
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.images import load_images
-from diffusion_report.schedules import Schedule
 
 
 def loop_mse(x0, t_max, schedule, seed):

@@ -31,14 +31,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from _common import machine, peak_memory, rss_bytes, side_by_side, write_rows
+
+from diffusion_report.core import attention
+from diffusion_report.models.text2image import (
+    encode_prompts,
+    generate,
+    initial_latents,
+    load_text2image,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "scripts"), str(ROOT / "tests")]
-
-import torch  # noqa: E402
-from _common import machine, peak_memory, rss_bytes, side_by_side, write_rows  # noqa: E402
-
-from diffusion_report import p2p  # noqa: E402
-from diffusion_report.text2image import encode_prompts, generate, initial_latents, load_text2image  # noqa: E402
 
 PAIRS = {  # (source, target) per edit mode and model kind
     "embedded": {"replace": ("a red circle on a white background", "a red square on a white background"),
@@ -49,7 +53,7 @@ PAIRS = {  # (source, target) per edit mode and model kind
 VARIANTS = ("plain", "store", "replace", "refine", "replace_explicit")
 
 
-class ExplicitEverywhere(p2p.Replace):
+class ExplicitEverywhere(attention.Replace):
     """The original's approach: explicit attention probabilities in every layer, at every step."""
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
@@ -61,9 +65,9 @@ def random_sd(device: str, fp16: bool, sample_size: int = 64):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from diffusion_report.models import resolve_device
-    from diffusion_report.text2image import Text2Image
-    from test_p2p import tiny_tokenizer
+    from diffusion_report.models.loading import resolve_device
+    from diffusion_report.models.text2image import Text2Image
+    from diffusion_report.testing import tiny_tokenizer
 
     dev = resolve_device(device)
     dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
@@ -87,7 +91,7 @@ def load(args):
     if args.random_sd:
         return random_sd(args.device, args.fp16, args.sample_size), f"random-sd-v1.4-shapes ({args.sample_size}x{args.sample_size} latents)", "sd"
     if args.tiny:
-        from test_p2p import tiny_pipe
+        from diffusion_report.testing import tiny_pipe
 
         return tiny_pipe(), "tiny test model", "embedded"
     where = ROOT / "models" / "t2i-shapes" / "model"
@@ -107,7 +111,7 @@ def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
             if explicit:
                 ctrl = ExplicitEverywhere(prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len)
             else:
-                ctrl = p2p.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
+                ctrl = attention.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
             return generate(pipe, prompts, x_T, steps, guidance, ctrl)[1]
 
         return fn

@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from _common import ROOT, machine, write_rows
+from _common import machine, write_rows
 
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import copy_workflow, job_stats, run_snakemake  # noqa: E402
+from diffusion_report.testing import copy_workflow, job_stats, run_snakemake
 
 
 def snakemake(work: Path, *args: str) -> tuple[float, str]:
@@ -93,7 +91,9 @@ def main(argv=None) -> None:
 
     config = yaml.safe_load((work / "config.yaml").read_text())
     if args.preset:
-        from snakemake.utils import update_config  # how Snakemake merges --configfile overlays
+        from snakemake.utils import (
+            update_config,  # how Snakemake merges --configfile overlays
+        )
 
         update_config(config, yaml.safe_load((work / args.preset).read_text()) or {})
     edits = config["p2p"]["edits"]

@@ -21,9 +21,9 @@ import torch
 import yaml
 from _common import ROOT, machine, timed, write_rows
 
-from diffusion_report import digits, t2i, training
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import make_generator
-from diffusion_report.schedules import Schedule
+from diffusion_report.models import ddpm, digits, t2i, training
 
 
 def bench_digits(config: dict, steps: int) -> dict:
@@ -31,7 +31,7 @@ def bench_digits(config: dict, steps: int) -> dict:
     seed, bs = int(config["seed"]), int(tcfg["batch_size"])
     schedule = Schedule.from_config(config["schedule"])
     x, _ = digits.digits_split(int(tcfg["image_size"]), seed)["ddpm"]
-    cfg = training.unet_config(int(tcfg["image_size"]), tcfg["channels"])
+    cfg = ddpm.unet_config(int(tcfg["image_size"]), tcfg["channels"])
 
     def train():
         training.train_ddpm(x, schedule, cfg, steps=steps, batch_size=bs, learning_rate=float(tcfg["learning_rate"]),

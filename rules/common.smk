@@ -4,16 +4,46 @@ import glob
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+# The workflow's own folder (Snakefile, scripts/, models/, report/): not the working directory when
+# snakemake runs with -d elsewhere, nor workflow.basedir when this workflow is used as a module.
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
 
-from diffusion_report.config import ConfigError, validate_config  # noqa: E402
+# The Snakemake process itself imports the package (config checks, the DAG's names): it finds it
+# here whether or not it is pip-installed, as a module of another workflow too. Rule scripts get
+# scripts/ on their path from Snakemake.
+sys.path.insert(0, str(WORKFLOW_DIR / "scripts"))
+
+from diffusion_report.config import (
+    ConfigError,
+    validate_config,
+    workflow_path,
+)
+
+
+def workflow_file(path):
+    """A file shipped with the workflow (report/theory.tex, report/style.css, ...), relative when the
+    working directory is the workflow's folder, else absolute."""
+    here = Path(path)
+    return (
+        path
+        if here.resolve() == (WORKFLOW_DIR / path).resolve()
+        else str(WORKFLOW_DIR / path)
+    )
+
 
 try:
-    validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml", base_dir=Path.cwd())
+    validate_config(
+        config,
+        WORKFLOW_DIR / "schemas" / "config.schema.yaml",
+        base_dir=Path.cwd(),
+        workflow_dir=WORKFLOW_DIR,
+    )
 except ConfigError as exc:
     # One "config error: ..." line per problem on stderr and exit 1, before any job: a WorkflowError
     # raised here would add a traceback line pointing into this file.
-    print("\n".join(line.strip() for line in str(exc).splitlines()[1:]), file=sys.stderr)
+    print(
+        "\n".join(line.strip() for line in str(exc).splitlines()[1:]), file=sys.stderr
+    )
     sys.exit(1)
 
 
@@ -23,7 +53,11 @@ REPORT_INPUTS = {}
 
 def get_report_inputs(wildcards):
     """Every registered artifact, flattened to {"<stage>__<name>": path} for the report rule."""
-    return {f"{stage}__{name}": path for stage, files in REPORT_INPUTS.items() for name, path in files.items()}
+    return {
+        f"{stage}__{name}": path
+        for stage, files in REPORT_INPUTS.items()
+        for name, path in files.items()
+    }
 
 
 def get_final_outputs(wildcards):
@@ -32,15 +66,34 @@ def get_final_outputs(wildcards):
 
 
 # ---- DDIM stage (rules/ddim.smk); the names they read (DDIM, DDIM_SAMPLING, DDIM_QUALITY) are set there.
+def get_ddim_model(wildcards, input):
+    """What a DDIM job samples from: its ``model`` input (trained here), else the pretrained hub id or folder."""
+    return input.model[0] if input.model else DDIM["model"]["pretrained"]
+
+
+def shipped_weights(folder, files):
+    """{sums: <folder>/SHA256SUMS, files: [...]}: a shipped model folder as inputs (edits to its files
+    rerun the rule), found in the working directory or else in the workflow's own folder.
+    """
+    folder = workflow_path(folder, Path.cwd(), WORKFLOW_DIR)
+    return {"sums": f"{folder}/SHA256SUMS", "files": [f"{folder}/{f}" for f in files]}
+
+
 def get_ddim_train_input(wildcards):
-    """The shipped weights (their edits rerun the rule); nothing when the model is trained here."""
-    return [] if DDIM["retrain"] else [f"{DDIM['weights']}/{f}" for f in DDIM_WEIGHT_FILES]
+    """The shipped weights; nothing when the model is trained here (ddim.retrain)."""
+    return (
+        {} if DDIM["retrain"] else shipped_weights(DDIM["weights"], DDIM_WEIGHT_FILES)
+    )
 
 
 def get_quality_variants(steps):
     """The Table 1 variants rule ddim_quality_samples draws at ``steps`` (minus the one ddim_sample made)."""
     reused = reused_variant(DDIM_SAMPLING, int(steps), DDIM["step_counts"])
-    return [v for v in quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]) if v != reused]
+    return [
+        v
+        for v in quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"])
+        if v != reused
+    ]
 
 
 def get_quality_inputs(wildcards):

@@ -1,5 +1,5 @@
-# Exercise 4: DDIM sampling of a DDPM from one fixed x_T (see scripts/diffusion_report/ddim.py),
-# and the DDIM paper's experiments (scripts/diffusion_report/ddim_experiments.py).
+# Exercise 4: DDIM sampling of a DDPM from one fixed x_T (logic: diffusion_report.stages.ddim),
+# and the DDIM paper's experiments (diffusion_report.stages.ddim_experiments).
 #
 #   ddim_train            (source: train) the digits DDPM: shipped sha256-checked weights, or trained here (retrain)
 #   ddim_x_T              the one x_T of the comparison          -> results/ddim/x_T.safetensors
@@ -11,45 +11,56 @@
 #   ddim_reconstruction   Table 2: encode (DDIM inversion) and decode held-out digits per S
 #   ddim_interpolation    Figure 6: slerp between x_T pairs, decoded with DDIM
 
-from diffusion_report.ddim_cells import WEIGHT_FILES as DDIM_SHIPPED_FILES, quality_variants, reused_variant, variant_label
+from diffusion_report.models.files import DDIM_WEIGHT_FILES
+from diffusion_report.stages.ddim_cells import (
+    quality_variants,
+    reused_variant,
+    variant_label,
+)
 from diffusion_report.images import decode_mem_mb
 
 DDIM = config["ddim"]
 DDIM_IS_DIGITS = DDIM["model"]["source"] == "train"
 # The trained model folder when ddim.model.source is train; nothing for a pretrained model.
 DDIM_MODEL_INPUT = ["results/ddim/model"] if DDIM_IS_DIGITS else []
-DDIM_LABELS = [f"ddim_{int(s)}" for s in DDIM["step_counts"]] + (["ddpm"] if DDIM["ddpm_baseline"] else [])
+DDIM_LABELS = [f"ddim_{int(s)}" for s in DDIM["step_counts"]] + (
+    ["ddpm"] if DDIM["ddpm_baseline"] else []
+)
 # The config each rule depends on, declared as params so that changing it reruns the rule
-# (the scripts read the same values from the config).
+# (the scripts read them from params).
 DDIM_SAMPLING_CONFIG = {
     "ddim": {
         k: v
         for k, v in DDIM.items()
-        if k not in ("step_counts", "ddpm_baseline", "enabled", "quality", "reconstruction", "interpolation")
+        if k
+        not in (
+            "step_counts",
+            "ddpm_baseline",
+            "enabled",
+            "quality",
+            "reconstruction",
+            "interpolation",
+        )
     },
     "schedule": config["schedule"],
     "seed": config["seed"],
 }
-DDIM_SAMPLING = {"eta": DDIM["eta"], "skip_type": DDIM["skip_type"], "clip_sample": DDIM["clip_sample"]}
+DDIM_SAMPLING = {
+    "eta": DDIM["eta"],
+    "skip_type": DDIM["skip_type"],
+    "clip_sample": DDIM["clip_sample"],
+}
 DDIM_QUALITY = DDIM["quality"]
 DDIM_QUALITY_ON = DDIM["enabled"] and DDIM_IS_DIGITS and DDIM_QUALITY["enabled"]
-DDIM_WEIGHT_FILES = [*DDIM_SHIPPED_FILES, "SHA256SUMS"]
 
 
 rule ddim_train:
     input:
-        get_ddim_train_input,
+        unpack(get_ddim_train_input),
     output:
         model=directory("results/ddim/model"),
         loss_csv="results/ddim/train_loss.csv",
         loss_png="results/ddim/train_loss.png",
-    params:
-        config={
-            "ddim": {k: DDIM[k] for k in ("train", "retrain", "weights")},
-            "schedule": config["schedule"],
-            "seed": config["seed"],
-        },
-        checkpoint="results/ddim/.train_checkpoint.pt",
     log:
         "logs/ddim_train/ddim_train.log",
     benchmark:
@@ -60,6 +71,13 @@ rule ddim_train:
     resources:
         mem_mb=3000,
         runtime=120 if DDIM["retrain"] else 5,
+    params:
+        config={
+            "ddim": {k: DDIM[k] for k in ("train", "retrain", "weights")},
+            "schedule": config["schedule"],
+            "seed": config["seed"],
+        },
+        checkpoint="results/ddim/.train_checkpoint.pt",
     script:
         "../scripts/ddim_train.py"
 
@@ -69,11 +87,6 @@ rule ddim_x_T:
         model=DDIM_MODEL_INPUT,
     output:
         "results/ddim/x_T.safetensors",
-    params:
-        model=config["ddim"]["model"],
-        num_samples=config["ddim"]["num_samples"],
-        image_size=config["ddim"]["train"]["image_size"],
-        seed=config["seed"],
     log:
         "logs/ddim_x_T/ddim_x_T.log",
     benchmark:
@@ -84,6 +97,11 @@ rule ddim_x_T:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        model=get_ddim_model,
+        num_samples=DDIM["num_samples"],
+        step_counts=DDIM["step_counts"],
+        seed=config["seed"],
     script:
         "../scripts/ddim_x_T.py"
 
@@ -95,20 +113,22 @@ rule ddim_sample:
     output:
         samples="results/ddim/samples/ddim_{steps}.safetensors",
         timing="results/ddim/timing/ddim_{steps}.json",
-    params:
-        sampling=DDIM_SAMPLING_CONFIG,
-    wildcard_constraints:
-        steps=r"\d+",
     log:
         "logs/ddim_sample/{steps}.log",
     benchmark:
         "benchmarks/ddim_sample/{steps}.tsv"
+    wildcard_constraints:
+        steps=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=60,
+    params:
+        model=get_ddim_model,
+        sampling=DDIM_SAMPLING_CONFIG,
+        device=config["device"],
     script:
         "../scripts/ddim_sample.py"
 
@@ -120,8 +140,6 @@ rule ddim_ddpm_baseline:
     output:
         samples="results/ddim/samples/ddpm.safetensors",
         timing="results/ddim/timing/ddpm.json",
-    params:
-        sampling=DDIM_SAMPLING_CONFIG,
     log:
         "logs/ddim_ddpm_baseline/ddim_ddpm_baseline.log",
     benchmark:
@@ -132,6 +150,10 @@ rule ddim_ddpm_baseline:
     resources:
         mem_mb=3000,
         runtime=60,
+    params:
+        model=get_ddim_model,
+        sampling=DDIM_SAMPLING_CONFIG,
+        device=config["device"],
     script:
         "../scripts/ddim_sample.py"
 
@@ -156,9 +178,6 @@ rule ddim_figures:
             i=range(int(config["ddim"]["num_samples"])),
         ),
         classifier=(["results/ddim/classifier.csv"] if DDIM_IS_DIGITS else []),
-    params:
-        labels=DDIM_LABELS,
-        sampling=DDIM_SAMPLING_CONFIG,
     log:
         "logs/ddim_figures/ddim_figures.log",
     benchmark:
@@ -169,6 +188,10 @@ rule ddim_figures:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        labels=DDIM_LABELS,
+        sampling=DDIM_SAMPLING_CONFIG,
+        seed=config["seed"],
     script:
         "../scripts/ddim_figures.py"
 
@@ -179,24 +202,24 @@ rule ddim_quality_samples:
         x_T="results/ddim/x_T.safetensors",
     output:
         "results/ddim/quality/samples_{steps}.safetensors",
-    params:
-        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
-        variants=lambda wildcards: get_quality_variants(wildcards.steps),
-        sampling=DDIM_SAMPLING,
-        seed=config["seed"],
-        device=config["device"],
-    wildcard_constraints:
-        steps=r"\d+",
     log:
         "logs/ddim_quality_samples/{steps}.log",
     benchmark:
         "benchmarks/ddim_quality_samples/{steps}.tsv"
+    wildcard_constraints:
+        steps=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=60,
+    params:
+        model=get_ddim_model,
+        variants=lambda wildcards: get_quality_variants(wildcards.steps),
+        sampling=DDIM_SAMPLING,
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/ddim_quality_samples.py"
 
@@ -213,12 +236,6 @@ rule ddim_quality:
             category="DDIM",
             labels={"figure": "quality vs steps and eta"},
         ),
-    params:
-        variants=quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]),
-        reused_variant=variant_label(DDIM["eta"]),
-        image_size=DDIM["train"]["image_size"],
-        seed=config["seed"],
-        bootstrap=DDIM_QUALITY["bootstrap"],
     log:
         "logs/ddim_quality/ddim_quality.log",
     benchmark:
@@ -229,6 +246,12 @@ rule ddim_quality:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        variants=quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]),
+        reused_variant=variant_label(DDIM["eta"]),
+        image_size=DDIM["train"]["image_size"],
+        seed=config["seed"],
+        bootstrap=DDIM_QUALITY["bootstrap"],
     script:
         "../scripts/ddim_quality.py"
 
@@ -239,13 +262,6 @@ rule ddim_reconstruction:
     output:
         csv="results/ddim/reconstruction.csv",
         png="results/ddim/reconstruction.png",
-    params:
-        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
-        reconstruction=DDIM["reconstruction"],
-        sampling=DDIM_SAMPLING,
-        forward_images=config["forward"]["images"],
-        seed=config["seed"],
-        device=config["device"],
     log:
         "logs/ddim_reconstruction/ddim_reconstruction.log",
     benchmark:
@@ -255,8 +271,22 @@ rule ddim_reconstruction:
     threads: 2
     resources:
         # a pretrained model encodes the forward stage's images, decoded here at full size first
-        mem_mb=lambda wildcards: 3000 + (0 if DDIM_IS_DIGITS else decode_mem_mb(config["forward"]["images"][: DDIM["reconstruction"]["num_images"]])),
+        mem_mb=lambda wildcards: 3000
+        + (
+            0
+            if DDIM_IS_DIGITS
+            else decode_mem_mb(
+                config["forward"]["images"][: DDIM["reconstruction"]["num_images"]]
+            )
+        ),
         runtime=60,
+    params:
+        model=get_ddim_model,
+        reconstruction=DDIM["reconstruction"],
+        sampling=DDIM_SAMPLING,
+        forward_images=config["forward"]["images"],
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/ddim_reconstruction.py"
 
@@ -266,12 +296,6 @@ rule ddim_interpolation:
         model=DDIM_MODEL_INPUT,
     output:
         png="results/ddim/interpolation.png",
-    params:
-        model=lambda wildcards, input: input.model[0] if input.model else DDIM["model"]["pretrained"],
-        interpolation=DDIM["interpolation"],
-        sampling=DDIM_SAMPLING,
-        seed=config["seed"],
-        device=config["device"],
     log:
         "logs/ddim_interpolation/ddim_interpolation.log",
     benchmark:
@@ -282,6 +306,12 @@ rule ddim_interpolation:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        model=get_ddim_model,
+        interpolation=DDIM["interpolation"],
+        sampling=DDIM_SAMPLING,
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/ddim_interpolation.py"
 

@@ -14,9 +14,6 @@ rule forward_clean:
     output:
         tensor="results/forward/x0.safetensors",
         png="results/forward/clean.png",
-    params:
-        images=FWD["images"],
-        size=FWD["image_size"],
     log:
         "logs/forward_clean/forward_clean.log",
     benchmark:
@@ -28,6 +25,9 @@ rule forward_clean:
         # ~600 MB of libraries, plus what decoding the largest image takes (its header's size and mode)
         mem_mb=lambda wildcards: 1000 + decode_mem_mb(FWD["images"]),
         runtime=5,
+    params:
+        images=FWD["images"],
+        size=FWD["image_size"],
     script:
         "../scripts/forward_clean.py"
 
@@ -42,10 +42,6 @@ rule forward_grid:
             category="Forward diffusion",
             labels={"figure": "noisy-image grid"},
         ),
-    params:
-        timesteps=FWD["show_timesteps"],
-        schedule=config["schedule"],
-        seed=config["seed"],
     log:
         "logs/forward_grid/forward_grid.log",
     benchmark:
@@ -56,6 +52,10 @@ rule forward_grid:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        timesteps=FWD["show_timesteps"],
+        schedule=config["schedule"],
+        seed=config["seed"],
     script:
         "../scripts/forward_grid.py"
 
@@ -70,10 +70,6 @@ rule forward_mse:
             category="Forward diffusion",
             labels={"table": "MSE per timestep"},
         ),
-    params:
-        t_max=FWD["mse_max_t"],
-        schedule=config["schedule"],
-        seed=config["seed"],
     log:
         "logs/forward_mse/forward_mse.log",
     benchmark:
@@ -84,6 +80,10 @@ rule forward_mse:
     resources:
         mem_mb=3000,
         runtime=10,
+    params:
+        t_max=FWD["mse_max_t"],
+        schedule=config["schedule"],
+        seed=config["seed"],
     script:
         "../scripts/forward_mse.py"
 
@@ -104,8 +104,6 @@ rule forward_plots:
             category="Forward diffusion",
             labels={"figure": "MSE curve and expectation"},
         ),
-    params:
-        timesteps=FWD["show_timesteps"],
     log:
         "logs/forward_plots/forward_plots.log",
     benchmark:
@@ -116,6 +114,8 @@ rule forward_plots:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        timesteps=FWD["show_timesteps"],
     script:
         "../scripts/forward_plots.py"
 

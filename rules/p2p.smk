@@ -23,23 +23,23 @@ rule p2p_edit:
         ),
         attention="results/p2p/{edit}/attention.png",
         metrics="results/p2p/{edit}/metrics.csv",
-    params:
-        p2p={k: v for k, v in P2P.items() if k != "edits"},
-        edit=lambda wildcards: P2P_EDITS[wildcards.edit],
-        seed=config["seed"],
-        device=config["device"],
-    wildcard_constraints:
-        edit="|".join(P2P_EDITS),
     log:
         "logs/p2p_edit/{edit}.log",
     benchmark:
         "benchmarks/p2p_edit/{edit}.tsv"
+    wildcard_constraints:
+        edit="|".join(P2P_EDITS),
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=10000 if P2P_PRETRAINED else 3000,
         runtime=180 if P2P_PRETRAINED else 20,
+    params:
+        p2p={k: v for k, v in P2P.items() if k != "edits"},
+        edit=lambda wildcards: P2P_EDITS[wildcards.edit],
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/p2p_edit.py"
 
@@ -66,5 +66,9 @@ rule p2p_metrics:
 if P2P["enabled"]:
     REPORT_INPUTS["p2p"] = {"metrics": "results/p2p/metrics.csv"}
     for _name in P2P_EDITS:
-        REPORT_INPUTS["p2p"][f"{_name}_figure"] = f"results/p2p/{_name}/side_by_side.png"
-        REPORT_INPUTS["p2p"][f"{_name}_attention"] = f"results/p2p/{_name}/attention.png"
+        REPORT_INPUTS["p2p"][
+            f"{_name}_figure"
+        ] = f"results/p2p/{_name}/side_by_side.png"
+        REPORT_INPUTS["p2p"][
+            f"{_name}_attention"
+        ] = f"results/p2p/{_name}/attention.png"

@@ -4,8 +4,11 @@
 rule report_html:
     input:
         unpack(get_report_inputs),
-        templates=sorted(glob.glob(str(Path(workflow.basedir) / "report/templates/**/*.j2"), recursive=True)),
-        css="report/style.css",
+        base=workflow_file("report/templates/base.html.j2"),
+        templates=sorted(
+            glob.glob(str(WORKFLOW_DIR / "report/templates/**/*.j2"), recursive=True)
+        ),
+        css=workflow_file("report/style.css"),
     output:
         html=report(
             "results/report/report.html",
@@ -13,9 +16,6 @@ rule report_html:
             category="Report",
             labels={"file": "report.html"},
         ),
-    params:
-        # the report prints the effective config (provenance), so any config change re-renders it
-        config=config,
     log:
         "logs/report_html/report_html.log",
     benchmark:
@@ -26,6 +26,9 @@ rule report_html:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        # the report prints the effective config (provenance), so any config change re-renders it
+        config=config,
     script:
         "../scripts/report_html.py"
 

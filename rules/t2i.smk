@@ -2,36 +2,23 @@
 # trained on captioned shapes) that prompt-to-prompt uses when p2p.model.source is train, and the
 # ground-truth evaluation of prompt-to-prompt on it (attribute reader, edit success, preservation).
 
+from diffusion_report.models.files import T2I_WEIGHT_FILES
+
 T2I = config["t2i"]
-T2I_WEIGHT_FILES = [
-    "model/model_index.json",
-    "model/t2i_config.json",
-    "model/unet/config.json",
-    "model/unet/diffusion_pytorch_model.safetensors",
-    "model/text_encoder/config.json",
-    "model/text_encoder/model.safetensors",
-    "model/tokenizer/tokenizer.json",
-    "model/tokenizer/tokenizer_config.json",
-    "model/scheduler/scheduler_config.json",
-    "loss.csv",
-    "SHA256SUMS",
-]
 # Shipped weights are inputs (edits to them rerun the rule); training has none.
-T2I_TRAIN_INPUT = [] if T2I["train"] else [f"{T2I['weights']}/{f}" for f in T2I_WEIGHT_FILES]
+T2I_TRAIN_INPUT = (
+    {} if T2I["train"] else shipped_weights(T2I["weights"], T2I_WEIGHT_FILES)
+)
 
 
 rule t2i_train:
     input:
-        T2I_TRAIN_INPUT,
+        **T2I_TRAIN_INPUT,
     output:
         model=directory("results/t2i/model"),
         loss="results/t2i/loss.csv",
         loss_plot="results/t2i/loss.png",
         summary="results/t2i/train_summary.csv",
-    params:
-        t2i={k: v for k, v in T2I.items() if k not in ("reader", "samples", "eval")},
-        seed=config["seed"],
-        device=config["device"],
     log:
         "logs/t2i_train/t2i_train.log",
     benchmark:
@@ -42,6 +29,10 @@ rule t2i_train:
     resources:
         mem_mb=3000,
         runtime=240 if T2I["train"] else 5,
+    params:
+        t2i={k: v for k, v in T2I.items() if k not in ("reader", "samples", "eval")},
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/t2i_train.py"
 
@@ -49,9 +40,6 @@ rule t2i_train:
 rule t2i_reader:
     output:
         csv="results/t2i/reader_accuracy.csv",
-    params:
-        t2i={k: T2I[k] for k in ("data", "reader")},
-        seed=config["seed"],
     log:
         "logs/t2i_reader/t2i_reader.log",
     benchmark:
@@ -62,6 +50,9 @@ rule t2i_reader:
     resources:
         mem_mb=1500,
         runtime=10,
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader")},
+        seed=config["seed"],
     script:
         "../scripts/t2i_reader.py"
 
@@ -77,9 +68,6 @@ rule t2i_samples:
             labels={"figure": "samples"},
         ),
         accuracy="results/t2i/caption_accuracy.csv",
-    params:
-        t2i={k: T2I[k] for k in ("data", "reader", "samples", "eval")},
-        seed=config["seed"],
     log:
         "logs/t2i_samples/t2i_samples.log",
     benchmark:
@@ -90,6 +78,9 @@ rule t2i_samples:
     resources:
         mem_mb=2000,
         runtime=15,
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "samples", "eval")},
+        seed=config["seed"],
     script:
         "../scripts/t2i_samples.py"
 
@@ -106,10 +97,6 @@ rule t2i_eval:
             category="Text-to-image model",
             labels={"figure": "evaluation examples"},
         ),
-    params:
-        t2i={k: T2I[k] for k in ("data", "reader", "eval")},
-        seed=config["seed"],
-        device=config["device"],
     log:
         "logs/t2i_eval/t2i_eval.log",
     benchmark:
@@ -120,6 +107,10 @@ rule t2i_eval:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "eval")},
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/t2i_eval.py"
 

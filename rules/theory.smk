@@ -14,8 +14,8 @@ TH_FORWARD_INPUTS = (
 
 rule theory_render:
     input:
-        tex="report/theory.tex",
-        bib="report/references.bib",
+        tex=workflow_file("report/theory.tex"),
+        bib=workflow_file("report/references.bib"),
     output:
         html="results/theory/theory.html",
     log:
@@ -37,10 +37,7 @@ rule theory_checks:
         **TH_FORWARD_INPUTS,
     output:
         csv="results/theory/checks.csv",
-    params:
-        schedule=config["schedule"],
-        theory=TH,
-        seed=config["seed"],
+        params="results/theory/parameters.json",
     log:
         "logs/theory_checks/theory_checks.log",
     benchmark:
@@ -49,11 +46,20 @@ rule theory_checks:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc: 1000 + TH["mc_samples"] * 16 * (2 * len(TH["check_timesteps"]) + 4) // 1_000_000,
+        mem_mb=lambda wc: 1000
+        + TH["mc_samples"] * 16 * (2 * len(TH["check_timesteps"]) + 4) // 1_000_000,
         runtime=lambda wc: 5 + TH["mc_samples"] * config["schedule"]["T"] // 400_000_000,
+    params:
+        schedule=config["schedule"],
+        theory=TH,
+        seed=config["seed"],
     script:
         "../scripts/theory_checks.py"
 
 
 if TH["enabled"]:
-    REPORT_INPUTS["theory"] = {"html": "results/theory/theory.html", "checks": "results/theory/checks.csv"}
+    REPORT_INPUTS["theory"] = {
+        "html": "results/theory/theory.html",
+        "checks": "results/theory/checks.csv",
+        "params": "results/theory/parameters.json",
+    }

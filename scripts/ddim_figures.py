@@ -1,14 +1,14 @@
-"""Rule ddim_figures: grid, PNGs, metrics, timing and convergence plot (logic in diffusion_report.ddim)."""
+"""Rule ddim_figures: grid, PNGs, metrics, timing and convergence plot (logic in diffusion_report.stages.ddim)."""
 
 from pathlib import Path
 
 from diffusion_report.io import run_rule
-from diffusion_report import ddim
+from diffusion_report.stages import ddim
 
 
 def main(smk):
     labels = smk.params.labels
-    ddim.run_figures(
+    ddim.ddim_figures(
         dict(zip(labels, smk.input.samples)),
         dict(zip(labels, smk.input.timings)),
         grid_png=smk.output.grid,
@@ -16,7 +16,7 @@ def main(smk):
         metrics_csv=smk.output.metrics,
         timing_csv=smk.output.timing,
         png_dir=str(Path(smk.output.pngs[0]).parent),
-        config=smk.config,
+        seed=smk.params.seed,
         classifier_csv=smk.output.classifier[0] if len(smk.output.classifier) else None,
     )
 

@@ -1,14 +1,14 @@
-"""Rule ddim_quality: the DDIM Table 1 scores with bootstrap errors (logic in diffusion_report.ddim_experiments)."""
+"""Rule ddim_quality: the DDIM Table 1 scores with bootstrap errors (logic in diffusion_report.stages.ddim_experiments)."""
 
 from diffusion_report.io import run_rule
-from diffusion_report import ddim_experiments
+from diffusion_report.stages import ddim_experiments
 
 
 def main(smk):
     names = list(smk.input.keys())
     quality = {int(k[2:]): smk.input[k] for k in names if k.startswith("q_")}
     reused = {int(k[2:]): (smk.params.reused_variant, smk.input[k]) for k in names if k.startswith("r_")}
-    ddim_experiments.run_quality_table(
+    ddim_experiments.ddim_quality(
         quality, reused, out_csv=smk.output.csv, pairs_csv=smk.output.pairs, out_png=smk.output.png,
         variants=list(smk.params.variants), image_size=int(smk.params.image_size), seed=int(smk.params.seed),
         n_boot=int(smk.params.bootstrap),

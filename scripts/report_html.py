@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-from diffusion_report import report
 from diffusion_report.io import run_rule
+from diffusion_report.report import render as report
 
 
 def main(smk):
     flat = {k: v for k, v in smk.input.items() if "__" in k}
-    repo = Path(smk.scriptdir).parent
-    report.render_html(flat, smk.config, repo / "report" / "templates", smk.input.css, smk.output.html,
-                       repo=repo, bench_dir="benchmarks")
+    templates = Path(smk.input.base).parent  # <workflow>/report/templates
+    report.report_html(flat, smk.params.config, templates, smk.input.css, smk.output.html,
+                       repo=templates.parent.parent, bench_dir="benchmarks")
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,11 +1,11 @@
 """Rule t2i_eval: prompt-to-prompt versus the no-control baseline, scored by the attribute reader."""
 
-from diffusion_report import evaluate
 from diffusion_report.io import run_rule
+from diffusion_report.stages import t2i
 
 
 def main(smk):
-    evaluate.eval_rule(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output), device=smk.params.device)
+    t2i.t2i_eval(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output), device=smk.params.device)
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,11 +1,11 @@
 """Rule t2i_reader: the attribute reader's accuracy on held-out generated images."""
 
-from diffusion_report import evaluate
 from diffusion_report.io import run_rule
+from diffusion_report.stages import t2i
 
 
 def main(smk):
-    evaluate.reader_rule(smk.params.t2i, smk.params.seed, smk.output.csv)
+    t2i.t2i_reader(smk.params.t2i, smk.params.seed, smk.output.csv)
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,11 +1,11 @@
 """Rule t2i_samples: sample grid per caption and caption accuracy per guidance scale."""
 
-from diffusion_report import evaluate
 from diffusion_report.io import run_rule
+from diffusion_report.stages import t2i
 
 
 def main(smk):
-    evaluate.samples_rule(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output))
+    t2i.t2i_samples(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output))
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

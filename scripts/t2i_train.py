@@ -1,11 +1,14 @@
 """Rule t2i_train: train the embedded text-to-image model, or install its shipped weights."""
 
-from diffusion_report import t2i
+from pathlib import Path
+
 from diffusion_report.io import run_rule
+from diffusion_report.stages import t2i
 
 
 def main(smk):
-    t2i.train_rule(smk.params.t2i, smk.params.seed, dict(smk.output), device=smk.params.device)
+    weights = Path(smk.input.sums).parent if "sums" in smk.input.keys() else None  # the shipped folder
+    t2i.t2i_train(smk.params.t2i, smk.params.seed, dict(smk.output), device=smk.params.device, weights_dir=weights)
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, copy_workflow, load_yaml, run_snakemake, write_config
 
 STUB = ROOT / "tests" / "fixtures" / "conda-stub"

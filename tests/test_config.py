@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, copy_workflow, load_yaml, run_snakemake, write_config
+
 from diffusion_report.config import ConfigError, validate_config
 
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
@@ -318,7 +318,7 @@ def test_the_token_window_check_agrees_with_the_tokenizer(default_config):
     (what p2p_edit would fail on after jobs started)."""
     from transformers import PreTrainedTokenizerFast
 
-    from diffusion_report.p2p import word_token_spans
+    from diffusion_report.core.attention import word_token_spans
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "models" / "t2i-shapes" / "model" / "tokenizer"))
     window = default_config["t2i"]["model"]["max_length"]

@@ -8,34 +8,25 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffusion_report import ddim, metrics, training
+from diffusion_report import io, metrics
+from diffusion_report.core import samplers
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import sha256_file
-from diffusion_report.models import ModelNotFoundError
-from diffusion_report.schedules import Schedule
+from diffusion_report.models import ddpm
+from diffusion_report.models.loading import ModelNotFoundError
+from diffusion_report.report.sections import ddim as ddim_section
+from diffusion_report.stages import ddim as ddim_stage
+from diffusion_report.testing import tiny_unet_config
 
 ROOT_TEMPLATES = __import__("pathlib").Path(__file__).resolve().parents[1] / "report" / "templates"
 T_TINY = 50  # abar_T ~ 0.6: the random UNet's x0_hat stays O(1), so 1e-5 is a meaningful bound
 
 
-def tiny_unet_config() -> dict:
-    return {
-        "sample_size": 8,
-        "in_channels": 1,
-        "out_channels": 1,
-        "layers_per_block": 1,
-        "block_out_channels": (8, 16),
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-        "norm_num_groups": 4,
-        "attention_head_dim": 8,
-    }
-
-
 @pytest.fixture(scope="module")
 def unet():
-    return training.build_unet(tiny_unet_config(), seed=123).eval()
+    return ddpm.build_unet(tiny_unet_config(), seed=123).eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def diffusers_ddim(unet, x_T, sched, steps, eta=0.0, seed=None):
 def test_ddim_matches_diffusers(unet, x_T, steps, clip):
     sched = DDIMScheduler(num_train_timesteps=T_TINY, clip_sample=clip)  # "leading" spacing, alpha_0 = 1
     schedule = Schedule.from_betas(sched.betas.double())
-    ours = ddim.ddim_sample(unet, x_T, schedule, steps, clip_sample=clip)
+    ours = samplers.ddim_sample(unet, x_T, schedule, steps, clip_sample=clip)
     ref = diffusers_ddim(unet, x_T, sched, steps)
     assert ours.abs().max() > 0.1  # not a trivial output
     assert (ours - ref).abs().max().item() <= 1e-5
@@ -78,7 +69,7 @@ def test_ddim_matches_diffusers(unet, x_T, steps, clip):
 def test_ddim_eta1_matches_diffusers(unet, x_T, steps):
     sched = DDIMScheduler(num_train_timesteps=T_TINY, clip_sample=False)
     schedule = Schedule.from_betas(sched.betas.double())
-    ours = ddim.ddim_sample(unet, x_T, schedule, steps, eta=1.0, generator=torch.Generator().manual_seed(5))
+    ours = samplers.ddim_sample(unet, x_T, schedule, steps, eta=1.0, generator=torch.Generator().manual_seed(5))
     ref = diffusers_ddim(unet, x_T, sched, steps, eta=1.0, seed=5)
     assert (ours - ref).abs().max().item() <= 1e-5
 
@@ -97,49 +88,49 @@ def test_ddpm_matches_diffusers_and_ddim_eta1(unet, x_T):
     with torch.no_grad():
         for k in sched.timesteps:
             x = sched.step(unet64(x, k).sample, k, x, generator=gen).prev_sample
-    ours = ddim.ddpm_sample(unet64, x64, schedule, generator=torch.Generator().manual_seed(11))
+    ours = samplers.ddpm_sample(unet64, x64, schedule, generator=torch.Generator().manual_seed(11))
     assert (ours - x).abs().max().item() <= 1e-5
     # DDIM with eta = 1 over all T steps is DDPM (DDIM paper, sec. 4.1): same noise, same result
-    ddim_all = ddim.ddim_sample(unet64, x64, schedule, T_TINY, eta=1.0, generator=torch.Generator().manual_seed(11))
+    ddim_all = samplers.ddim_sample(unet64, x64, schedule, T_TINY, eta=1.0, generator=torch.Generator().manual_seed(11))
     assert (ours - ddim_all).abs().max().item() <= 1e-5
     # and the noise matters: eta = 0 lands elsewhere
-    assert (ours - ddim.ddim_sample(unet64, x64, schedule, T_TINY)).abs().max().item() > 1e-2
+    assert (ours - samplers.ddim_sample(unet64, x64, schedule, T_TINY)).abs().max().item() > 1e-2
 
 
 def test_uniform_timesteps_are_diffusers_leading_plus_one():
     for T, S in [(1000, 10), (1000, 50), (1000, 1000), (100, 7)]:
         sched = DDIMScheduler(num_train_timesteps=T)
         sched.set_timesteps(S)
-        assert ddim.select_timesteps(S, T, "uniform") == (sched.timesteps + 1).tolist()
-    ts = ddim.select_timesteps(1000, 1000, "uniform")
+        assert samplers.select_timesteps(S, T, "uniform") == (sched.timesteps + 1).tolist()
+    ts = samplers.select_timesteps(1000, 1000, "uniform")
     assert ts[0] == 1000 and ts[-1] == 1
 
 
 def test_quadratic_timesteps():
-    ts = ddim.select_timesteps(10, 1000, "quadratic")
+    ts = samplers.select_timesteps(10, 1000, "quadratic")
     # ermongroup/ddim: seq = [int(s) for s in np.linspace(0, sqrt(0.8 T), S) ** 2], shifted to t = k + 1
     expected = [int(s) + 1 for s in np.linspace(0, math.sqrt(800), 10) ** 2][::-1]
     assert ts == expected
     assert ts[-1] == 1 and ts[0] == 801
     gaps = -np.diff(ts)
     assert np.all(gaps > 0) and gaps[0] > gaps[-1]  # dense near t = 1, sparse near T
-    many = ddim.select_timesteps(500, 1000, "quadratic")
+    many = samplers.select_timesteps(500, 1000, "quadratic")
     assert len(many) == len(set(many)) and len(many) < 500  # duplicates near t = 1 removed
 
 
 def test_step_count_above_T_is_an_error(unet, x_T):
     with pytest.raises(ValueError, match="ddim.step_counts"):
-        ddim.select_timesteps(1001, 1000)
+        samplers.select_timesteps(1001, 1000)
     with pytest.raises(ValueError, match=r"ddim.step_counts.*\[200\]"):
-        ddim.check_step_counts([10, 200], T_TINY)
+        samplers.check_step_counts([10, 200], T_TINY)
     with pytest.raises(ValueError, match="ddim.skip_type"):
-        ddim.select_timesteps(10, 1000, "cubic")
+        samplers.select_timesteps(10, 1000, "cubic")
 
 
 def test_eta0_is_deterministic(unet, x_T):
     schedule = Schedule.make("linear", T_TINY)
-    a = ddim.ddim_sample(unet, x_T, schedule, 20)
-    b = ddim.ddim_sample(unet, x_T, schedule, 20)
+    a = samplers.ddim_sample(unet, x_T, schedule, 20)
+    b = samplers.ddim_sample(unet, x_T, schedule, 20)
     assert a.numpy().tobytes() == b.numpy().tobytes()
 
 
@@ -150,7 +141,7 @@ def test_eta0_is_deterministic(unet, x_T):
 def model_dir(tmp_path_factory, unet):
     d = tmp_path_factory.mktemp("ddim") / "model"
     unet.save_pretrained(d, safe_serialization=True)
-    training.ddpm_scheduler({"kind": "linear", "T": T_TINY, "beta_start": 1e-4, "beta_end": 0.02}).save_pretrained(d)
+    ddpm.ddpm_scheduler({"kind": "linear", "T": T_TINY, "beta_start": 1e-4, "beta_end": 0.02}).save_pretrained(d)
     return d
 
 
@@ -170,48 +161,60 @@ def stage_config(model_dir, step_counts=(5, 20, T_TINY)) -> dict:
     }
 
 
+def draw_x_T(path, cfg) -> None:
+    """Rule ddim_x_T with the values its params give."""
+    d = cfg["ddim"]
+    ddim_stage.ddim_x_T(path, d["model"]["pretrained"], num_samples=d["num_samples"], step_counts=d["step_counts"], seed=cfg["seed"])
+
+
+def sample(x_T, out, timing, cfg, **kw) -> None:
+    """Rules ddim_sample / ddim_ddpm_baseline with the values their params give."""
+    ddim_stage.ddim_sample(x_T, out, timing, cfg["ddim"]["model"]["pretrained"], cfg["ddim"], seed=cfg["seed"],
+                            device=cfg["device"], **kw)
+
+
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory, model_dir):
     out = tmp_path_factory.mktemp("stage")
     cfg = stage_config(model_dir)
-    ddim.run_x_T(out / "x_T.safetensors", cfg)
+    draw_x_T(out / "x_T.safetensors", cfg)
     labels = [f"ddim_{s}" for s in cfg["ddim"]["step_counts"]] + ["ddpm"]
     for lab in labels:
         kw = {"sampler": "ddpm"} if lab == "ddpm" else {"sampler": "ddim", "num_steps": int(lab.split("_")[1])}
-        ddim.run_sampling(out / "x_T.safetensors", out / f"{lab}.safetensors", out / f"{lab}.json", cfg, **kw)
+        sample(out / "x_T.safetensors", out / f"{lab}.safetensors", out / f"{lab}.json", cfg, **kw)
     return out, cfg, labels
 
 
 def test_same_x_T_for_every_step_count(stage_run, model_dir):
     out, cfg, labels = stage_run
-    x_T, _ = ddim.load_tensor(out / "x_T.safetensors")
+    x_T, _ = io.load_tensor(out / "x_T.safetensors")
     assert tuple(x_T.shape) == (3, 1, 8, 8)
-    hashes = {ddim.load_tensor(out / f"{lab}.safetensors")[1]["x_T_sha256"] for lab in labels}
-    assert hashes == {ddim.tensor_sha256(x_T)}
+    hashes = {io.load_tensor(out / f"{lab}.safetensors")[1]["x_T_sha256"] for lab in labels}
+    assert hashes == {io.tensor_sha256(x_T)}
     # and the saved samples are what the sampler gives from exactly that x_T (through another model
     # instance than the stage's: equal up to float32 rounding, which is not bit-stable across instances)
-    unet, schedule, _ = ddim.load_model(str(model_dir))
-    x5, meta = ddim.load_tensor(out / "ddim_5.safetensors")
+    unet, schedule, _ = ddpm.load_model(str(model_dir))
+    x5, meta = io.load_tensor(out / "ddim_5.safetensors")
     assert meta["steps"] == 5 and meta["nfe"] == 5
-    torch.testing.assert_close(x5, ddim.ddim_sample(unet, x_T, schedule, 5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(x5, samplers.ddim_sample(unet, x_T, schedule, 5), rtol=0, atol=1e-5)
     # a second draw is reproducible from the seed, and a different seed gives a different x_T
-    assert torch.equal(ddim.make_x_T(x_T.shape, 3), x_T)
-    assert not torch.equal(ddim.make_x_T(x_T.shape, 4), x_T)
+    assert torch.equal(ddim_stage.make_x_T(x_T.shape, 3), x_T)
+    assert not torch.equal(ddim_stage.make_x_T(x_T.shape, 4), x_T)
 
 
 def test_sampling_files_are_byte_identical_on_rerun(stage_run, tmp_path):
     out, cfg, _ = stage_run
-    ddim.run_sampling(out / "x_T.safetensors", tmp_path / "again.safetensors", tmp_path / "again.json", cfg,
-                      sampler="ddim", num_steps=20)
+    sample(out / "x_T.safetensors", tmp_path / "again.safetensors", tmp_path / "again.json", cfg,
+           sampler="ddim", num_steps=20)
     assert sha256_file(tmp_path / "again.safetensors") == sha256_file(out / "ddim_20.safetensors")
-    ddim.run_x_T(tmp_path / "x_T.safetensors", cfg)
+    draw_x_T(tmp_path / "x_T.safetensors", cfg)
     assert sha256_file(tmp_path / "x_T.safetensors") == sha256_file(out / "x_T.safetensors")
 
 
 def test_pretrained_step_count_above_T_names_the_key(model_dir, tmp_path):
     cfg = stage_config(model_dir, step_counts=(10, 1000))
     with pytest.raises(ValueError, match="ddim.step_counts"):
-        ddim.run_x_T(tmp_path / "x_T.safetensors", cfg)
+        draw_x_T(tmp_path / "x_T.safetensors", cfg)
     assert not (tmp_path / "x_T.safetensors").exists()
 
 
@@ -221,21 +224,21 @@ def test_figures_metrics_and_report_context(stage_run, tmp_path):
         "grid": str(tmp_path / "grid.png"), "convergence": str(tmp_path / "conv.png"),
         "metrics": str(tmp_path / "metrics.csv"), "timing": str(tmp_path / "timing.csv"),
     }
-    ddim.run_figures({lab: str(out / f"{lab}.safetensors") for lab in labels},
+    ddim_stage.ddim_figures({lab: str(out / f"{lab}.safetensors") for lab in labels},
                      {lab: str(out / f"{lab}.json") for lab in labels},
                      grid_png=files["grid"], convergence_png=files["convergence"], metrics_csv=files["metrics"],
-                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), config=cfg)
+                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), seed=cfg["seed"])
     import pandas as pd
 
     m = pd.read_csv(files["metrics"]).set_index("label")
     assert list(m.index) == labels
     assert m.loc[f"ddim_{T_TINY}", "mse"] == 0 and m.loc[f"ddim_{T_TINY}", "ssim"] == 1
-    x5, ref = ddim.load_tensor(out / "ddim_5.safetensors")[0], ddim.load_tensor(out / f"ddim_{T_TINY}.safetensors")[0]
+    x5, ref = io.load_tensor(out / "ddim_5.safetensors")[0], io.load_tensor(out / f"ddim_{T_TINY}.safetensors")[0]
     d = metrics.pairwise(x5, ref)
     assert m.loc["ddim_5", "mse"] == pytest.approx(d["mse"].mean(), rel=1e-6) and m.loc["ddim_5", "mse"] > 0
     assert m.loc["ddim_5", "ssim"] == pytest.approx(d["ssim"].mean(), rel=1e-6) and m.loc["ddim_5", "ssim"] < 1
     assert len(list((tmp_path / "png").glob("*.png"))) == 3 * len(labels)
-    ctx = ddim.report_context(files, {**cfg, "ddim": {**cfg["ddim"], "model": cfg["ddim"]["model"]}})
+    ctx = ddim_section.report_context(files, {**cfg, "ddim": {**cfg["ddim"], "model": cfg["ddim"]["model"]}})
     assert ctx["reference_steps"] == T_TINY and ctx["fewest_steps"] == 5
     assert ctx["fewest_mse"] == pytest.approx(m.loc["ddim_5", "mse"])
     assert ctx["ddpm"]["steps"] == T_TINY
@@ -245,7 +248,7 @@ def test_figures_metrics_and_report_context(stage_run, tmp_path):
     # the section template renders with the report's environment (autoescape, StrictUndefined)
     from pathlib import Path
 
-    from diffusion_report import report
+    from diffusion_report.report import render as report
 
     env = report.environment(Path(__file__).resolve().parents[1] / "report" / "templates")
     html = env.get_template("sections/ddim.html.j2").render(ctx=ctx, config=cfg)
@@ -266,7 +269,7 @@ def test_missing_model_error_names_id_and_fix(monkeypatch):
     except ImportError:
         pass
     with pytest.raises(ModelNotFoundError) as err:
-        ddim.load_model("no-such-org/no-such-ddpm")
+        ddpm.load_model("no-such-org/no-such-ddpm")
     msg = str(err.value)
     assert "no-such-org/no-such-ddpm" in msg
     assert "ddim.model.pretrained" in msg
@@ -300,7 +303,7 @@ def test_sample_variants_match_diffusers(unet, x_T, steps):
         sched.alphas_cumprod = sched.alphas_cumprod.double()
         ref = diffusers_ddim(unet64, x64, sched, steps, eta=eta, seed=3)
         schedule = schedule_of(sched)
-        got = ddim.sample_variants(unet64, x64, schedule, steps, [f"eta={eta}"],
+        got = samplers.sample_variants(unet64, x64, schedule, steps, [f"eta={eta}"],
                                    generators={f"eta={eta}": torch.Generator().manual_seed(3)})[f"eta={eta}"]
         assert (got - ref).abs().max().item() <= 1e-5, eta
         out[eta] = got
@@ -312,7 +315,7 @@ def test_sample_variants_match_diffusers(unet, x_T, steps):
     with torch.no_grad():
         for k in sched.timesteps:
             x = sched.step(unet64(x, k).sample, k, x, generator=gen).prev_sample
-    got = ddim.sample_variants(unet64, x64, schedule_of(sched), steps, ["sigma_hat"],
+    got = samplers.sample_variants(unet64, x64, schedule_of(sched), steps, ["sigma_hat"],
                                generators={"sigma_hat": torch.Generator().manual_seed(4)})["sigma_hat"]
     assert (got - x).abs().max().item() <= 1e-5
     # the variants really differ: eta = 0 is not eta = 1 is not sigma_hat
@@ -323,10 +326,10 @@ def test_sample_variants_batched_equal_separate(unet, x_T):
     """Stacking variants into one UNet batch changes nothing beyond float rounding."""
     gens = lambda: {"eta=0.0": torch.Generator().manual_seed(1), "sigma_hat": torch.Generator().manual_seed(2)}  # noqa: E731
     schedule = Schedule.from_betas(DDIMScheduler(num_train_timesteps=T_TINY).betas.double())
-    both = ddim.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], generators=gens())
-    alone = ddim.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], generators=gens())
+    both = samplers.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], generators=gens())
+    alone = samplers.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], generators=gens())
     torch.testing.assert_close(both["sigma_hat"], alone["sigma_hat"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(both["eta=0.0"], ddim.ddim_sample(unet, x_T, schedule, 10), atol=1e-5, rtol=0)
+    torch.testing.assert_close(both["eta=0.0"], samplers.ddim_sample(unet, x_T, schedule, 10), atol=1e-5, rtol=0)
 
 
 def test_inversion_round_trip_error_shrinks_with_steps(unet):
@@ -337,21 +340,21 @@ def test_inversion_round_trip_error_shrinks_with_steps(unet):
     x0 = torch.rand((4, 1, 8, 8), generator=torch.Generator().manual_seed(9)) * 2 - 1
     errs = []
     for S in (2, 5, 10, T_TINY):
-        x_T = ddim.ddim_invert(unet, x0, schedule, S)
-        rec = ddim.ddim_sample(unet, x_T, schedule, S)
+        x_T = samplers.ddim_invert(unet, x0, schedule, S)
+        rec = samplers.ddim_sample(unet, x_T, schedule, S)
         errs.append(float(((rec - x0) ** 2).mean()))
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
     assert errs[-1] < errs[0] / 5, errs
     # the encoding is not the identity: x_T differs from x_0
-    assert (ddim.ddim_invert(unet, x0, schedule, T_TINY) - x0).abs().mean() > 0.05
+    assert (samplers.ddim_invert(unet, x0, schedule, T_TINY) - x0).abs().mean() > 0.05
 
 
 def test_slerp_endpoints_and_norm():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn((1, 16, 16), generator=g), torch.randn((1, 16, 16), generator=g)
-    torch.testing.assert_close(ddim.slerp(z0, z1, 0.0), z0, atol=1e-6, rtol=0)
-    torch.testing.assert_close(ddim.slerp(z0, z1, 1.0), z1, atol=1e-6, rtol=0)
-    mid = ddim.slerp(z0, z1, 0.5)
+    torch.testing.assert_close(samplers.slerp(z0, z1, 0.0), z0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(samplers.slerp(z0, z1, 1.0), z1, atol=1e-6, rtol=0)
+    mid = samplers.slerp(z0, z1, 0.5)
     # a linear mix shrinks the norm of two near-orthogonal Gaussians by ~sqrt(2); slerp does not
     assert abs(float(mid.norm()) - float((z0.norm() + z1.norm()) / 2)) < 0.05 * float(z0.norm())
     assert float(((z0 + z1) / 2).norm()) < 0.8 * float(mid.norm())
@@ -395,7 +398,7 @@ def test_paired_bootstrap_uses_the_given_indices():
 def _quality_table(fd: dict, err: float = 0.5, conf: float = 0.95, pix: float = 1.0, recog: float = 0.97):
     import pandas as pd
 
-    from diffusion_report.ddim_experiments import PAPER_FID
+    from diffusion_report.stages.ddim_cells import PAPER_FID
 
     rows = [{"variant": v, "steps": s, "num_samples": 64, "fd": x, "fd_boot_std": err, "recognisability": recog,
              "confident_fraction": conf, "max_abs_pixel": pix,
@@ -407,7 +410,7 @@ def _quality_table(fd: dict, err: float = 0.5, conf: float = 0.95, pix: float = 
 def test_ordering_claims_follow_the_numbers():
     """The paper's ordering (eta = 0 best at few steps, sigma-hat best at 1000) is claimed only when
     the numbers show it beyond twice the bootstrap error; contrary numbers flip the verdict."""
-    from diffusion_report.ddim_experiments import ordering_claims
+    from diffusion_report.report.sections.ddim import ordering_claims
 
     paper_like = {("eta=0", 10): 5.0, ("eta=1", 10): 20.0, ("sigma_hat", 10): 90.0,
                   ("eta=0", 1000): 3.0, ("eta=1", 1000): 3.5, ("sigma_hat", 1000): 1.0}
@@ -428,7 +431,7 @@ def test_ordering_claims_follow_the_numbers():
 def test_quality_goals_and_neighbour_resolution_flip():
     import pandas as pd
 
-    from diffusion_report.ddim_experiments import neighbours_resolved, quality_goals
+    from diffusion_report.report.sections.ddim import neighbours_resolved, quality_goals
 
     fd = {("eta=0", 10): 5.0, ("eta=0", 20): 4.0, ("eta=0", 50): 3.9}
     ok = quality_goals(_quality_table(fd), "eta=0", 0.98)
@@ -444,39 +447,39 @@ def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):
     reconstruction sentence follows the numbers (a contrary table flips it)."""
     import pandas as pd
 
-    from diffusion_report import ddim_experiments as E
-    from diffusion_report import report
+    from diffusion_report.report import render as report
+    from diffusion_report.stages import ddim_experiments
 
     out, cfg, labels = stage_run
     sampling = {"eta": 0.0, "skip_type": "uniform", "clip_sample": False}
     for S, variants in ((5, ["eta=1", "sigma_hat"]), (10, ["eta=0", "eta=1", "sigma_hat"])):
-        E.run_quality_samples(str(model_dir), str(out / "x_T.safetensors"), str(tmp_path / f"q{S}.safetensors"), steps=S,
+        ddim_experiments.ddim_quality_samples(str(model_dir), str(out / "x_T.safetensors"), str(tmp_path / f"q{S}.safetensors"), steps=S,
                               variants=variants, sampling=sampling, seed=3, device="cpu")
     q = {"quality_csv": tmp_path / "q.csv", "quality_pairs": tmp_path / "p.csv", "quality_png": tmp_path / "q.png"}
-    E.run_quality_table({5: str(tmp_path / "q5.safetensors"), 10: str(tmp_path / "q10.safetensors")},
+    ddim_experiments.ddim_quality({5: str(tmp_path / "q5.safetensors"), 10: str(tmp_path / "q10.safetensors")},
                         {5: ("eta=0", str(out / "ddim_5.safetensors"))}, out_csv=q["quality_csv"], pairs_csv=q["quality_pairs"],
                         out_png=q["quality_png"], variants=["eta=0", "eta=1", "sigma_hat"], image_size=8, seed=3, n_boot=20)
     df = pd.read_csv(q["quality_csv"])
     assert len(df) == 3 * 2 + 1 and (df["fd"] >= 0).all() and (df["fd_boot_std"] > 0).all()
     # the reused cell is ddim_sample's file: its score is that of those very samples
-    x5 = ddim.load_tensor(out / "ddim_5.safetensors")[0]
+    x5 = io.load_tensor(out / "ddim_5.safetensors")[0]
     assert float(df[(df.variant == "eta=0") & (df.steps == 5)]["max_abs_pixel"].iloc[0]) == pytest.approx(float(x5.abs().max()))
     r = {"recon_csv": tmp_path / "r.csv", "recon_png": tmp_path / "r.png"}
-    E.run_reconstruction(str(model_dir), r["recon_csv"], r["recon_png"], step_counts=[2, 10, T_TINY], num_images=4,
+    ddim_experiments.ddim_reconstruction(str(model_dir), r["recon_csv"], r["recon_png"], step_counts=[2, 10, T_TINY], num_images=4,
                          sampling=sampling, seed=3, device="cpu")
     rec = pd.read_csv(r["recon_csv"])
     assert list(rec["steps"]) == [2, 10, T_TINY] and rec["mse"].iloc[-1] < rec["mse"].iloc[0]
-    E.run_interpolation(str(model_dir), str(tmp_path / "i.png"), pairs=1, points=3, steps=5, sampling=sampling, seed=3)
+    ddim_experiments.ddim_interpolation(str(model_dir), str(tmp_path / "i.png"), pairs=1, points=3, steps=5, sampling=sampling, seed=3)
     files = {"grid": str(tmp_path / "g.png"), "convergence": str(tmp_path / "c.png"), "metrics": str(tmp_path / "m.csv"),
              "timing": str(tmp_path / "t.csv")}
-    ddim.run_figures({lab: str(out / f"{lab}.safetensors") for lab in labels}, {lab: str(out / f"{lab}.json") for lab in labels},
+    ddim_stage.ddim_figures({lab: str(out / f"{lab}.safetensors") for lab in labels}, {lab: str(out / f"{lab}.json") for lab in labels},
                      grid_png=files["grid"], convergence_png=files["convergence"], metrics_csv=files["metrics"],
-                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), config=cfg)
+                     timing_csv=files["timing"], png_dir=str(tmp_path / "png"), seed=cfg["seed"])
     files.update({k: str(v) for k, v in {**q, **r}.items()}, interp_png=str(tmp_path / "i.png"))
     env = report.environment(ROOT_TEMPLATES)
-    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim.report_context(files, cfg), config=cfg)
+    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim_section.report_context(files, cfg), config=cfg)
     assert "falls with every added step count" in html and "The DDIM paper's Table 1" in html
     rec.loc[:, "mse"] = rec["mse"].iloc[::-1].values  # contrary numbers: the error grows with S
     rec.to_csv(r["recon_csv"], index=False)
-    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim.report_context(files, cfg), config=cfg)
+    html = env.get_template("sections/ddim.html.j2").render(ctx=ddim_section.report_context(files, cfg), config=cfg)
     assert "falls with every added step count" not in html and "does <strong>not</strong> fall" in html

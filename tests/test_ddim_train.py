@@ -6,8 +6,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffusion_report import ddim, digits, training
-from diffusion_report.schedules import Schedule, make_betas
+from diffusion_report.core.schedules import Schedule, make_betas
+from diffusion_report.models import ddpm, digits, training
+from diffusion_report.models.files import DDIM_WEIGHT_FILES as WEIGHT_FILES
+from diffusion_report.stages import ddim as ddim_stage
 
 
 def tiny_config(tmp_steps: int = 4) -> dict:
@@ -28,8 +30,8 @@ def test_trainer_reduces_loss_and_is_deterministic():
     schedule = Schedule.make("linear", 100)
     data, _ = digits.digits_split(8, seed=0)["ddpm"]
     data = data[:64]
-    cfg = training.unet_config(8, [8, 16])
-    init = training.build_unet(cfg, seed=1)
+    cfg = ddpm.unet_config(8, [8, 16])
+    init = ddpm.build_unet(cfg, seed=1)
     kw = dict(steps=40, batch_size=16, learning_rate=3e-3, ema_decay=0.9, seed=1, log_every=0)
     ema, losses = training.train_ddpm(data, schedule, cfg, **kw)
     before = fixed_batch_loss(init, data[:32], schedule)
@@ -46,15 +48,15 @@ def test_trainer_reduces_loss_and_is_deterministic():
 def test_unet_config_is_small_and_validated():
     from diffusers import UNet2DModel
 
-    n = sum(p.numel() for p in UNet2DModel(**training.unet_config(16, [32, 64, 64])).parameters())
+    n = sum(p.numel() for p in UNet2DModel(**ddpm.unet_config(16, [32, 64, 64])).parameters())
     assert 0.5e6 < n < 2e6  # the "~1M-parameter UNet" of the default config
     with pytest.raises(ValueError, match="ddim.train.image_size"):
-        training.unet_config(10, [8, 16, 32])
+        ddpm.unet_config(10, [8, 16, 32])
 
 
 @pytest.mark.parametrize("kind", ["linear", "quadratic", "cosine", "sigmoid"])
 def test_saved_scheduler_has_the_configured_betas(kind):
-    sched = training.ddpm_scheduler({"kind": kind, "T": 1000, "beta_start": 1e-4, "beta_end": 0.02})
+    sched = ddpm.ddpm_scheduler({"kind": kind, "T": 1000, "beta_start": 1e-4, "beta_end": 0.02})
     assert isinstance(sched, DDPMScheduler) and sched.config.clip_sample is False
     torch.testing.assert_close(sched.betas.double(), make_betas(kind, 1000), rtol=1e-5, atol=1e-7)
 
@@ -62,11 +64,11 @@ def test_saved_scheduler_has_the_configured_betas(kind):
 def test_run_training_writes_a_loadable_model(tmp_path):
     cfg = tiny_config(tmp_steps=3)
     model_dir = tmp_path / "model"
-    training.run_training(model_dir, tmp_path / "loss.csv", tmp_path / "loss.png", cfg)
+    ddim_stage.ddim_train(model_dir, tmp_path / "loss.csv", tmp_path / "loss.png", cfg)
     assert (model_dir / "diffusion_pytorch_model.safetensors").exists()
     assert not list(model_dir.glob("*.bin"))  # safetensors only
     assert (tmp_path / "loss.png").stat().st_size > 0
-    unet, schedule, pred = ddim.load_model(str(model_dir))
+    unet, schedule, pred = ddpm.load_model(str(model_dir))
     assert pred == "epsilon" and schedule.T == 100 and unet.config.sample_size == 8
     torch.testing.assert_close(schedule.alpha_bars, Schedule.from_config(cfg["schedule"]).alpha_bars, rtol=1e-5, atol=1e-7)
     import pandas as pd
@@ -97,7 +99,7 @@ def test_checkpoint_resume_gives_the_same_weights(tmp_path):
     """A run stopped after k steps and resumed from its checkpoint equals an uninterrupted run."""
     schedule = Schedule.make("linear", 100)
     data = digits.digits_split(8, seed=0)["ddpm"][0][:64]
-    cfg = training.unet_config(8, [8, 16])
+    cfg = ddpm.unet_config(8, [8, 16])
     kw = dict(batch_size=8, learning_rate=3e-3, ema_decay=0.9, seed=2, log_every=0)
     full, losses = training.train_ddpm(data, schedule, cfg, steps=6, **kw)
     ck = tmp_path / "ck.pt"
@@ -114,12 +116,12 @@ def test_checkpoint_resume_gives_the_same_weights(tmp_path):
 
 
 def _shipped_folder(tmp_path, cfg):
-    """Weights made by run_training, packaged the way models/ddim-digits is (model/, loss.csv, SHA256SUMS)."""
+    """Weights made by ddim_train, packaged the way models/ddim-digits is (model/, loss.csv, SHA256SUMS)."""
     from diffusion_report.io import sha256_table
 
     w = tmp_path / "w"
-    training.run_training(w / "model", w / "loss.csv", tmp_path / "made.png", cfg)
-    sums = sha256_table(w, training.WEIGHT_FILES)
+    ddim_stage.ddim_train(w / "model", w / "loss.csv", tmp_path / "made.png", cfg)
+    sums = sha256_table(w, WEIGHT_FILES)
     (w / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
     return w
 
@@ -132,21 +134,21 @@ def test_shipped_weights_are_verified_and_installed(tmp_path):
     w = _shipped_folder(tmp_path, cfg)
     use = copy.deepcopy(cfg)
     use["ddim"].update(retrain=False, weights=str(w))
-    src = training.run_training(tmp_path / "m", tmp_path / "l.csv", tmp_path / "l.png", use)
+    src = ddim_stage.ddim_train(tmp_path / "m", tmp_path / "l.csv", tmp_path / "l.png", use)
     assert src.startswith("shipped weights") and "sha256" in src
     assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         w / "model" / "diffusion_pytorch_model.safetensors").read_bytes()
-    assert json.loads((tmp_path / "m" / "ddim_config.json").read_text()) == training.recipe(cfg)
+    assert json.loads((tmp_path / "m" / "ddim_config.json").read_text()) == ddim_stage.recipe(cfg)
     # another recipe: a clear error naming the key that differs
     other = copy.deepcopy(use)
     other["ddim"]["train"]["learning_rate"] = 1e-3
     with pytest.raises(ValueError, match=r"ddim.weights: .*another recipe.*train"):
-        training.run_training(tmp_path / "m2", tmp_path / "l2.csv", tmp_path / "l2.png", other)
+        ddim_stage.ddim_train(tmp_path / "m2", tmp_path / "l2.csv", tmp_path / "l2.png", other)
     # a changed byte: checksum mismatch naming the file
     with open(w / "loss.csv", "a") as fh:
         fh.write("99,0.1,0.1\n")
     with pytest.raises(ValueError, match="checksum mismatch.*loss.csv"):
-        training.run_training(tmp_path / "m3", tmp_path / "l3.csv", tmp_path / "l3.png", use)
+        ddim_stage.ddim_train(tmp_path / "m3", tmp_path / "l3.csv", tmp_path / "l3.png", use)
 
 
 def test_reader_features_are_its_penultimate_layer():

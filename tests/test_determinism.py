@@ -1,7 +1,8 @@
 """Two clean runs in different folders give the same bytes, also when one job is killed with -9.
 
-Run A is uninterrupted. Run B is killed (SIGKILL to the longest job's process) part-way, then
-rerun; Snakemake's incomplete markers and the scripts' atomic writes mean the rerun redoes the
+Run A is uninterrupted, in a copy of the workflow. Run B runs from another copy into an empty
+folder (``snakemake -s <copy>/Snakefile -d <folder>``: config, models and report sources are found
+beside the Snakefile); it is killed (SIGKILL to the longest job's process) part-way, then rerun; Snakemake's incomplete markers and the scripts' atomic writes mean the rerun redoes the
 killed job and the final artifacts equal run A's. The only difference allowed is the report's
 values marked as measured (wall times, speed-ups and memory, in the report and in
 results/ddim/timing*), which are blanked before comparing.
@@ -14,12 +15,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SNAKEMAKE, copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -56,14 +55,20 @@ def scripts_running(pattern: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def two_runs(tiny_run, tmp_path_factory):
+    """Run A in the workflow's folder; run B with ``-s <workflow>/Snakefile -d <empty folder>``
+    (the workflow's own files found beside its Snakefile), killed mid-job, then rerun."""
     a, proc = tiny_run  # run A: the shared uninterrupted run
-    b = copy_workflow(tmp_path_factory.mktemp("run_b"))
+    base = tmp_path_factory.mktemp("run_b")
+    wf = copy_workflow(base / "workflow")
+    b = base / "run"
+    b.mkdir()
+    where = ["-s", str(wf / "Snakefile"), "-d", str(b), "--configfile", str(wf / "presets" / "tiny.yaml")]
     ran = proc.stdout + proc.stderr
     target = next((s for s in KILL_PREFERENCE if s.removesuffix(".py") in ran), None)
     assert target, "none of the jobs to kill ran"
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
-    job = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", "presets/tiny.yaml"], cwd=b, env=env,
+    job = subprocess.Popen([SNAKEMAKE, "--cores", "2", *where], cwd=base, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     deadline = time.time() + 900
@@ -83,7 +88,8 @@ def two_runs(tiny_run, tmp_path_factory):
             job.kill()
     assert killed, f"{target} never ran in run B"
     assert job.returncode != 0, "killing a job must fail the run"
-    rerun = run_snakemake(b, "--configfile", "presets/tiny.yaml", timeout=1500)
+    assert sorted(p.name for p in b.iterdir()) == [".snakemake", "benchmarks", "logs", "results"]  # nothing else
+    rerun = run_snakemake(base, *where, timeout=1500)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return a, b, killed, rerun.stdout + rerun.stderr
 

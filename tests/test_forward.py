@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from diffusion_report import forward
+from diffusion_report.core import forward
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.images import load_images
-from diffusion_report.schedules import Schedule
 
 DEFAULT_IMAGES = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"]
 

@@ -6,7 +6,13 @@ import pytest
 from PIL import Image
 
 from diffusion_report import images
-from diffusion_report.images import check_image, image_name, load_image, shipped_names, to_rgb_array
+from diffusion_report.images import (
+    check_image,
+    image_name,
+    load_image,
+    shipped_names,
+    to_rgb_array,
+)
 
 
 def test_shipped_samples_are_found():
@@ -299,6 +305,7 @@ def test_unmappable_modes_are_errors_naming_image_and_mode(tmp_path, monkeypatch
 
 def test_config_check_rejects_an_unusable_float_image(tmp_path):
     from conftest import ROOT, load_yaml
+
     from diffusion_report.config import ConfigError, validate_config
 
     path = tmp_path / "hdr.tif"
@@ -352,12 +359,13 @@ def test_forward_clean_declares_memory_for_a_large_input(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGBA", "F"])
 def test_declared_memory_covers_the_measured_peak(tmp_path, mode):
-    """forward.save_clean on a 4000 x 4000 image of the costliest modes peaks below what the rule declares."""
+    """forward.forward_clean on a 4000 x 4000 image of the costliest modes peaks below what the rule declares."""
     import os
     import subprocess
     import sys
 
     from conftest import ROOT
+
     from diffusion_report.images import decode_mem_mb
 
     path = tmp_path / f"big_{mode}.tif"
@@ -366,12 +374,12 @@ def test_declared_memory_covers_the_measured_peak(tmp_path, mode):
     else:
         Image.new(mode, (4000, 4000), (200, 10, 10, 128)).save(path)
     code = (
-        "import resource, sys; from diffusion_report import forward; "
-        f"forward.save_clean([{str(path)!r}], 64, {str(tmp_path / 'x0.safetensors')!r}, {str(tmp_path / 'clean.png')!r}); "
+        "import resource, sys; from diffusion_report.stages import forward; "
+        f"forward.forward_clean([{str(path)!r}], 64, {str(tmp_path / 'x0.safetensors')!r}, {str(tmp_path / 'clean.png')!r}); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})  # this checkout's package
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout.split()[-1])
     declared = 1000 + decode_mem_mb([str(path)])

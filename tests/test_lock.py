@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SNAKEMAKE, copy_workflow
+
 from diffusion_report import lock
 
 

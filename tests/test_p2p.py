@@ -13,54 +13,20 @@ import pytest
 import torch
 import yaml
 
-from diffusion_report import p2p
-from diffusion_report.text2image import Text2Image, encode_prompts, generate, initial_latents, load_text2image, tokenize
+from diffusion_report.core import attention, prompts
+from diffusion_report.models.text2image import (
+    Text2Image,
+    encode_prompts,
+    generate,
+    initial_latents,
+    load_text2image,
+    tokenize,
+)
+from diffusion_report.report.sections import p2p as p2p_section
+from diffusion_report.stages import p2p as p2p_stage
+from diffusion_report.testing import MAX_LEN, tiny_pipe, tiny_tokenizer
 
-WORDS = ["a", "photo", "of", "house", "on", "mountain", "at", "winter", "painting", "lion", "eating", "burger",
-         "red", "blue", "circle", "square", "white", "background", "cat", "dog"]  # "squirrel" is left out: 5 tokens
-MAX_LEN = 16
 STEPS = 6
-
-
-def tiny_tokenizer(max_len: int = MAX_LEN):
-    """A CLIP BPE tokenizer whose merges spell out WORDS; other words split into several tokens."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz.,!?'":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = []
-    for w in WORDS:
-        parts = list(w[:-1]) + [w[-1] + "</w>"]
-        cur = parts[0]
-        for p in parts[1:]:
-            merges.append((cur, p))
-            cur += p
-            vocab.setdefault(cur, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=max_len)
-
-
-def tiny_pipe(pixel: bool = True, seed: int = 0) -> Text2Image:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)  # weight init of the tiny test models only
-    tok = tiny_tokenizer()
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                      num_hidden_layers=2, max_position_embeddings=MAX_LEN, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=1)).eval()
-    ch = 3 if pixel else 4
-    unet = UNet2DConditionModel(sample_size=16, in_channels=ch, out_channels=ch, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8).eval()
-    vae = None
-    if not pixel:
-        vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                            up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8).eval()
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False)
-    return Text2Image(unet=unet, text_encoder=te, tokenizer=tok, scheduler=sched, vae=vae)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +50,7 @@ def tok():
 
 
 def run(pipe, mode, prompts, cross=0.5, self_=0.5, **kw):
-    ctrl = p2p.make_controller(mode, prompts, pipe.tokenizer, STEPS, cross, self_, max_len=MAX_LEN, keep_steps=True,
+    ctrl = attention.make_controller(mode, prompts, pipe.tokenizer, STEPS, cross, self_, max_len=MAX_LEN, keep_steps=True,
                                self_max_tokens=64, **kw)
     x_T = initial_latents(pipe, 8888, "test")
     images, store, latents = generate(pipe, prompts, x_T, STEPS, 5.0, ctrl, return_latents=True)
@@ -96,25 +62,25 @@ def run(pipe, mode, prompts, cross=0.5, self_=0.5, **kw):
 
 def test_alignment_maps_shared_words_and_leaves_new_ones_unmapped(tok):
     src, tgt = "a photo of a house on a mountain", "a photo of a house on a mountain at winter"
-    mapper, alphas = p2p.refinement_mapper(src, tgt, tok, MAX_LEN)
+    mapper, alphas = attention.refinement_mapper(src, tgt, tok, MAX_LEN)
     n_src = len(src.split())
     # BOS + 8 shared one-token words map to themselves; "at", "winter" are new; EOS/padding follow the source's
     assert mapper[: n_src + 1].tolist() == list(range(n_src + 1))
     assert alphas[: n_src + 1].tolist() == [1.0] * (n_src + 1)
-    new = p2p.token_indices(tgt, ["at", "winter"], tok)
+    new = attention.token_indices(tgt, ["at", "winter"], tok)
     assert new == [n_src + 1, n_src + 2]
     assert alphas[new].tolist() == [0.0, 0.0]
     assert mapper[n_src + 3].item() == n_src + 1  # target EOS <- source EOS
     assert mapper[n_src + 4 :].tolist() == list(range(n_src + 4, MAX_LEN))  # padding <- the same positions
     # a word inserted in the middle shifts the later words' mapping
-    mapper2, alphas2 = p2p.refinement_mapper("a house on a mountain", "a red house on a mountain", tok, MAX_LEN)
+    mapper2, alphas2 = attention.refinement_mapper("a house on a mountain", "a red house on a mountain", tok, MAX_LEN)
     assert alphas2[2].item() == 0.0 and mapper2[3].item() == 2 and mapper2[6].item() == 5
 
 
 def test_global_alignment_matches_repeated_elements_in_order():
-    assert p2p.global_alignment(list("abcab"), list("abxcab")) == [0, 1, -1, 2, 3, 4]
-    assert p2p.global_alignment(list("abc"), list("abc")) == [0, 1, 2]
-    assert p2p.global_alignment(list("ab"), list("ba")) .count(-1) == 1
+    assert attention.global_alignment(list("abcab"), list("abxcab")) == [0, 1, -1, 2, 3, 4]
+    assert attention.global_alignment(list("abc"), list("abc")) == [0, 1, 2]
+    assert attention.global_alignment(list("ab"), list("ba")) .count(-1) == 1
 
 
 # The reference's rules, restated independently (google/prompt-to-prompt, seq_aligner.py and ptp_utils.py).
@@ -163,16 +129,16 @@ def reference_refinement(x_ids, y_ids, max_len):
 
 
 def test_global_alignment_breaks_ties_to_the_leftmost_occurrence_as_the_reference():
-    assert p2p.global_alignment(["x"], ["x", "x"]) == [0, -1] == reference_alignment(["x"], ["x", "x"])
-    assert p2p.global_alignment(["x", "x"], ["x"]) == [0] == reference_alignment(["x", "x"], ["x"])
-    assert p2p.global_alignment(list("ab"), list("abab")) == [0, 1, -1, -1]
+    assert attention.global_alignment(["x"], ["x", "x"]) == [0, -1] == reference_alignment(["x"], ["x", "x"])
+    assert attention.global_alignment(["x", "x"], ["x"]) == [0] == reference_alignment(["x", "x"], ["x"])
+    assert attention.global_alignment(list("ab"), list("abab")) == [0, 1, -1, -1]
     import random
 
     rng = random.Random(0)
     for _ in range(400):
         a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
         b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
-        assert p2p.global_alignment(a, b) == reference_alignment(a, b), (a, b)
+        assert attention.global_alignment(a, b) == reference_alignment(a, b), (a, b)
 
 
 def test_refine_maps_padding_to_the_same_positions_as_the_reference(tok):
@@ -184,13 +150,13 @@ def test_refine_maps_padding_to_the_same_positions_as_the_reference(tok):
         ("a cat", "a cat on a cat"),  # repeated words: ties
     ]
     for src, tgt in pairs:
-        mapper, alphas = p2p.refinement_mapper(src, tgt, tok, MAX_LEN)
+        mapper, alphas = attention.refinement_mapper(src, tgt, tok, MAX_LEN)
         ref_mapper, ref_alphas = reference_refinement(tok(src).input_ids, tok(tgt).input_ids, MAX_LEN)
         assert alphas.tolist() == ref_alphas.tolist(), (src, tgt)
         used = alphas.bool()  # the reference maps new tokens to -1; their alpha 0 leaves them unused
         assert mapper[used].tolist() == ref_mapper[used].tolist(), (src, tgt)
     # the padding after "a red house on a mountain" <EOS> takes the source's attention at the same positions
-    mapper, _ = p2p.refinement_mapper(*pairs[0], tok, MAX_LEN)
+    mapper, _ = attention.refinement_mapper(*pairs[0], tok, MAX_LEN)
     end = len(tok(pairs[0][1]).input_ids)
     assert mapper[end:].tolist() == list(range(end, MAX_LEN))
 
@@ -210,11 +176,11 @@ def test_replace_windows_round_as_the_reference(tok):
             cols = slice(None) if word in ("default", "default_") else [blue]
             expected[:, :, cols] = 0
             expected[int(lo * (S + 1)) : int(hi * (S + 1)), :, cols] = 1
-        assert torch.equal(p2p.cross_replace_alpha(prompts, S, steps, tok, MAX_LEN), expected), steps
-    assert int(p2p.cross_replace_alpha(prompts, S, 0.8, tok, MAX_LEN)[:, 0, 0].sum()) == 6  # int(0.8 * 7) would be 5
+        assert torch.equal(attention.cross_replace_alpha(prompts, S, steps, tok, MAX_LEN), expected), steps
+    assert int(attention.cross_replace_alpha(prompts, S, 0.8, tok, MAX_LEN)[:, 0, 0].sum()) == 6  # int(0.8 * 7) would be 5
     for frac in (1.0, 0.8, 0.5, (0.25, 0.75)):
         lo, hi = (0.0, frac) if isinstance(frac, float) else frac
-        ctrl = p2p.make_controller("replace", prompts, tok, S, 0.8, frac, max_len=MAX_LEN)
+        ctrl = attention.make_controller("replace", prompts, tok, S, 0.8, frac, max_len=MAX_LEN)
         assert ctrl.self_window == (int(lo * S), int(hi * S)), frac
 
 
@@ -229,7 +195,7 @@ def test_injection_windows_in_a_pndm_run_follow_the_reference(pipe):
     pndm = copy.copy(pipe)
     pndm.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
     prompts = ["a red circle on a white background", "a blue circle on a white background"]
-    ctrl = p2p.make_controller("replace", prompts, pipe.tokenizer, S, 0.8, 1.0, max_len=MAX_LEN, self_max_tokens=64)
+    ctrl = attention.make_controller("replace", prompts, pipe.tokenizer, S, 0.8, 1.0, max_len=MAX_LEN, self_max_tokens=64)
     _, store = generate(pndm, prompts, initial_latents(pipe, 5, "pndm"), S, 5.0, ctrl)
     assert store.cur_step == S + 1
     big = lambda n: n.startswith("down_blocks.0") or n.startswith("up_blocks.1")  # noqa: E731 - 16x16 maps, not stored
@@ -242,11 +208,11 @@ def test_injection_windows_in_a_pndm_run_follow_the_reference(pipe):
 
 def test_replacement_mapper_spreads_multi_token_words(tok):
     src, tgt = "a painting of a squirrel eating a burger", "a painting of a lion eating a burger"
-    M = p2p.replacement_mapper(src, tgt, tok, MAX_LEN)
-    (s0, s1), (t0, t1) = p2p.word_token_spans(src, tok)[4], p2p.word_token_spans(tgt, tok)[4]
+    M = attention.replacement_mapper(src, tgt, tok, MAX_LEN)
+    (s0, s1), (t0, t1) = attention.word_token_spans(src, tok)[4], attention.word_token_spans(tgt, tok)[4]
     assert s1 - s0 == 5 and t1 - t0 == 2
     assert torch.equal(M[s0:s1, t0:t1], torch.full((5, 2), 0.5))  # lion's 2 tokens share squirrel's 5
-    end_s = p2p.core_token_range(src, tok)[1]
+    end_s = attention.core_token_range(src, tok)[1]
     assert torch.equal(M.sum(1)[: end_s + 1], torch.ones(end_s + 1))  # every source token's attention passes on
     assert M[s1, t1].item() == 1 and M[:s0].equal(torch.eye(MAX_LEN)[:s0])  # shared words map one to one
     base = torch.rand(3, 7, MAX_LEN).softmax(-1)
@@ -255,14 +221,14 @@ def test_replacement_mapper_spreads_multi_token_words(tok):
 
 def test_word_swap_with_different_word_counts_is_an_error(tok):
     with pytest.raises(ValueError, match="same number of words"):
-        p2p.replacement_mapper("a red circle", "a big red circle", tok, MAX_LEN)
-    errors = p2p.validate_edits([{"name": "e", "source": "a red circle", "target": "a big red circle", "mode": "replace"}])
+        attention.replacement_mapper("a red circle", "a big red circle", tok, MAX_LEN)
+    errors = prompts.validate_edits([{"name": "e", "source": "a red circle", "target": "a big red circle", "mode": "replace"}])
     assert errors == ["p2p.edits[0] (e): mode replace needs prompts with the same number of words; source has 3, target 4"]
 
 
 def test_validate_edits_names_the_key():
     ok = {"name": "ok", "source": "a cat", "target": "a dog", "mode": "replace", "blend_words": ["cat", "dog"]}
-    assert p2p.validate_edits([ok]) == []
+    assert prompts.validate_edits([ok]) == []
     bad = [
         ok,
         dict(ok),  # duplicate name
@@ -273,7 +239,7 @@ def test_validate_edits_names_the_key():
         {"name": "g", "source": "a cat", "target": "a dog", "mode": "reweight", "base_mode": "none",
          "reweight": {"words": ["dog"], "scale": 2}},
     ]
-    errors = p2p.validate_edits(bad, tokenizer_max_words=5)
+    errors = prompts.validate_edits(bad, tokenizer_max_words=5)
     text = "\n".join(errors)
     assert "p2p.edits[1] (ok): duplicate name" in text
     assert "p2p.edits[2] (b): source prompt is empty" in text
@@ -283,7 +249,7 @@ def test_validate_edits_names_the_key():
     assert "p2p.edits[6] (g): base_mode none reweights the source prompt itself" in text
     assert len(errors) == 6
     long = {"name": "f", "source": "a b c d e f", "target": "a b c d e f", "mode": "refine"}
-    assert "6 words" in p2p.validate_edits([long], tokenizer_max_words=5)[0]
+    assert "6 words" in prompts.validate_edits([long], tokenizer_max_words=5)[0]
 
 
 def test_shipped_configs_have_valid_edits():
@@ -292,7 +258,7 @@ def test_shipped_configs_have_valid_edits():
     for path in [root / "config.yaml", *sorted((root / "presets").glob("*.yaml"))]:
         edits = ((yaml.safe_load(path.read_text()) or {}).get("p2p") or {}).get("edits")
         if edits:
-            assert p2p.validate_edits(edits) == [], path
+            assert prompts.validate_edits(edits) == [], path
             checked += 1
     assert checked >= 1
 
@@ -312,7 +278,7 @@ def test_same_prompt_full_replacement_gives_the_source_image(pipe):
 def test_replace_injects_source_attention_before_the_cutoff_only(pipe):
     src, tgt = "a painting of a squirrel eating a burger", "a painting of a lion eating a burger"
     _, store, _ = run(pipe, "replace", [src, tgt], cross=0.5, self_=0.0)
-    M = p2p.replacement_mapper(src, tgt, pipe.tokenizer, MAX_LEN)
+    M = attention.replacement_mapper(src, tgt, pipe.tokenizer, MAX_LEN)
     cut = int(0.5 * STEPS)
     assert len(store.steps) == STEPS
     for i, maps in enumerate(store.steps):  # (2, Q, L)
@@ -326,7 +292,7 @@ def test_replace_injects_source_attention_before_the_cutoff_only(pipe):
 def test_refine_injects_aligned_source_attention_before_the_cutoff_only(pipe):
     src, tgt = "a photo of a house on a mountain", "a photo of a house on a mountain at winter"
     _, store, _ = run(pipe, "refine", [src, tgt], cross=0.5, self_=0.0)
-    mapper, alphas = p2p.refinement_mapper(src, tgt, pipe.tokenizer, MAX_LEN)
+    mapper, alphas = attention.refinement_mapper(src, tgt, pipe.tokenizer, MAX_LEN)
     shared = alphas.bool()
     for i, maps in enumerate(store.steps):
         aligned = maps[0][:, mapper]
@@ -340,7 +306,7 @@ def test_refine_injects_aligned_source_attention_before_the_cutoff_only(pipe):
 def test_reweight_scales_exactly_the_chosen_token(pipe):
     prompt = "a red circle on a white background"
     _, store, _ = run(pipe, "reweight", [prompt, prompt], cross=0.5, self_=0.0, reweight={"words": ["red"], "scale": 3.0})
-    (r0, r1), = [p2p.word_token_spans(prompt, pipe.tokenizer)[1]]
+    (r0, r1), = [attention.word_token_spans(prompt, pipe.tokenizer)[1]]
     scale = torch.ones(MAX_LEN)
     scale[r0:r1] = 3.0
     for maps in store.steps[: STEPS // 2]:
@@ -381,7 +347,7 @@ def reference_blend_mask(maps_so_far, alpha_words, map_hw, latent_hw, threshold)
 
 def test_local_blend_uses_the_maps_summed_so_far_from_the_first_step_as_the_reference(pipe):
     src, tgt = "a red circle on a white background", "a red square on a white background"
-    ctrl = p2p.make_controller("replace", [src, tgt], pipe.tokenizer, STEPS, 0.5, 0.2, blend_words=["circle", "square"],
+    ctrl = attention.make_controller("replace", [src, tgt], pipe.tokenizer, STEPS, 0.5, 0.2, blend_words=["circle", "square"],
                                mask_threshold=0.8, max_len=MAX_LEN, keep_steps=True, self_max_tokens=64)
     lb = ctrl.local_blend
     masks = []
@@ -410,7 +376,7 @@ def test_local_blend_uses_the_maps_summed_so_far_from_the_first_step_as_the_refe
 def test_controller_moves_its_tensors_once_and_decides_steps_on_the_host(pipe, monkeypatch):
     """Issue 20: no .to() of the edit's tensors and no .any() (a device sync) per attention call."""
     prompts = ["a red circle on a white background", "a red square on a white background"]
-    ctrl = p2p.make_controller("reweight", prompts, pipe.tokenizer, STEPS, 0.5, 0.5, reweight={"words": ["red"], "scale": 2.0},
+    ctrl = attention.make_controller("reweight", prompts, pipe.tokenizer, STEPS, 0.5, 0.5, reweight={"words": ["red"], "scale": 2.0},
                                base_mode="replace", blend_words=["circle", "square"], max_len=MAX_LEN)
     calls = {"any": 0, "to": 0}
     real_any, real_to = torch.Tensor.any, torch.Tensor.to
@@ -459,7 +425,7 @@ def test_processors_route_only_needed_layers_to_explicit_attention(pipe):
 def test_explicit_and_default_attention_agree(pipe):
     """With no edit, routing every layer to explicit probabilities changes the image by rounding only."""
     prompts = ["a cat", "a dog"]
-    ctrl = p2p.make_controller("refine", prompts, pipe.tokenizer, STEPS, 0.0, 0.0, max_len=MAX_LEN)
+    ctrl = attention.make_controller("refine", prompts, pipe.tokenizer, STEPS, 0.0, 0.0, max_len=MAX_LEN)
     x_T = initial_latents(pipe, 3, "agree")
     edited, _ = generate(pipe, prompts, x_T, STEPS, 5.0, ctrl)
     plain, _ = generate(pipe, prompts, x_T, STEPS, 5.0, plain=True)
@@ -510,24 +476,24 @@ def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe
     import pandas as pd
     from PIL import Image
 
-    outputs = {k: str(tmp_path / "shape" / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p.ARTIFACTS}
-    row = p2p.run_edit(sharpened(pipe), EDIT, outputs, num_steps=STEPS, guidance_scale=5.0, mask_threshold=0.8)
+    outputs = {k: str(tmp_path / "shape" / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p_stage.ARTIFACTS}
+    row = p2p_stage.run_edit(sharpened(pipe), EDIT, outputs, num_steps=STEPS, guidance_scale=5.0, mask_threshold=0.8)
     for k in ("source", "edit", "baseline"):
         assert Image.open(outputs[k]).size == (16, 16)
     assert Image.open(outputs["side_by_side"]).size[0] > Image.open(outputs["side_by_side"]).size[1]
     df = pd.read_csv(outputs["metrics"])
-    assert list(df.columns) == p2p.METRIC_COLUMNS and df.iloc[0]["mask"] == "local_blend"
+    assert list(df.columns) == p2p_stage.METRIC_COLUMNS and df.iloc[0]["mask"] == "local_blend"
     assert 0 < row["mask_fraction"] < 1
     assert row["edit_mae_outside"] == 0.0  # pixel space: outside the blend mask the edit *is* the source
     assert row["baseline_mae_outside"] > 0 and row["edit_mae"] > 0
     assert sorted(p.name for p in (tmp_path / "shape").iterdir()) == sorted(Path(v).name for v in outputs.values())
 
     # the report section: numbers from the CSV, prompts escaped
-    p2p.aggregate_metrics([outputs["metrics"]], str(tmp_path / "metrics.csv"))
+    p2p_stage.p2p_metrics([outputs["metrics"]], str(tmp_path / "metrics.csv"))
     config = {"p2p": {"model": {"source": "pretrained", "pretrained": "tiny"}, "scheduler": "ddim", "num_inference_steps": STEPS,
                       "guidance_scale": 5.0, "edits": [dict(EDIT, target="a <b>square</b> & more")]}}
     files = {"metrics": str(tmp_path / "metrics.csv"), "shape_figure": outputs["side_by_side"], "shape_attention": outputs["attention"]}
-    ctx = p2p.report_context(files, config)
+    ctx = p2p_section.report_context(files, config)
     assert ctx["n_closer"] == 1 and ctx["rows"][0]["|src-edit| outside"] == 0.0
     html = render_section(ctx, config)
     assert "a &lt;b&gt;square&lt;/b&gt; &amp; more" in html and "<b>square" not in html
@@ -536,7 +502,7 @@ def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe
 
 
 def render_section(ctx, config) -> str:
-    from diffusion_report import report
+    from diffusion_report.report import render as report
 
     root = Path(__file__).resolve().parents[1]
     env = report.environment(root / "report" / "templates")
@@ -554,7 +520,7 @@ def save_tiny(pipe: Text2Image, folder: Path) -> Path:
 
 
 def test_load_text2image_round_trip_and_errors(pipe, tmp_path):
-    from diffusion_report.models import ModelNotFoundError
+    from diffusion_report.models.loading import ModelNotFoundError
 
     folder = save_tiny(pipe, tmp_path / "model")
     loaded = load_text2image(folder, config_key="p2p.model.pretrained", device="cpu", scheduler="pndm")
@@ -596,7 +562,7 @@ def test_latent_model_decodes_through_the_vae(tmp_path):
     loaded = load_text2image(folder, config_key="k", device="cpu")
     assert loaded.vae is not None and loaded.scheduler.config.clip_sample is False
     images, store = generate(loaded, ["a cat", "a dog"], initial_latents(loaded, 0, "v"), 2, 3.0,
-                             p2p.make_controller("replace", ["a cat", "a dog"], loaded.tokenizer, 2, 1.0, 1.0))
+                             attention.make_controller("replace", ["a cat", "a dog"], loaded.tokenizer, 2, 1.0, 1.0))
     assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1  # one-level VAE keeps the size
     assert store.average().shape == (2, 8, 8, MAX_LEN)
 
@@ -636,8 +602,8 @@ def test_rules_run_edits_from_config_and_rerun_gives_the_same_bytes(pipe, tmp_pa
     # this process at however many cores the machine has; reductions split differently)
     p2p_cfg = yaml.safe_load(cfg.read_text())["p2p"]
     again = tmp_path / "again"
-    outputs = {k: str(again / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p.ARTIFACTS}
-    p2p.run_edit_rule(p2p_cfg, p2p_cfg["edits"][0], outputs, seed=0, device="cpu")
+    outputs = {k: str(again / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p_stage.ARTIFACTS}
+    p2p_stage.p2p_edit(p2p_cfg, p2p_cfg["edits"][0], outputs, seed=0, device="cpu")
     for k, path in outputs.items():
         produced = wf / "results/p2p/swap" / Path(path).name
         if k == "metrics":

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, load_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import ROOT, load_yaml
 from diffusion_report.config import ConfigError, validate_config
 from diffusion_report.images import load_image
 

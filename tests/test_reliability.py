@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT, copy_workflow, run_snakemake
+
 from diffusion_report.io import atomic_path, save_png, write_text
 
 

@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, load_yaml
-from diffusion_report import forward, report
-from diffusion_report.schedules import Schedule
 from test_determinism import strip_measurements
+
+from diffusion_report.core.schedules import Schedule
+from diffusion_report.report import render as report
+from diffusion_report.stages import forward as forward_stage
 
 TEMPLATES = ROOT / "report" / "templates"
 CSS = ROOT / "report" / "style.css"
@@ -34,10 +35,10 @@ def fixture_results(tmp_path_factory):
         "clean": out / "clean.png", "grid": out / "grid.png", "mse": out / "mse.csv",
         "mse_shown": out / "mse_shown.png", "mse_curve": out / "mse_curve.png",
     }
-    forward.save_clean(cfg["forward"]["images"], 16, str(out / "x0.safetensors"), str(files["clean"]))
-    forward.make_grid_figure(str(out / "x0.safetensors"), [0, 5, 20], sched, 0, str(files["grid"]))
-    forward.write_mse_table(str(out / "x0.safetensors"), 20, sched, 0, str(files["mse"]))
-    forward.make_mse_plots(str(files["mse"]), [0, 5, 20], str(files["mse_shown"]), str(files["mse_curve"]))
+    forward_stage.forward_clean(cfg["forward"]["images"], 16, str(out / "x0.safetensors"), str(files["clean"]))
+    forward_stage.forward_grid(str(out / "x0.safetensors"), [0, 5, 20], sched, 0, str(files["grid"]))
+    forward_stage.forward_mse(str(out / "x0.safetensors"), 20, sched, 0, str(files["mse"]))
+    forward_stage.forward_plots(str(files["mse"]), [0, 5, 20], str(files["mse_shown"]), str(files["mse_curve"]))
     bench = out / "benchmarks"
     for rule in ("forward_clean", "forward_mse", "report_html"):
         (bench / rule).mkdir(parents=True)
@@ -49,7 +50,7 @@ def fixture_results(tmp_path_factory):
 
 def render(tmp_path, cfg, flat, bench, name="report.html", now=NOW):
     out = tmp_path / name
-    html = report.render_html(flat, cfg, TEMPLATES, CSS, out, repo=ROOT, bench_dir=bench, now=now)
+    html = report.report_html(flat, cfg, TEMPLATES, CSS, out, repo=ROOT, bench_dir=bench, now=now)
     return out, html
 
 
@@ -167,7 +168,7 @@ def test_cpu_and_gpu_models(tmp_path, monkeypatch):
     monkeypatch.setattr(report.shutil, "which", lambda name: None)
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert report.gpu_model() == "none" and "torch" not in sys.modules
-    assert "import torch" not in (ROOT / "scripts/diffusion_report/report.py").read_text()
+    assert "import torch" not in (ROOT / "scripts/diffusion_report/report/render.py").read_text()
 
 
 def test_rendering_twice_gives_identical_bytes(tmp_path, fixture_results):
@@ -175,9 +176,9 @@ def test_rendering_twice_gives_identical_bytes(tmp_path, fixture_results):
     a, _ = render(tmp_path, cfg, flat, bench, "a.html")
     b, _ = render(tmp_path, cfg, flat, bench, "b.html")
     assert a.read_bytes() == b.read_bytes()
-    report.render_pdf(a, tmp_path / "a.pdf")
+    report.report_pdf(a, tmp_path / "a.pdf")
     time.sleep(1.1)  # embedded font subsets carry a timestamp in seconds: the two prints must not share one
-    report.render_pdf(b, tmp_path / "b.pdf")
+    report.report_pdf(b, tmp_path / "b.pdf")
     pa, pb = (tmp_path / "a.pdf").read_bytes(), (tmp_path / "b.pdf").read_bytes()
     assert pa.startswith(b"%PDF-") and pa == pb
 
@@ -219,7 +220,7 @@ def test_a_prompt_with_an_emoji_no_font_draws_is_listed_in_the_report(tmp_path, 
     # the note is printed: its words are in the PDF's first page
     from pypdf import PdfReader
 
-    report.render_pdf(out, tmp_path / "report.pdf")
+    report.report_pdf(out, tmp_path / "report.pdf")
     first_page = " ".join(PdfReader(tmp_path / "report.pdf").pages[0].extract_text().split())
     assert "U+1F984 UNICORN FACE" in first_page and "Missing glyphs" in first_page
 

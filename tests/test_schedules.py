@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from diffusion_report.schedules import Schedule, make_betas, to_diffusers_timestep, from_diffusers_timestep
+from diffusion_report.core.schedules import (
+    Schedule,
+    from_diffusers_timestep,
+    make_betas,
+    to_diffusers_timestep,
+)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic", "sigmoid"])

@@ -28,8 +28,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import ROOT, SNAKEMAKE, copy_workflow, load_yaml, run_snakemake, write_config
+from conftest import (
+    ROOT,
+    SNAKEMAKE,
+    copy_workflow,
+    load_yaml,
+    run_snakemake,
+    write_config,
+)
 
 LOCAL_SLURM = ROOT / "tests" / "slurm" / "local_slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion_report import attributes, evaluate, shapes, t2i
 from diffusion_report.io import make_generator
+from diffusion_report.models import attributes, shapes, t2i
+from diffusion_report.report.sections import t2i as t2i_section
+from diffusion_report.stages import t2i as t2i_stage
 
 TINY = {
     "train": True,
@@ -34,7 +36,7 @@ TINY = {
     "reader": {"train_images": 300, "test_images": 100, "noise": 0.1},
     "samples": {"guidance_scales": [1.0, 3.0], "num_images": 4, "num_steps": 3, "grid_captions": 2},
     "eval": {"seeds": 2, "num_steps": 3, "guidance_scale": 2.0, "cross_replace_steps": 0.8, "self_replace_steps": 0.4,
-             "self_max_tokens": 64, "reweight_scale": 3.0, "edits": list(evaluate.EDIT_TYPES)},
+             "self_max_tokens": 64, "reweight_scale": 3.0, "edits": list(t2i_stage.EDIT_TYPES)},
 }
 
 
@@ -116,7 +118,11 @@ def test_tokenizer_round_trips_vocabulary(tmp_path):
 
 # --------------------------------------------------------------------------- training
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
-    from diffusion_report.text2image import generate, initial_latents, load_text2image
+    from diffusion_report.models.text2image import (
+        generate,
+        initial_latents,
+        load_text2image,
+    )
 
     cfg = copy.deepcopy(TINY)
     cfg["training"]["steps"] = 40
@@ -162,12 +168,12 @@ def test_shipped_weight_checksums(tmp_path):
     cfg["train"], cfg["weights"] = False, str(tmp_path / "w")
     out = {k: str(tmp_path / "o" / n) for k, n in
            (("model", "model"), ("loss", "loss.csv"), ("loss_plot", "loss.png"), ("summary", "s.csv"))}
-    t2i.train_rule(cfg, 0, out)
+    t2i_stage.t2i_train(cfg, 0, out)
     assert (tmp_path / "o" / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     other = copy.deepcopy(cfg)
     other["model"]["text_width"] = 32
     with pytest.raises(ValueError, match="different config"):
-        t2i.train_rule(other, 0, {k: v + "2" for k, v in out.items()})
+        t2i_stage.t2i_train(other, 0, {k: v + "2" for k, v in out.items()})
     with open(tmp_path / "w" / "loss.csv", "a") as fh:
         fh.write("2,0.5,0.1,0.2\n")
     with pytest.raises(ValueError, match="checksum mismatch"):
@@ -193,35 +199,35 @@ def test_reader_scores_edits_by_ground_truth(reader):
     src, _ = shapes.render(spec, ["circle"], ["red"], ["white"], [7.0], [8.0], [5.5])
     blue, _ = shapes.render(spec, ["circle"], ["blue"], ["white"], [7.0], [8.0], [5.5])
     moved, _ = shapes.render(spec, ["square"], ["red"], ["black"], [10.0], [9.0], [3.0])
-    for drawn in evaluate.edit_cases(spec, "colour_swap", 8, 0, 2.0):
+    for drawn in t2i_stage.edit_cases(spec, "colour_swap", 8, 0, 2.0):
         assert drawn.target_value != drawn.source_truth["colour"] and drawn.target_value in drawn.target.split()
-    case = evaluate.EditCase("colour_swap", 0, "", "", "replace", "colour", "blue", ("shape", "background"), None,
+    case = t2i_stage.EditCase("colour_swap", 0, "", "", "replace", "colour", "blue", ("shape", "background"), None,
                              {"shape": "circle", "colour": "red", "background": "white"})
-    good = evaluate.score_pair(reader, case, src[0], blue[0])
+    good = t2i_stage.score_pair(reader, case, src[0], blue[0])
     assert good["success"] and good["all_kept"] and good["source_ok"]
     assert good["mask_iou"] == 1.0 and good["centroid_shift_px"] == 0.0
-    bad = evaluate.score_pair(reader, case, src[0], moved[0])
+    bad = t2i_stage.score_pair(reader, case, src[0], moved[0])
     assert not bad["success"] and not bad["all_kept"] and bad["untouched_kept"] == 0.0
     assert bad["mask_iou"] < 0.5 and bad["centroid_shift_px"] > 2.0 and bad["radius_change_px"] < -1.5
 
 
 # --------------------------------------------------------------------------- p2p evaluation
 def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
-    pytest.importorskip("diffusion_report.p2p")
-    from diffusion_report.text2image import load_text2image
+    pytest.importorskip("diffusion_report.core.attention")
+    from diffusion_report.models.text2image import load_text2image
 
     cfg = copy.deepcopy(TINY)
     model = t2i.build_model(cfg)
     t2i.save_model(model, tmp_path / "m", t2i.model_config(cfg))
     pipe = load_text2image(tmp_path / "m", config_key="t2i.weights", device="cpu")
-    rd = evaluate.fit_reader(cfg, 0)
-    a, ex = evaluate.evaluate_edits(pipe, rd, cfg, 0)
-    b, _ = evaluate.evaluate_edits(pipe, rd, cfg, 0)
+    rd = t2i_stage.fit_reader(cfg, 0)
+    a, ex = t2i_stage.evaluate_edits(pipe, rd, cfg, 0)
+    b, _ = t2i_stage.evaluate_edits(pipe, rd, cfg, 0)
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 2 * 2 * len(evaluate.EDIT_TYPES)
+    assert len(a) == 2 * 2 * len(t2i_stage.EDIT_TYPES)
     assert set(a["method"]) == {"p2p", "baseline"}
-    s = evaluate.summarise(a)
-    assert list(s["n"]) == [2] * (2 * len(evaluate.EDIT_TYPES))
+    s = t2i_stage.summarise(a)
+    assert list(s["n"]) == [2] * (2 * len(t2i_stage.EDIT_TYPES))
     # the reweight baseline is the unedited image itself
     rw = a[(a.edit == "reweight_big") & (a.method == "baseline")]
     assert (rw["pixel_mae"] == 0).all() and (rw["mask_iou"] == 1).all()
@@ -245,8 +251,8 @@ def test_shipped_weights_match_the_default_config(root):
 
 @pytest.mark.slow
 def test_rule_functions_and_report_section(tmp_path, root):
-    pytest.importorskip("diffusion_report.p2p")
-    from diffusion_report import report
+    pytest.importorskip("diffusion_report.core.attention")
+    from diffusion_report.report import render as report
 
     cfg = copy.deepcopy(TINY)
     seed = cfg.pop("seed")
@@ -257,14 +263,14 @@ def test_rule_functions_and_report_section(tmp_path, root):
         "eval_summary": r / "eval_summary.csv", "eval_examples": r / "eval_examples.png",
     }
     files = {k: str(v) for k, v in files.items()}
-    t2i.train_rule(cfg, seed, {"model": str(r / "model"), "loss": files["loss"], "loss_plot": files["loss_plot"], "summary": files["summary"]}, device="cpu")
-    evaluate.reader_rule(cfg, seed, files["reader"])
-    evaluate.samples_rule(str(r / "model"), cfg, seed, {"grid": files["samples"], "accuracy": files["accuracy"]})
-    evaluate.eval_rule(str(r / "model"), cfg, seed, {"per_seed": str(r / "per_seed.csv"), "summary": files["eval_summary"], "examples": files["eval_examples"]}, device="cpu")
+    t2i_stage.t2i_train(cfg, seed, {"model": str(r / "model"), "loss": files["loss"], "loss_plot": files["loss_plot"], "summary": files["summary"]}, device="cpu")
+    t2i_stage.t2i_reader(cfg, seed, files["reader"])
+    t2i_stage.t2i_samples(str(r / "model"), cfg, seed, {"grid": files["samples"], "accuracy": files["accuracy"]})
+    t2i_stage.t2i_eval(str(r / "model"), cfg, seed, {"per_seed": str(r / "per_seed.csv"), "summary": files["eval_summary"], "examples": files["eval_examples"]}, device="cpu")
     acc = pd.read_csv(files["accuracy"])
     assert list(acc["guidance"]) == [1.0, 3.0] and acc["n"].eq(4).all()
-    ctx = t2i.report_context(files, {"t2i": cfg})
-    assert ctx["n_edits"] == len(evaluate.EDIT_TYPES) and ctx["summary"]["steps"] == 3
+    ctx = t2i_section.report_context(files, {"t2i": cfg})
+    assert ctx["n_edits"] == len(t2i_stage.EDIT_TYPES) and ctx["summary"]["steps"] == 3
     env = report.environment(root / "report" / "templates")
     html = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c=ctx)
     assert html.lstrip().startswith('<section id="t2i">') and "<h2>" in html

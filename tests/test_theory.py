@@ -16,9 +16,12 @@ import pytest
 import torch
 import yaml
 
-from diffusion_report import forward, theory
+from diffusion_report.core import forward
+from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import make_generator
-from diffusion_report.schedules import Schedule
+from diffusion_report.report import latex
+from diffusion_report.report.sections import theory as theory_section
+from diffusion_report.stages import theory
 
 ROOT = Path(__file__).resolve().parents[1]
 TEX = ROOT / "report" / "theory.tex"
@@ -90,13 +93,13 @@ def test_posterior_mean_forms_agree_and_differ_for_wrong_noise(schedule):
     for t in (1, 2, 500, 1000):
         ab = schedule.alpha_bars[t]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        a = theory.posterior_mean_x0(x_t, x0, t, schedule)
-        b = theory.posterior_mean_eps(x_t, eps, t, schedule)
+        a = forward.posterior_mean_x0(x_t, x0, t, schedule)
+        b = forward.posterior_mean_eps(x_t, eps, t, schedule)
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
-        assert not torch.allclose(a, theory.posterior_mean_eps(x_t, eps + 0.1, t, schedule), atol=1e-6)
+        assert not torch.allclose(a, forward.posterior_mean_eps(x_t, eps + 0.1, t, schedule), atol=1e-6)
     # t = 1: the posterior is the point mass at x_0
     x_1 = schedule.alpha_bars[1].sqrt() * x0 + (1 - schedule.alpha_bars[1]).sqrt() * eps
-    assert torch.allclose(theory.posterior_mean_x0(x_1, x0, 1, schedule), x0, atol=1e-12)
+    assert torch.allclose(forward.posterior_mean_x0(x_1, x0, 1, schedule), x0, atol=1e-12)
 
 
 def test_posterior_variance_by_conditioning_matches_schedule(schedule):
@@ -285,9 +288,9 @@ def test_ddim_eta_one_check_rejects_a_wrong_sigma_or_conditional(schedule):
 
 def test_ddim_step_check_catches_a_wrong_sigma_in_the_reports_sampler(schedule, monkeypatch):
     """The report's ddim_step is checked against eq:ddim-update: a sampler with a wrong eq. 16 fails."""
-    from diffusion_report import ddim
+    from diffusion_report.core import samplers
 
-    monkeypatch.setattr(ddim, "ddim_sigma", lambda ab, abp, eta: eta * (1 - ab / abp) ** 0.5)
+    monkeypatch.setattr(samplers, "ddim_sigma", lambda ab, abp, eta: eta * (1 - ab / abp) ** 0.5)
     bad = rows(theory.ddim_exact_checks(schedule, TS, make_generator(0, "d")))
     step = bad[bad["equation"] == "eq:ddim-update"]
     assert len(step) == len(TS) and not step["passed"].any()
@@ -335,13 +338,13 @@ def test_run_checks_is_deterministic_and_fails_loudly(schedule):
 def test_write_checks_writes_only_when_every_check_passes(tmp_path, config, monkeypatch):
     cfg = dict(config["theory"], mc_samples=1000, check_timesteps=[1, 50])
     out = tmp_path / "theory" / "checks.csv"
-    df = theory.write_checks(config["schedule"], cfg, 0, str(out))
+    df = theory.theory_checks(config["schedule"], cfg, 0, str(out))
     assert out.exists() and len(pd.read_csv(out)) == len(df) and pd.read_csv(out)["passed"].all()
     out2 = tmp_path / "bad.csv"
     real = Schedule.from_config
     monkeypatch.setattr(Schedule, "from_config", classmethod(lambda cls, c: off_by_one(real(c))))
     with pytest.raises(theory.CheckFailed, match="theory checks failed"):
-        theory.write_checks(config["schedule"], cfg, 0, str(out2))
+        theory.theory_checks(config["schedule"], cfg, 0, str(out2))
     assert not out2.exists() and not list(tmp_path.glob(".bad*"))
 
 
@@ -352,7 +355,7 @@ def test_write_checks_writes_only_when_every_check_passes(tmp_path, config, monk
 
 @pytest.fixture(scope="module")
 def fragment():
-    return theory.render_fragment(TEX, BIB)
+    return latex.render_fragment(TEX, BIB)
 
 
 def visible_text(fragment: str) -> str:
@@ -365,7 +368,7 @@ def count_math_nodes(ast) -> int:
 
 
 def test_every_math_span_is_svg_and_no_tex_is_left(fragment):
-    ast = theory.latex_to_ast(TEX, BIB)
+    ast = latex.latex_to_ast(TEX, BIB)
     n_math = count_math_nodes(ast)
     assert n_math > 50
     assert fragment.count('<span class="math ') == n_math
@@ -402,16 +405,16 @@ class _SvgAlternatives(HTMLParser):
 
 def test_every_math_svg_has_its_tex_as_text_alternative(fragment):
     """Accessible math: each SVG is role="img" with a non-empty aria-label and <title> equal to its TeX."""
-    ast = theory.latex_to_ast(TEX, BIB)
+    ast = latex.latex_to_ast(TEX, BIB)
     tex = []
 
     def grab(n):
         if n.get("t") == "Math":
             kind, src = n["c"][0]["t"], n["c"][1]
-            tex.append(theory.math_label(src if kind == "InlineMath" else theory.parse_display(src)[0]))
+            tex.append(latex.math_label(src if kind == "InlineMath" else latex.parse_display(src)[0]))
         return None
 
-    theory._walk(ast["blocks"], grab)
+    latex._walk(ast["blocks"], grab)
     parser = _SvgAlternatives()
     parser.feed(fragment)
     assert len(parser.found) == len(tex) == fragment.count("<svg") > 50
@@ -421,7 +424,7 @@ def test_every_math_svg_has_its_tex_as_text_alternative(fragment):
     labels = [svg["label"] for svg in parser.found]
     assert r"q_\sigma(x_{t'} \mid x_t, x_0)" in " ".join(labels)  # macros expanded, primes and escapes kept
     # markup in TeX is escaped, not injected
-    one = theory.tex_to_svg(r"a < b \& c")
+    one = latex.tex_to_svg(r"a < b \& c")
     assert 'aria-label="a &lt; b \\&amp; c"' in one and "<title>a &lt; b \\&amp; c</title>" in one
 
 
@@ -431,21 +434,21 @@ def test_equations_are_numbered_and_cross_references_resolve(fragment):
     ids = set(re.findall(r'\sid="([^"]+)"', fragment))
     links = re.findall(r'<a class="eqref" href="#([^"]+)">\((\d+)\)</a>', fragment)
     assert len(links) >= 20
-    labelled = dict(theory.equation_numbers(fragment))
+    labelled = dict(latex.equation_numbers(fragment))
     for target, n in links:
         assert target in ids
-        assert labelled[target.removeprefix(theory.ID_PREFIX)] == f"({n})"
+        assert labelled[target.removeprefix(latex.ID_PREFIX)] == f"({n})"
     # every equation a numerical check refers to exists in the derivation
     df = theory.run_checks(Schedule.make("linear", 50), [5], 200, seed=0)
     for label in set(df["equation"]):
-        assert theory.anchor_id(label) in ids, label
+        assert latex.anchor_id(label) in ids, label
 
 
 def test_reference_list_and_citation_links(fragment):
     for key, author in [("ho2020ddpm", "Ho"), ("song2021ddim", "Song"), ("nichol2021improved", "Nichol"),
                         ("hertz2022p2p", "Hertz")]:
-        assert f'id="{theory.ID_PREFIX}ref-{key}"' in fragment
-        assert f'href="#{theory.ID_PREFIX}ref-{key}"' in fragment
+        assert f'id="{latex.ID_PREFIX}ref-{key}"' in fragment
+        assert f'href="#{latex.ID_PREFIX}ref-{key}"' in fragment
         assert author in visible_text(fragment)
     assert re.search(r"<h3[^>]*>References</h3>", fragment)
 
@@ -454,25 +457,25 @@ def test_render_rejects_what_it_cannot_render(tmp_path):
     def render(body: str):
         tex = tmp_path / "t.tex"
         tex.write_text("\\documentclass{article}\\begin{document}\n" + body + "\n\\end{document}\n")
-        return theory.render_fragment(tex)
+        return latex.render_fragment(tex)
 
     ok = render("See \\eqref{eq:a}.\\begin{equation}\\label{eq:a} a = b \\end{equation}\\[c\\]")
     assert ok.count("<svg") == 2 and 'href="#theory-eq-a">(1)</a>' in ok and ok.count('class="eqno"') == 1
-    with pytest.raises(theory.TheoryRenderError, match="mycmd"):
+    with pytest.raises(latex.TheoryRenderError, match="mycmd"):
         render("Text \\mycmd{x} here.")
-    with pytest.raises(theory.TheoryRenderError, match=r"\\foo"):
+    with pytest.raises(latex.TheoryRenderError, match=r"\\foo"):
         render("Math $\\foo{x} + y$.")
-    with pytest.raises(theory.TheoryRenderError, match="no equation or section has this label"):
+    with pytest.raises(latex.TheoryRenderError, match="no equation or section has this label"):
         render("See \\eqref{eq:missing}. \\begin{equation}\\label{eq:a} a \\end{equation}")
-    with pytest.raises(theory.TheoryRenderError, match="used twice"):
+    with pytest.raises(latex.TheoryRenderError, match="used twice"):
         render("\\begin{equation}\\label{eq:a} a \\end{equation}\\begin{equation}\\label{eq:a} b \\end{equation}")
 
 
 def test_svg_size_follows_text_and_baseline():
-    svg = theory.tex_to_svg(r"x_t = \sqrt{\bar\alpha_t}\, x_0")
+    svg = latex.tex_to_svg(r"x_t = \sqrt{\bar\alpha_t}\, x_0")
     w, h, va = (float(v) for v in re.search(r"width:([\d.]+)em;height:([\d.]+)em;vertical-align:(-?[\d.]+)em", svg).groups())
     assert 2 < w < 10 and 0.8 < h < 2.5 and -1 < va < 0  # a subscript hangs below the baseline
-    flat = theory.tex_to_svg("x")
+    flat = latex.tex_to_svg("x")
     assert float(re.search(r"height:([\d.]+)em", flat).group(1)) < h
 
 
@@ -542,12 +545,18 @@ def test_pdf_text_layer_has_the_prose_and_no_tex(pdf_bytes, tmp_path):
 
 
 def test_report_context_and_section_template(tmp_path, fragment, config):
-    from diffusion_report import report
+    from diffusion_report.report import render as report
 
     (tmp_path / "theory.html").write_text(fragment)
     df = theory.run_checks(Schedule.from_config(config["schedule"]), [1, 100], 1000, seed=0)
     df.to_csv(tmp_path / "checks.csv", index=False)
-    ctx = theory.report_context({"html": str(tmp_path / "theory.html"), "checks": str(tmp_path / "checks.csv")}, config)
+    schedule = Schedule.from_config(config["schedule"])
+    params = theory.check_parameters(schedule, config["schedule"], {"mc_samples": 1000})
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    ctx = theory_section.report_context({"html": str(tmp_path / "theory.html"), "checks": str(tmp_path / "checks.csv"),
+                                         "params": str(tmp_path / "params.json")}, config)
+    assert ctx["alpha_bar_T"] == float(schedule.alpha_bars[-1]) and ctx["mc_samples"] == 1000
+    assert ctx["z_score"] == theory.Z_SCORE and ctx["ddim_etas"] == ["0", "0.5", "1"]
     assert ctx["n_checks"] == len(df) == ctx["n_passed"] and ctx["timesteps"] == [1, 100]
     assert all(re.fullmatch(r"\(\d+\)", r["equation"]) for r in ctx["summary_rows"])  # labels -> equation numbers
     env = report.environment(ROOT / "report" / "templates")

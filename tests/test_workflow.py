@@ -6,7 +6,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, copy_workflow, job_stats, load_yaml, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -200,12 +199,34 @@ def test_replacing_an_image_file_reruns_the_forward_stage(tmp_path):
     work = copy_workflow(tmp_path / "wf")
     img = work / "mine.png"
     Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(img)
-    (work / "one.yaml").write_text("forward: {images: [mine.png], image_size: 16}\n")
-    target = "results/forward/x0.safetensors"
-    proc = run_snakemake(work, target, "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    (work / "one.yaml").write_text("forward: {images: [mine.png], image_size: 16, mse_max_t: 20, show_timesteps: [0, 10]}\n")
+    targets = ["results/forward/grid.png", "results/forward/mse.csv", "results/forward/mse_curve.png"]
+    proc = run_snakemake(work, *targets, "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc = run_snakemake(work, target, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    proc = run_snakemake(work, *targets, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
     assert job_stats(proc.stdout) == {}  # up to date
     Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(img)  # same path, new content
-    proc = run_snakemake(work, target, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
-    assert job_stats(proc.stdout).get("forward_clean") == 1, proc.stdout[-3000:]
+    proc = run_snakemake(work, *targets, "-n", "--configfile", "presets/tiny.yaml", "one.yaml", timeout=300)
+    assert job_stats(proc.stdout) == {"forward_clean": 1, "forward_grid": 1, "forward_mse": 1, "forward_plots": 1}, proc.stdout[-3000:]
+    # and the report is downstream of them all (its DAG reaches the image file)
+    proc = run_snakemake(work, "results/report/report.html", "-n", "--configfile", "presets/tiny.yaml", "one.yaml",
+                         "--forceall", timeout=300)
+    assert {"forward_clean", "forward_mse", "report_html"} <= set(job_stats(proc.stdout)), proc.stdout[-3000:]
+
+
+def test_workflow_runs_as_a_module_of_another_workflow(tmp_path):
+    """A two-statement Snakefile in an empty folder uses this workflow as a Snakemake module: its
+    config, scripts, environments, shipped models and report sources come from the workflow's
+    folder, its results go to the user's folder."""
+    outer = tmp_path / "mine"
+    outer.mkdir()
+    (outer / "Snakefile").write_text(f'module diffusion_report:\n    snakefile: "{ROOT / "Snakefile"}"\n\n'
+                                     "use rule * from diffusion_report as dr_*\n")
+    targets = ["results/theory/theory.html", "results/ddim/model"]
+    proc = run_snakemake(outer, *targets, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "<svg" in (outer / "results/theory/theory.html").read_text()  # report/theory.tex from the workflow
+    assert (outer / "results/ddim/model/diffusion_pytorch_model.safetensors").is_file()  # the shipped digits DDPM
+    assert "dr_ddim_train" in proc.stdout + proc.stderr
+    proc = run_snakemake(outer, "-n", timeout=300)  # the default target: the whole report
+    assert proc.returncode == 0 and job_stats(proc.stdout).get("dr_report_html") == 1, proc.stdout[-3000:]

@@ -118,7 +118,7 @@ def schema_errors(config: dict, schema_path: str | os.PathLike) -> list[str]:
 
 def edit_errors(edits: list[dict]) -> list[str]:
     """Cross-field checks of prompt-to-prompt edits (the same function the stage itself runs)."""
-    from .prompts import validate_edits
+    from diffusion_report.core.prompts import validate_edits
 
     return validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS)
 
@@ -260,7 +260,7 @@ def embedded_tokens(text: str) -> list[str]:
     return _EMBEDDED_TOKEN.findall(text)
 
 
-def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
+def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow_dir: str | os.PathLike | None = None) -> list[str]:
     """The embedded text-to-image model: step counts within its T, a consistent palette and sizes,
     prompts within its vocabulary and its text window, and shipped weights present when it is not retrained."""
     out: list[str] = []
@@ -281,7 +281,7 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[
     if both:
         out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")
     vocab = {"a", "on", "background", "small", "big", ""} | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
-    from .prompts import normalize_word
+    from diffusion_report.core.prompts import normalize_word
 
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
@@ -298,15 +298,15 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[
                            f"model's text window (t2i.model.max_length = {window}, the start and end tokens included); "
                            "shorten the prompt")
     if not t2i["train"]:
-        folder = Path(base_dir, t2i["weights"])
+        folder = Path(base_dir, workflow_path(t2i["weights"], base_dir, workflow_dir))
         if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
-            out.append(f"t2i.weights: {str(folder)!r} has no model/ and SHA256SUMS; set t2i.train: true to train the model here")
+            out.append(_missing_weights("t2i.weights", folder, "t2i.train: true"))
     return out
 
 
-def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[str]:
+def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".", workflow_dir: str | os.PathLike | None = None) -> list[str]:
     """Checks that span several keys, run after the schema passed."""
-    from .images import check_image, image_name
+    from diffusion_report.images import check_image, image_name
 
     out: list[str] = []
     sch = config["schedule"]
@@ -347,9 +347,9 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[
                 if n > T:
                     out.append(f"{key}: {n} is above the training T = {T} (schedule.T); allowed 1..{T}")
             if not dd.get("retrain", False):
-                folder = Path(base_dir, dd.get("weights", "models/ddim-digits"))
+                folder = Path(base_dir, workflow_path(dd.get("weights", "models/ddim-digits"), base_dir, workflow_dir))
                 if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
-                    out.append(f"ddim.weights: {str(folder)!r} has no model/ and SHA256SUMS; set ddim.retrain: true to train the model here")
+                    out.append(_missing_weights("ddim.weights", folder, "ddim.retrain: true"))
         elif dd.get("quality", {}).get("enabled", True):
             out.append("ddim.quality.enabled: the quality table scores samples with the digit reader, so it needs "
                        "ddim.model.source: train; set ddim.quality.enabled: false for a pretrained model")
@@ -363,7 +363,7 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".") -> list[
         out += edit_errors(p2p["edits"])
         out += model_errors(p2p["model"], "p2p.model", "model_index.json")
     if p2p["enabled"] and p2p["model"]["source"] == "train" and "t2i" in config:
-        out += t2i_errors(config["t2i"], p2p, base_dir)
+        out += t2i_errors(config["t2i"], p2p, base_dir, workflow_dir)
     return out
 
 
@@ -392,13 +392,31 @@ def nonfinite_errors(node, key: str = "") -> list[str]:
     return []
 
 
-def validate_config(config: dict, schema_path: str | os.PathLike, base_dir: str | os.PathLike = ".") -> None:
-    """Schema first (fills defaults), then cross-field checks; raise ConfigError listing all problems."""
+def workflow_path(path: str, base_dir: str | os.PathLike = ".", workflow_dir: str | os.PathLike | None = None) -> str:
+    """A relative path from config (a shipped model folder), looked up in the working directory
+    ``base_dir`` first, then in the workflow's own folder (when snakemake runs with ``-d`` elsewhere,
+    or the workflow is a module of another one). Unchanged when found in neither."""
+    if workflow_dir is None or Path(path).is_absolute() or Path(base_dir, path).exists() or not Path(workflow_dir, path).exists():
+        return path
+    return str(Path(workflow_dir, path).resolve())
+
+
+def _missing_weights(key: str, folder: Path, retrain: str) -> str:
+    return (f"{key}: {str(folder)!r} has no model/ and SHA256SUMS (a relative path is looked up in the working "
+            f"directory, then in the workflow's folder); give the folder of the shipped weights, or set {retrain} "
+            "to train the model here")
+
+
+def validate_config(config: dict, schema_path: str | os.PathLike, base_dir: str | os.PathLike = ".",
+                    workflow_dir: str | os.PathLike | None = None) -> None:
+    """Schema first (fills defaults), then cross-field checks; raise ConfigError listing all problems.
+
+    ``base_dir`` is the working directory; shipped model folders are also looked up in ``workflow_dir``."""
     errors = schema_errors(config, schema_path)
     said = tuple(e.split(": ", 1)[0] for e in errors)  # a key the schema already rejected, or its parent
     errors += [e for e in nonfinite_errors(config)
                if not any(e.split(": ", 1)[0] == k or e.startswith((k + ".", k + "[")) for k in said)]
     if not errors:
-        errors = cross_field_errors(config, base_dir) + output_errors(base_dir)
+        errors = cross_field_errors(config, base_dir, workflow_dir) + output_errors(base_dir)
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  config error: {_one_line(e)}" for e in errors))

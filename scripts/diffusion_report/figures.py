@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .io import to_uint8  # noqa: E402
+from diffusion_report.io import to_uint8  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "diffusion-report", "figure.dpi": 100, "font.size": 9})
 

@@ -212,7 +212,7 @@ def check_image(source: str, base_dir: str | os.PathLike = ".") -> str | None:
 
 
 # Peak bytes per input pixel while one image is decoded, converted and resized (load_image), over
-# the process's baseline. Measured on 4000x4000 files with forward.save_clean (max RSS minus that
+# the process's baseline. Measured on 4000x4000 files with forward.forward_clean (max RSS minus that
 # of a 200x200 image, 580 MB): 1/L/P 9.1, RGB/CMYK 14.8, I;16 18.6, P with transparency 19.6,
 # RGBA/LA/I/F 22.4; the table adds ~20% to each.
 DECODE_BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LAB": 18, "HSV": 18}

@@ -10,17 +10,20 @@ import contextlib
 import errno
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the report layer never loads it
+    import torch
 
 log = logging.getLogger("diffusion_report")
 
@@ -75,10 +78,16 @@ def write_csv(path: str | os.PathLike, df, float_format: str = "%.8g") -> None:
         df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
 
 
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch.Tensor, without importing torch (the report layer never loads it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
     """An image in [-1, 1], shape (C, H, W) tensor or (H, W, C) array, to (H, W, C) uint8."""
-    if isinstance(img, torch.Tensor):
-        img = img.detach().to("cpu", torch.float32)
+    if _is_tensor(img):
+        img = img.detach().to("cpu", dtype=sys.modules["torch"].float32)
         if img.ndim == 3 and img.shape[0] in (1, 3, 4):
             img = img.permute(1, 2, 0)
         img = img.numpy()
@@ -94,7 +103,7 @@ def save_png(path: str | os.PathLike, img: np.ndarray | torch.Tensor | Image.Ima
 
     Tensors/float arrays are taken to be in [-1, 1]; uint8 arrays and PIL images as they are.
     """
-    if isinstance(img, torch.Tensor) or (isinstance(img, np.ndarray) and img.dtype != np.uint8):
+    if _is_tensor(img) or (isinstance(img, np.ndarray) and img.dtype != np.uint8):
         img = to_uint8(img)
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
@@ -121,6 +130,8 @@ def derive_seed(seed: int, name: str | int) -> int:
 
 def make_generator(seed: int, name: str | int, device: str | torch.device = "cpu") -> torch.Generator:
     """An explicit torch.Generator for one artifact (never the global RNG)."""
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(seed, name))
     return gen
@@ -170,7 +181,9 @@ def run_rule(snakemake, main: Callable[..., None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
     for noisy in ("fontTools", "matplotlib", "PIL", "weasyprint.progress"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1) or 1)))
+    torch = sys.modules.get("torch")  # a rule that runs no model never imports it
+    if torch is not None:
+        torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1) or 1)))
     try:
         main(snakemake)
     except Exception as exc:  # noqa: BLE001 - logged, then re-raised
@@ -198,3 +211,43 @@ def _storage_problem(exc: BaseException) -> str | None:
                 return reason
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# ------------------------------------------------------------------ tensors (safetensors files)
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Save named tensors (float32, CPU) as safetensors with JSON metadata, atomically.
+
+    The metadata goes into a single header entry (``meta``, keys sorted): safetensors writes a
+    metadata map in hash order, so several entries would give different bytes on each run.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    meta = {"meta": json.dumps(metadata or {}, sort_keys=True)}
+    data = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(tensors.items())}
+    with atomic_path(path) as tmp:
+        save_file(data, str(tmp), metadata=meta)
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """({name: tensor}, metadata) saved by :func:`save_tensors`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads((fh.metadata() or {}).get("meta", "{}"))
+
+
+def save_tensor(path: str | Path, tensor: torch.Tensor, metadata: dict | None = None) -> None:
+    """Save one tensor (key ``x``) with :func:`save_tensors`."""
+    save_tensors(path, {"x": tensor}, metadata)
+
+
+def load_tensor(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """(tensor, metadata) saved by :func:`save_tensor`."""
+    tensors, meta = load_tensors(path)
+    return tensors["x"], meta
+
+
+def tensor_sha256(x: torch.Tensor) -> str:
+    """SHA-256 of a tensor's float32 bytes: identifies the x_T a sample was drawn from."""
+    return hashlib.sha256(x.detach().to("cpu", dtype=sys.modules["torch"].float32).contiguous().numpy().tobytes()).hexdigest()

@@ -3,7 +3,7 @@
 A :class:`Text2Image` bundles the parts of a diffusers text-to-image model (UNet2DConditionModel,
 text encoder, tokenizer, scheduler and, for latent diffusion, the VAE). :func:`generate` runs the
 denoising loop for a batch of prompts from one shared x_T; a prompt-to-prompt controller (see
-:mod:`diffusion_report.p2p`) is installed on the UNet's attention layers for the duration of the
+:mod:`diffusion_report.core.attention`) is installed on the UNet's attention layers for the duration of the
 call through ``unet.set_attn_processor`` and restored afterwards.
 
 Works with Stable Diffusion v1.x (latent space, ``vae`` present), with the tiny models the tests
@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from .io import make_generator
-from .models import load_part, load_pretrained, resolve_device
+from diffusion_report.core.attention import AttentionStore, install, text_max_length
+from diffusion_report.io import make_generator
+from diffusion_report.models.loading import load_part, load_pretrained, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,6 @@ class Text2Image:
         size = cfg.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return int(cfg.in_channels), int(h), int(w)
-
-
-def text_max_length(tokenizer, text_encoder=None) -> int:
-    """The padded prompt length: the tokenizer's limit, capped by the encoder's position table."""
-    n = int(getattr(tokenizer, "model_max_length", 0) or 0)
-    if text_encoder is not None:
-        pos = getattr(text_encoder.config, "max_position_embeddings", None)
-        if pos:
-            n = min(n, int(pos)) if 0 < n < 10**9 else int(pos)
-    if not 0 < n < 10**9:
-        raise ValueError("cannot tell the prompt length: set tokenizer.model_max_length")
-    return n
 
 
 def make_scheduler(kind: str, config, *, latent: bool):
@@ -185,21 +174,20 @@ def generate(
     Args:
         x_T: (1, C, h, w) shared initial noise (see :func:`initial_latents`).
         controller: a prompt-to-prompt controller; ``None`` means an
-            :class:`~diffusion_report.p2p.AttentionStore` (the images are those of plain sampling).
+            :class:`~diffusion_report.core.attention.AttentionStore` (the images are those of plain sampling).
         plain: install no processor at all (diffusers' default attention runs everywhere); the
             returned store is then ``None``. For benchmarks.
     Returns:
         images (B, 3, H, W) float32 on the CPU, in [-1, 1]; the controller (attention store);
         and, with ``return_latents``, the final latents (B, C, h, w).
     """
-    from . import p2p
 
     if x_T.ndim != 4 or x_T.shape[0] != 1:
         raise ValueError(f"x_T must have shape (1, C, h, w), got {tuple(x_T.shape)}")
     prompts = list(prompts)
     B = len(prompts)
     if controller is None and not plain:
-        controller = p2p.AttentionStore()
+        controller = AttentionStore()
     cond = encode_prompts(pipe, prompts)
     uncond = encode_prompts(pipe, [""] * B)
     context = torch.cat([uncond, cond])  # (2B, L, D): unconditional half first
@@ -210,7 +198,7 @@ def generate(
     restore = None
     if controller is not None:
         controller.begin(pipe.unet, latents.shape[-2:], B)
-        restore = p2p.install(pipe.unet, controller)
+        restore = install(pipe.unet, controller)
     try:
         for t in sched.timesteps:
             model_in = sched.scale_model_input(torch.cat([latents, latents]), t)

@@ -27,11 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from diffusion_report import shapes
 from diffusion_report.io import make_generator
-from diffusion_report.training import DIFFUSERS_BETA_SCHEDULE, ema_update, lr_at
+from diffusion_report.models import shapes
+from diffusion_report.models.ddpm import DIFFUSERS_BETA_SCHEDULE
+from diffusion_report.models.files import T2I_WEIGHT_FILES
+from diffusion_report.models.training import ema_update, lr_at
 
 log = logging.getLogger(__name__)
+
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
@@ -71,7 +74,7 @@ def build_tokenizer(vocabulary: list[str], max_length: int):
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     """Prompts -> input ids (B, model_max_length), padded like Stable Diffusion's pipeline."""
-    from .text2image import tokenize as tokenize_padded
+    from diffusion_report.models.text2image import tokenize as tokenize_padded
 
     return tokenize_padded(tokenizer, prompts, tokenizer.model_max_length)
 
@@ -285,7 +288,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> T2IMod
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    from diffusion_report.models import load_pretrained
+    from diffusion_report.models.loading import load_pretrained
 
     folder = Path(folder)
     cfg = json.loads((folder / "t2i_config.json").read_text())
@@ -327,18 +330,7 @@ def initial_noise(spec: shapes.ShapeSpec, n: int, seed: int, name: str) -> torch
 
 
 # --------------------------------------------------------------------------- rule t2i_train
-WEIGHT_FILES = (
-    "model/model_index.json",
-    "model/t2i_config.json",
-    "model/unet/config.json",
-    "model/unet/diffusion_pytorch_model.safetensors",
-    "model/text_encoder/config.json",
-    "model/text_encoder/model.safetensors",
-    "model/tokenizer/tokenizer.json",
-    "model/tokenizer/tokenizer_config.json",
-    "model/scheduler/scheduler_config.json",
-    "loss.csv",
-)
+WEIGHT_FILES = T2I_WEIGHT_FILES
 
 
 def block_config(t2i_cfg: dict, seed: int) -> dict:
@@ -356,29 +348,6 @@ def model_config(cfg: dict) -> dict:
     return out
 
 
-def loss_figure(path, loss: pd.DataFrame, window: int = 50) -> None:
-    """Training loss per step (light) and its running mean over ``window`` steps, log scale."""
-    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffusion_report.io import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    ax.plot(loss["step"], loss["loss"], lw=0.5, alpha=0.35, color="C0", label="per step")
-    ax.plot(loss["step"], loss["loss"].rolling(window, min_periods=1).mean(), lw=1.5, color="C0", label=f"mean of {window}")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("epsilon MSE")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(path, fig)
-    plt.close(fig)
-
-
 def sha256_table(folder: str | Path) -> dict[str, str]:
     """{relative path: sha256} of :data:`WEIGHT_FILES` under ``folder``."""
     from diffusion_report.io import sha256_table as table
@@ -391,134 +360,3 @@ def verify_weights(folder: str | Path) -> None:
     from diffusion_report.io import verify_sha256sums
 
     verify_sha256sums(folder, WEIGHT_FILES, "t2i.weights", "set t2i.train: true to train the model here")
-
-
-def train_rule(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto") -> dict:
-    """Rule t2i_train: train (t2i.train true) or install the shipped weights (false).
-
-    ``outputs``: model (folder), loss (CSV), loss_plot (PNG), summary (CSV). Returns the summary row.
-    """
-    import shutil
-
-    from diffusion_report.io import atomic_path, write_csv
-    from diffusion_report.models import resolve_device
-
-    cfg = block_config(t2i_cfg, seed)
-    if cfg["train"]:
-        dev = resolve_device(cfg["training"].get("device", device))
-        model, loss = train(cfg, device=dev)
-        with atomic_path(outputs["model"]) as tmp:
-            save_model(model, tmp, model_config(cfg))
-        source = f"trained here on {dev.type}"
-    else:
-        src = Path(cfg["weights"])
-        verify_weights(src)
-        shipped = json.loads((src / "model" / "t2i_config.json").read_text())
-        if shipped != json.loads(json.dumps(model_config(cfg))):
-            diff = [k for k in shipped if shipped.get(k) != model_config(cfg).get(k)]
-            raise ValueError(
-                f"t2i: the shipped weights in {src} were trained with a different config (keys: {', '.join(diff)}); "
-                "set t2i.train: true to train with this config, or restore those keys"
-            )
-        with atomic_path(outputs["model"]) as tmp:
-            shutil.copytree(src / "model", tmp)
-        loss = pd.read_csv(src / "loss.csv")
-        source = f"shipped weights {src} (sha256-verified)"
-        model = None
-    write_csv(outputs["loss"], loss)
-    loss_figure(outputs["loss_plot"], loss)
-    model = model or load_model(outputs["model"])
-    tail = max(1, min(200, len(loss) // 10))
-    summary = {
-        "source": source,
-        "steps": int(loss["step"].iloc[-1]),
-        "batch_size": int(cfg["training"]["batch_size"]),
-        "images_seen": int(loss["step"].iloc[-1]) * int(cfg["training"]["batch_size"]),
-        "train_seconds": float(loss["seconds"].iloc[-1]),
-        "first_loss": float(loss["loss"].iloc[:tail].mean()),
-        "final_loss": float(loss["loss"].iloc[-tail:].mean()),
-        "unet_params": count_parameters(model.unet),
-        "text_params": count_parameters(model.text_encoder),
-        "T": int(cfg["schedule"]["T"]),
-        "image_size": int(cfg["data"]["image_size"]),
-    }
-    write_csv(outputs["summary"], pd.DataFrame([summary]))
-    log.info("t2i_train: %s", summary)
-    return summary
-
-
-# --------------------------------------------------------------------------- report
-def report_context(files: dict[str, str], config: dict) -> dict:
-    """Plain data for the report's t2i section (every number read from the rule outputs)."""
-    cfg = config["t2i"]
-    summary = {k: (v.item() if hasattr(v, "item") else v) for k, v in pd.read_csv(files["summary"]).iloc[0].to_dict().items()}
-    reader = pd.read_csv(files["reader"])
-    acc = pd.read_csv(files["accuracy"])
-    ev = pd.read_csv(files["eval_summary"])
-    g = float(cfg["eval"]["guidance_scale"])
-    at_g = acc.loc[(acc["guidance"] - g).abs().idxmin()].to_dict()
-    best = acc.loc[acc["all_acc"].idxmax()].to_dict()
-    worst = acc.loc[acc["all_acc"].idxmin()].to_dict()
-    comparisons = []
-    for edit, grp in ev.groupby("edit", sort=False):
-        m = {r["method"]: r for r in grp.to_dict("records")}
-        if "p2p" not in m or "baseline" not in m:
-            continue
-        p, b = m["p2p"], m["baseline"]
-        comparisons.append(
-            {
-                "edit": edit,
-                "n": int(p["n"]),
-                "p2p_success": p["success"],
-                "baseline_success": b["success"],
-                "p2p_iou": p["mask_iou"],
-                "baseline_iou": b["mask_iou"],
-                "iou_gain": p["mask_iou"] - b["mask_iou"],
-                "p2p_kept": p["all_kept"],
-                "baseline_kept": b["all_kept"],
-                "p2p_shift": p["centroid_shift_px"],
-                "baseline_shift": b["centroid_shift_px"],
-                "better_iou": bool(p["mask_iou"] > b["mask_iou"]),
-                "better_success": bool(p["success"] > b["success"]),
-            }
-        )
-    rows = [
-        {
-            "edit": r["edit"],
-            "method": r["method"],
-            "n": int(r["n"]),
-            "source ok": r["source_ok"],
-            "success": r["success"],
-            "untouched kept": r["all_kept"],
-            "mask IoU": r["mask_iou"],
-            "centroid shift (px)": r["centroid_shift_px"],
-            "radius change (px)": r["radius_change_px"],
-        }
-        for r in ev.to_dict("records")
-    ]
-    clean = reader.loc[reader["noise"].idxmin()].to_dict()
-    noisy = reader.loc[reader["noise"].idxmax()].to_dict()
-    return {
-        "trained_here": bool(cfg["train"]),
-        "weights": cfg["weights"],
-        "summary": summary,
-        "data": cfg["data"],
-        "model": cfg["model"],
-        "schedule": cfg["schedule"],
-        "training": cfg["training"],
-        "eval": cfg["eval"],
-        "reader_cfg": cfg["reader"],
-        "reader_rows": reader.to_dict("records"),
-        "reader_clean": clean,
-        "reader_noisy": noisy,
-        "accuracy_rows": acc.to_dict("records"),
-        "acc_at_g": at_g,
-        "acc_best": best,
-        "acc_worst": worst,
-        "eval_rows": rows,
-        "comparisons": comparisons,
-        "n_better_iou": sum(c["better_iou"] for c in comparisons),
-        "n_better_success": sum(c["better_success"] for c in comparisons),
-        "n_edits": len(comparisons),
-        "figures": {k: files[k] for k in ("loss_plot", "samples", "eval_examples")},
-    }

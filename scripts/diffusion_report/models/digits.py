@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import make_generator
+from diffusion_report.io import make_generator
 
 SPLIT_FRACTIONS = (0.6, 0.2)  # ddpm, clf; the rest is test
 HIDDEN = (128, 32)  # the reader's hidden layer widths; the last is the Frechet-distance feature space
@@ -108,7 +108,7 @@ def train_classifier(image_size: int, seed: int) -> DigitsClassifier:
     """
     from sklearn.neural_network import MLPClassifier
 
-    from .io import derive_seed
+    from diffusion_report.io import derive_seed
 
     split = digits_split(image_size, seed)
     x_fit = torch.cat([split["ddpm"][0], split["clf"][0]])

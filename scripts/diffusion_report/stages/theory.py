@@ -1,14 +1,5 @@
-"""The theory section (exercises 1-2): derivations rendered to HTML, and numerical checks of them.
+"""Theory stage (exercises 1-2), rule ``theory_checks``: numerical checks of the derivation.
 
-Two halves:
-
-* **Rendering** :func:`render_fragment` turns ``report/theory.tex`` into an HTML fragment with
-  pandoc (LaTeX reader -> JSON AST, with citeproc for the reference list), then walks the AST:
-  every ``Math`` node becomes an inline SVG drawn by ziamath (vector glyph outlines, no fonts, no
-  JavaScript, the same in a browser and in WeasyPrint; ``role="img"`` with the TeX source as its
-  ``aria-label`` and ``<title>``, the text alternative), numbered display equations get an anchor
-  and a number, and ``\\eqref``/``\\ref`` links get that number. Unknown LaTeX commands are errors,
-  never silently dropped or drawn as raw TeX.
 * **Checks** :func:`run_checks` verifies each identity of the derivation on the configured
   schedule and returns one row per (identity, t): exact float64 identities, and Monte-Carlo
   comparisons of the sequential chain (Ho et al. 2020, eq. 2) with the closed form (eq. 4) and
@@ -17,308 +8,28 @@ Two halves:
   al. 2021: eta = 1 gives DDPM's posterior, the marginals of q_sigma match for every eta, the
   report's sampler step is eq. 12).
 
-Notation is the package's (:mod:`diffusion_report.schedules`): t = 0 is clean data, arrays have
+Notation is the package's (:mod:`diffusion_report.core.schedules`): t = 0 is clean data, arrays have
 length T + 1, ``alpha_bars[t]`` = prod_{i<=t} alpha_i.
 """
 
 from __future__ import annotations
 
-import copy
-import html
 import json
 import logging
 import math
-import re
-import subprocess
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .schedules import Schedule
+from diffusion_report.core.forward import (
+    mu_theta,
+    posterior_mean_eps,
+    posterior_mean_x0,
+)
+from diffusion_report.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
-
-ID_PREFIX = "theory-"
-
-# ---------------------------------------------------------------------------------------------
-# Rendering: LaTeX -> pandoc AST -> (math as SVG, numbered equations) -> HTML fragment
-# ---------------------------------------------------------------------------------------------
-
-SVG_EM = 24.0  # ziamath draws at 24 px per em; SVG sizes are converted to em so math scales with the text
-NUMBERED_ENVS = {"equation": (True, None), "equation*": (False, None), "align": (True, "aligned"),
-                 "align*": (False, "aligned"), "gather": (True, "gathered"), "gather*": (False, "gathered")}
-
-
-class TheoryRenderError(RuntimeError):
-    """theory.tex cannot be rendered faithfully (unknown command, unknown label, ...)."""
-
-
-def pandoc_path() -> str:
-    """The pandoc binary bundled with pypandoc_binary (no system pandoc needed)."""
-    import pypandoc
-
-    return pypandoc.get_pandoc_path()
-
-
-# pandoc messages that lose nothing: packages it does not read, the BibTeX style (citeproc formats the list)
-HARMLESS = re.compile(r"Could not load include file \S+\.sty|Skipped '\\bibliographystyle\{")
-
-
-def run_pandoc(args: list[str], stdin: str, cwd: str | Path | None = None) -> str:
-    """Run pandoc with ``--verbose``; a skipped LaTeX command or any warning is an error."""
-    proc = subprocess.run([pandoc_path(), "--verbose", *args], input=stdin.encode("utf-8"), capture_output=True, cwd=cwd)
-    err = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise TheoryRenderError(f"pandoc failed (exit {proc.returncode}): {err.strip()}")
-    problems = [ln for ln in err.splitlines()
-                if (ln.startswith("[WARNING]") or "Skipped" in ln or "Could not" in ln) and not HARMLESS.search(ln)]
-    if problems:
-        raise TheoryRenderError("pandoc could not convert all of theory.tex:\n" + "\n".join(problems))
-    return proc.stdout.decode("utf-8")
-
-
-def latex_to_ast(tex_path: str | Path, bib_path: str | Path | None) -> dict:
-    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended)."""
-    tex_path = Path(tex_path)
-    args = ["-f", "latex", "-t", "json"]
-    if bib_path is not None:
-        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true",
-                 "-M", "reference-section-title=References"]
-    return json.loads(run_pandoc(args, tex_path.read_text(encoding="utf-8"), cwd=tex_path.parent))
-
-
-def ast_to_html(ast: dict) -> str:
-    """HTML fragment (no <html>/<head>) from a JSON AST; \\section -> <h3> (the report owns h1/h2)."""
-    return run_pandoc(["-f", "json", "-t", "html5", "--shift-heading-level-by=2", f"--id-prefix={ID_PREFIX}",
-                       "--wrap=none", "--syntax-highlighting=none"], json.dumps(ast))
-
-
-def _svg_viewbox(svg: str) -> tuple[float, float, float, float]:
-    m = re.search(r'viewBox="([^"]+)"', svg)
-    if not m:
-        raise TheoryRenderError("ziamath returned an SVG without a viewBox")
-    x, y, w, h = (float(v) for v in m.group(1).split())
-    return x, y, w, h
-
-
-def tex_to_svg(tex: str, display: bool = False) -> str:
-    """One TeX math string -> an inline <svg> of glyph outlines (ziamath, STIX Two Math).
-
-    The size is set in em (24 SVG units = 1 em) and the baseline is aligned with the text by
-    ``vertical-align``. The SVG is ``role="img"`` with the TeX (:func:`math_label`) as its
-    ``aria-label`` and ``<title>``, so screen readers and text tools get the formula as text. Raises :class:`TheoryRenderError` for commands ziamath does not know
-    (it would otherwise draw them as literal "\\foo" text).
-    """
-    with warnings.catch_warnings():  # ziamath loads its font through a deprecated importlib.resources API
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import ziamath
-
-        mml = ziamath.tex.tex2mml(tex, inline=not display)
-    bad = sorted({txt.strip() for txt in re.findall(r">([^<]*)<", mml) if "\\" in txt})
-    if bad or "merror" in mml:
-        raise TheoryRenderError(f"math not supported by the SVG renderer: {', '.join(bad) or 'merror'} in ${tex}$")
-    old = ziamath.config.svg2, ziamath.config.precision
-    ziamath.config.svg2, ziamath.config.precision = False, 1  # plain <path>s: no ids that could clash
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            svg = ziamath.Latex(tex, inline=not display).svg()
-    finally:
-        ziamath.config.svg2, ziamath.config.precision = old
-    _, y, w, h = _svg_viewbox(svg)
-    depth = h + y  # below the baseline (SVG y grows downwards, baseline at y = 0)
-    style = f"width:{w / SVG_EM:.3f}em;height:{h / SVG_EM:.3f}em;vertical-align:{-depth / SVG_EM:.3f}em"
-    if display:
-        style += ";flex:none"
-    svg = re.sub(r'\swidth="[^"]*"', f' width="{w / SVG_EM:.3f}em"', svg, count=1)
-    svg = re.sub(r'\sheight="[^"]*"', f' height="{h / SVG_EM:.3f}em"', svg, count=1)
-    # text alternative: the TeX source, as the accessible name (aria-label) and as the SVG's <title>
-    # (read by screen readers, shown as a tooltip, never drawn: the PDF keeps vector glyphs only)
-    label = html.escape(math_label(tex), quote=True)
-    svg = svg.replace("<svg ", f'<svg role="img" aria-label="{label}" focusable="false" style="{style}" ', 1)
-    return re.sub(r"^(<svg\b[^>]*>)", lambda m: f"{m.group(1)}<title>{label}</title>", svg, count=1)
-
-
-def math_label(tex: str) -> str:
-    """The text alternative of a math element: its TeX source with runs of white space made one space."""
-    return " ".join(tex.split())
-
-
-def parse_display(tex: str) -> tuple[str, bool, str | None]:
-    """A DisplayMath string from pandoc -> (body TeX, numbered?, label or None).
-
-    ``\\begin{equation}`` is numbered, ``equation*`` and ``\\[...\\]`` are not; ``align``/``gather``
-    become one numbered ``aligned``/``gathered`` block. ``\\nonumber``/``\\notag`` unnumber.
-    """
-    body, numbered = tex.strip(), False
-    m = re.fullmatch(r"\\begin\{([a-z]+\*?)\}(.*)\\end\{\1\}", body, flags=re.S)
-    if m:
-        env = m.group(1)
-        if env not in NUMBERED_ENVS:
-            raise TheoryRenderError(f"unsupported display environment {env!r}; use equation, align or gather")
-        numbered, inner = NUMBERED_ENVS[env]
-        body = m.group(2).strip()
-        if inner:
-            body = f"\\begin{{{inner}}}{body}\\end{{{inner}}}"
-    labels = re.findall(r"\\label\{([^}]*)\}", body)
-    if len(labels) > 1:
-        raise TheoryRenderError(f"one \\label per display equation, found {labels}")
-    body = re.sub(r"\\label\{[^}]*\}", "", body)
-    if re.search(r"\\(nonumber|notag)\b", body):
-        numbered = False
-        body = re.sub(r"\\(nonumber|notag)\b", "", body)
-    label = labels[0] if labels else None
-    if label and not numbered:
-        raise TheoryRenderError(f"\\label{{{label}}} on an unnumbered equation")
-    return body.strip(), numbered, label
-
-
-def anchor_id(label: str) -> str:
-    """HTML id of a LaTeX label, e.g. eq:closed-form -> theory-eq-closed-form."""
-    return ID_PREFIX + re.sub(r"[^A-Za-z0-9_-]+", "-", label)
-
-
-def _walk(node, fn):
-    """Apply ``fn`` to every dict node of the AST (pre-order); fn returns a replacement or None."""
-    if isinstance(node, list):
-        for i, child in enumerate(node):
-            new = fn(child) if isinstance(child, dict) else None
-            if new is not None:
-                node[i] = new
-            else:
-                _walk(child, fn)
-    elif isinstance(node, dict):
-        for value in node.values():
-            if isinstance(value, (list, dict)):
-                _walk(value, fn)
-
-
-def _stringify(inlines) -> str:
-    out = []
-
-    def grab(n):
-        if n.get("t") == "Str":
-            out.append(n["c"])
-        elif n.get("t") in ("Space", "SoftBreak"):
-            out.append(" ")
-        return None
-
-    _walk(copy.deepcopy(inlines), grab)
-    return "".join(out)
-
-
-def number_equations(ast: dict) -> dict[str, int]:
-    """Equation numbers in document order, {label: number}, for the numbered displays."""
-    numbers: dict[str, int] = {}
-    count = 0
-
-    def visit(n):
-        nonlocal count
-        if n.get("t") == "Math" and n["c"][0]["t"] == "DisplayMath":
-            _, numbered, label = parse_display(n["c"][1])
-            if numbered:
-                count += 1
-                if label:
-                    if label in numbers:
-                        raise TheoryRenderError(f"\\label{{{label}}} is used twice")
-                    numbers[label] = count
-        return None
-
-    _walk(ast["blocks"], visit)
-    return numbers
-
-
-def math_to_svg_ast(ast: dict) -> dict:
-    """Replace every Math node by raw HTML with an SVG; number displays; resolve \\eqref/\\ref.
-
-    Returns a new AST; raises :class:`TheoryRenderError` for an unknown label or leftover raw TeX.
-    """
-    ast = copy.deepcopy(ast)
-    numbers = number_equations(ast)
-    headers: dict[str, str] = {}
-
-    def collect(n):
-        if n.get("t") == "Header" and n["c"][1][0]:
-            headers[n["c"][1][0]] = _stringify(n["c"][2])
-        return None
-
-    _walk(ast["blocks"], collect)
-    count = 0
-
-    def convert(n):
-        nonlocal count
-        t = n.get("t")
-        if t == "Math":
-            kind, tex = n["c"][0]["t"], n["c"][1]
-            if kind == "InlineMath":
-                return {"t": "RawInline", "c": ["html", f'<span class="math inline">{tex_to_svg(tex)}</span>']}
-            body, numbered, label = parse_display(tex)
-            svg = tex_to_svg(body, display=True)
-            # flex row: [spacer | equation | number], so the equation is centred and the number
-            # sits at the right margin, vertically centred on the equation (browser and WeasyPrint)
-            row = "display:flex;align-items:center;margin:0.6em 0;page-break-inside:avoid;break-inside:avoid"
-            side = "flex:1 1 0;min-width:2.5em"
-            if not numbered:
-                return {"t": "RawInline", "c": ["html", f'<span class="math display" style="{row}">'
-                                                        f'<span style="{side}"></span>{svg}<span style="{side}"></span></span>']}
-            count += 1
-            ident = f' id="{anchor_id(label)}"' if label else ""
-            return {"t": "RawInline", "c": ["html",
-                    f'<span class="math display numbered"{ident} style="{row}"><span style="{side}"></span>{svg}'
-                    f'<span class="eqno" style="{side};text-align:right">({count})</span></span>']}
-        if t == "Link" and dict(n["c"][0][2]).get("reference-type") in ("eqref", "ref", "autoref"):
-            attrs = dict(n["c"][0][2])
-            label, rtype = attrs["reference"], attrs["reference-type"]
-            if label in numbers:
-                text = f"({numbers[label]})" if rtype == "eqref" else str(numbers[label])
-                return {"t": "RawInline", "c": ["html", f'<a class="eqref" href="#{anchor_id(label)}">{text}</a>']}
-            if label in headers:
-                return {"t": "RawInline", "c": ["html", f'<a class="secref" href="#{ID_PREFIX}{html.escape(label)}">'
-                                                        f"{html.escape(headers[label])}</a>"]}
-            raise TheoryRenderError(f"\\{rtype}{{{label}}}: no equation or section has this label "
-                                    f"(known: {', '.join(sorted(numbers) + sorted(headers))})")
-        if t in ("RawInline", "RawBlock") and n["c"][0] in ("latex", "tex"):
-            raise TheoryRenderError(f"raw LaTeX that pandoc could not convert: {n['c'][1]!r}")
-        return None
-
-    _walk(ast["blocks"], convert)
-    if numbers and max(numbers.values()) > count:
-        raise TheoryRenderError("equation numbering is inconsistent")
-    return ast
-
-
-def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
-    """theory.tex (+ .bib) -> HTML fragment: sections as <h3>, math as SVG, numbered equations."""
-    ast = latex_to_ast(tex_path, bib_path)
-    n_math = json.dumps(ast).count('{"t": "Math"')
-    html_out = ast_to_html(math_to_svg_ast(ast))
-    n_svg = html_out.count('<span class="math ')
-    if n_svg != n_math or html_out.count("<svg") != n_math:
-        raise TheoryRenderError(f"{n_math} math spans in theory.tex but {n_svg} rendered as SVG")
-    visible = re.sub(r"<svg.*?</svg>", "", html_out, flags=re.S)
-    visible = html.unescape(re.sub(r"<[^>]+>", "", visible))
-    leftover = re.findall(r"\\[A-Za-z]+|\$", visible)
-    if leftover:
-        raise TheoryRenderError(f"raw TeX left in the rendered theory section: {sorted(set(leftover))}")
-    return html_out
-
-
-def render_theory(tex_path: str, out_html: str, bib_path: str | None = None) -> None:
-    """Rule theory_render: write the HTML fragment atomically."""
-    from .io import write_text
-
-    fragment = render_fragment(tex_path, bib_path)
-    log.info("rendered %s: %d math spans, %d numbered equations", tex_path, fragment.count('class="math '),
-             fragment.count('class="eqno"'))
-    write_text(out_html, fragment)
-
-
-# ---------------------------------------------------------------------------------------------
-# Closed-form quantities of the derivation (each names its equation label in theory.tex)
-# ---------------------------------------------------------------------------------------------
 
 
 def unrolled_noise_coefficients(schedule: Schedule, t: int) -> torch.Tensor:
@@ -332,26 +43,6 @@ def unrolled_noise_coefficients(schedule: Schedule, t: int) -> torch.Tensor:
     tail = torch.flip(torch.cumprod(torch.flip(alphas, [0]), 0), [0])  # prod_{i=s}^t
     tail = torch.cat([tail[1:], tail.new_ones(1)])
     return betas.sqrt() * tail.sqrt()
-
-
-def posterior_mean_x0(x_t: torch.Tensor, x0: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
-    """mu_tilde_t(x_t, x_0) (eq:posterior-mean), any shape; t >= 1.
-
-    mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t.
-    """
-    ab, ab_prev, beta, alpha = (schedule.alpha_bars[t], schedule.alpha_bars[t - 1], schedule.betas[t], schedule.alphas[t])
-    return ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
-
-
-def posterior_mean_eps(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
-    """mu_tilde_t in terms of the noise (eq:posterior-mean-eps): (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
-    ab, beta, alpha = schedule.alpha_bars[t], schedule.betas[t], schedule.alphas[t]
-    return (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
-
-
-def mu_theta(x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
-    """Reverse-process mean from a noise prediction (eq:mu-theta): eq:posterior-mean-eps with eps_theta for eps."""
-    return posterior_mean_eps(x_t, eps_pred, t, schedule)
 
 
 def kl_weight(schedule: Schedule, t: int) -> float:
@@ -408,17 +99,27 @@ def ddim_conditional(schedule: Schedule, t: int, t_prev: int, sigma: float) -> t
     return _sqrt(ab_prev) - _sqrt(ab) * k, k, sigma**2
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks
-# ---------------------------------------------------------------------------------------------
-
 DDIM_ETAS = (0.0, 0.5, 1.0)  # eta values of the DDIM marginal check (eq:ddim-marginal)
+
+
 DDIM_STEP_ETA = 0.5  # eta of the check of the report's DDIM step against eq:ddim-update (noise and direction both present)
+
+
 Z_SCORE = 5.0  # Monte-Carlo tolerance: this many standard errors (two-sided false alarm ~ 6e-7 per row)
+
+
 EPS64 = float(torch.finfo(torch.float64).eps)
+
+
 ULPS = 64  # float64 identities: this many machine epsilons, times condition number and scale
+
+
 MC_ATOL = 1e-12  # floor for Monte-Carlo tolerances whose standard error is exactly 0 (e.g. t = 1)
+
+
 CHAIN_X0 = 1.0  # clean value of the chain-vs-closed-form check (a white pixel in [-1, 1])
+
+
 COLUMNS = ["identity", "equation", "method", "t", "measured", "expected", "abs_error", "rel_error", "tolerance", "passed"]
 
 
@@ -499,7 +200,7 @@ def exact_checks(schedule: Schedule, timesteps: list[int], generator: torch.Gene
 
 def run_chain(x0: torch.Tensor, schedule: Schedule, record: set[int], generator: torch.Generator) -> dict[int, torch.Tensor]:
     """Run the sequential chain (eq:forward-step) from x0 up to max(record); return {t: x_t} for t in record."""
-    from .forward import q_step
+    from diffusion_report.core.forward import q_step
 
     out = {0: x0.clone()} if 0 in record else {}
     x = x0
@@ -559,7 +260,7 @@ def ddim_exact_checks(schedule: Schedule, timesteps: list[int], generator: torch
     * eta = 1 with t' = t - 1: q_sigma(x_{t-1} | x_t, x_0) (eq:ddim-conditional with sigma of eq:ddim-sigma)
       has the x_t and x_0 coefficients of DDPM's posterior mean (eq:posterior-mean, via eq:ddim-eta-one)
       and its variance beta_tilde_t (eq:posterior-var);
-    * the report's DDIM step (:func:`diffusion_report.ddim.ddim_step`, eta = :data:`DDIM_STEP_ETA`,
+    * the report's DDIM step (:func:`diffusion_report.core.samplers.ddim_step`, eta = :data:`DDIM_STEP_ETA`,
       t' = :func:`ddim_prev_timestep`) equals eq:ddim-conditional with x_0 replaced by x0_hat
       (eq:ddim-x0), which is what eq:ddim-update rewrites (max |diff| over n draws).
 
@@ -569,7 +270,7 @@ def ddim_exact_checks(schedule: Schedule, timesteps: list[int], generator: torch
     sigma^2 contains 1 - abar_t / abar_{t-1} = beta_t, condition 1 / beta_t; the step divides by
     sqrt(abar_t) to recover x0_hat.
     """
-    from .ddim import ddim_step
+    from diffusion_report.core.samplers import ddim_step
 
     method = "exact (float64)"
     inv = lambda v: 1.0 / v if v > 0 else math.inf  # noqa: E731
@@ -657,12 +358,12 @@ def mse_standard_error(x0: torch.Tensor, alpha_bar: float) -> torch.Tensor:
 def chain_moments(x0: torch.Tensor, schedule: Schedule, record: set[int]) -> dict[int, tuple[torch.Tensor, float]]:
     """Exact mean and variance of x_t given x_0 under the sequential chain (eq:forward-step), in float64.
 
-    Each step of :func:`diffusion_report.forward.q_step` is x_s = a_s x_{s-1} + b_s eps_s with eps_s
+    Each step of :func:`diffusion_report.core.forward.q_step` is x_s = a_s x_{s-1} + b_s eps_s with eps_s
     independent of x_{s-1}; a_s = q_step(1, s, 0) and b_s = q_step(0, s, 1) are read from the step
     itself, so the mean is propagated as a_s m and the variance (the same for every pixel) as
     a_s^2 v + b_s^2. Returns {t: (mean, shape of x0; variance)} for t in record. No closed form is used.
     """
-    from .forward import q_step
+    from diffusion_report.core.forward import q_step
 
     one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     m, v = x0.double().clone(), 0.0
@@ -690,7 +391,7 @@ def mse_checks_chain(schedule: Schedule, timesteps: list[int], generator: torch.
       images (about 6% at large t for the default shape: it shows the sampled chain agrees, the exact
       row is the sharp one).
     """
-    from .forward import expected_mse
+    from diffusion_report.core.forward import expected_mse
 
     x0 = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
     moments = chain_moments(x0, schedule, set(timesteps))
@@ -715,7 +416,7 @@ def mse_checks_forward(mse: pd.DataFrame, x0: torch.Tensor, schedule: Schedule, 
 
     Only the timesteps present in the table (t <= forward.mse_max_t) are checked.
     """
-    from .forward import expected_mse
+    from diffusion_report.core.forward import expected_mse
 
     if "t" not in mse.columns or "mean" not in mse.columns:
         raise ValueError(f"forward MSE table needs columns 't' and 'mean', has {list(mse.columns)}")
@@ -739,7 +440,7 @@ def run_checks(schedule: Schedule, timesteps: list[int], mc_samples: int, seed: 
     bad = [t for t in timesteps if not 1 <= t <= schedule.T]
     if bad:
         raise ValueError(f"theory.check_timesteps {bad} outside 1..T = {schedule.T}")
-    from .io import make_generator
+    from diffusion_report.io import make_generator
 
     timesteps = sorted(int(t) for t in timesteps)
     checks = exact_checks(schedule, timesteps, make_generator(seed, "theory/exact"))
@@ -765,15 +466,23 @@ def assert_checks_passed(df: pd.DataFrame) -> None:
         raise CheckFailed(f"{len(lines)} of {len(df)} theory checks failed:\n  " + "\n  ".join(lines))
 
 
-def write_checks(schedule_cfg: dict, theory_cfg: dict, seed: int, out_csv: str,
-                 mse_csv: str | None = None, x0_path: str | None = None) -> pd.DataFrame:
-    """Rule theory_checks: run every check, log the table, write the CSV only if all pass."""
-    from .io import write_csv
+def check_parameters(schedule: Schedule, schedule_cfg: dict, theory_cfg: dict) -> dict:
+    """What the checks ran with, for the report: tolerances, eta values, the schedule's abar_T."""
+    return {"z_score": Z_SCORE, "exact_ulps": ULPS, "ddim_etas": list(DDIM_ETAS),
+            "mc_samples": int(theory_cfg["mc_samples"]), "schedule": dict(schedule_cfg),
+            "alpha_bar_T": float(schedule.alpha_bars[-1])}
+
+
+def theory_checks(schedule_cfg: dict, theory_cfg: dict, seed: int, out_csv: str,
+                 mse_csv: str | None = None, x0_path: str | None = None, out_json: str | None = None) -> pd.DataFrame:
+    """Rule theory_checks: run every check, log the table, write the CSV (and the parameters the
+    checks ran with, as JSON) only if all pass."""
+    from diffusion_report.io import write_csv, write_text
 
     schedule = Schedule.from_config(schedule_cfg)
     fwd_mse = fwd_x0 = None
     if mse_csv and x0_path:
-        from .forward import load_clean
+        from diffusion_report.stages.forward import load_clean
 
         fwd_mse = pd.read_csv(mse_csv)
         fwd_x0, _ = load_clean(x0_path)
@@ -781,64 +490,6 @@ def write_checks(schedule_cfg: dict, theory_cfg: dict, seed: int, out_csv: str,
     log.info("theory checks:\n%s", df.to_string(index=False))
     assert_checks_passed(df)
     write_csv(out_csv, df, float_format="%.10g")
+    if out_json:
+        write_text(out_json, json.dumps(check_parameters(schedule, schedule_cfg, theory_cfg), indent=1, sort_keys=True) + "\n")
     return df
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-def summarise(df: pd.DataFrame) -> list[dict]:
-    """One row per identity: equation, method, timesteps, worst relative error, worst error/tolerance."""
-    rows = []
-    for (identity, equation, method), g in df.groupby(["identity", "equation", "method"], sort=False):
-        ratio = (g["abs_error"] / g["tolerance"]).max()
-        rows.append({"identity": identity, "equation": equation, "method": method,
-                     "t checked": ", ".join(str(int(t)) for t in g["t"]),
-                     "max |error|": float(g["abs_error"].max()),
-                     "max error / tolerance": float(ratio),
-                     "passed": "yes" if bool(g["passed"].all()) else "NO"})
-    return rows
-
-
-def equation_numbers(fragment: str) -> dict[str, str]:
-    """{label: "(n)"} read back from the rendered fragment's anchors."""
-    found = re.findall(r'<span class="math display numbered" id="' + re.escape(ID_PREFIX) + r'([^"]+)"[^>]*>'
-                       r'(?:(?!class="math ).)*?<span class="eqno"[^>]*>\((\d+)\)</span>', fragment, flags=re.S)
-    return {label: f"({n})" for label, n in found}
-
-
-def report_context(files: dict[str, str], config: dict) -> dict:
-    """Plain data for report/templates/sections/theory.html.j2.
-
-    files: {"html": theory.html fragment, "checks": checks.csv}.
-    """
-    fragment = Path(files["html"]).read_text(encoding="utf-8")
-    df = pd.read_csv(files["checks"])
-    schedule = Schedule.from_config(config["schedule"])
-    numbers = equation_numbers(fragment)
-    summary = summarise(df)
-    for row in summary:  # "eq:marginal" -> "(6)" as the report reader sees it
-        row["equation"] = numbers.get(re.sub(r"[^A-Za-z0-9_-]+", "-", row["equation"]), row["equation"])
-    exact = df[df["method"].str.startswith("exact")]
-    mc = df[df["method"].str.startswith("Monte Carlo")]
-    return {
-        "html": fragment,
-        "summary_rows": summary,
-        "rows": df.to_dict(orient="records"),
-        "n_checks": int(len(df)),
-        "n_passed": int(df["passed"].sum()),
-        "n_identities": len(summary),
-        "timesteps": sorted(int(t) for t in df["t"].unique()),
-        "mc_samples": int(config["theory"]["mc_samples"]),
-        "ddim_etas": [f"{eta:g}" for eta in DDIM_ETAS],
-        "z_score": Z_SCORE,
-        "exact_ulps": ULPS,
-        "max_exact_error": float(exact["abs_error"].max()) if len(exact) else 0.0,
-        "max_mc_ratio": float((mc["abs_error"] / mc["tolerance"]).max()) if len(mc) else 0.0,
-        "forward_checked": bool(df["method"].str.startswith("forward").any()),
-        "checked_equations": sorted({r["equation"] for r in summary}, key=lambda e: (len(e), e)),
-        "schedule": dict(config["schedule"]),
-        "alpha_bar_T": float(schedule.alpha_bars[-1]),
-    }

@@ -1,7 +1,11 @@
 """The forward (noising) process of DDPM and its corruption measured by MSE (exercise 3).
 
-Notation follows Ho et al. (2020) and :mod:`diffusion_report.schedules`: t = 0 is the clean image,
+Notation follows Ho et al. (2020) and :mod:`diffusion_report.core.schedules`: t = 0 is the clean image,
 ``schedule.alpha_bars[t]`` = prod_{i<=t} (1 - beta_i).
+
+
+Also the posterior q(x_{t-1} | x_t, x_0) of Ho et al. (eqs. 6-7) and its mean in terms of the
+predicted noise (eq. 11), which the theory checks verify.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import torch
 
-from .io import make_generator
-from .schedules import Schedule
+from diffusion_report.core.schedules import Schedule
+from diffusion_report.io import make_generator
 
 
 def _coef(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
@@ -148,110 +152,21 @@ def mse_table(x0: torch.Tensor, names: list[str], t_max: int, schedule: Schedule
     return df
 
 
-# --------------------------------------------------------------------------------------------
-# Stage functions called by the rule scripts (scripts/forward_*.py)
-# --------------------------------------------------------------------------------------------
+def posterior_mean_x0(x_t: torch.Tensor, x0: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """mu_tilde_t(x_t, x_0) (eq:posterior-mean), any shape; t >= 1.
+
+    mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t.
+    """
+    ab, ab_prev, beta, alpha = (schedule.alpha_bars[t], schedule.alpha_bars[t - 1], schedule.betas[t], schedule.alphas[t])
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
 
 
-def save_clean(sources: list[str], size: int, out_tensor: str, out_png: str, files: list[str] | None = None) -> None:
-    """Load the clean images into one safetensors file (x0, N x 3 x size x size) and a PNG strip.
-
-    ``sources`` are the config entries (they name the images); ``files`` the files they resolve
-    to (the rule's inputs), read instead when given."""
-    from safetensors.torch import save_file
-
-    from . import figures
-    from .images import image_name, load_images
-    from .io import atomic_path, save_figure
-
-    x0 = load_images(list(files) if files else sources, size)
-    names = [image_name(s) for s in sources]
-    with atomic_path(out_tensor) as tmp:
-        save_file({"x0": x0}, str(tmp), metadata={"names": ",".join(names)})
-    fig = figures.image_grid([list(x0)], col_labels=names)
-    save_figure(out_png, fig)
-    figures.close(fig)
+def posterior_mean_eps(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """mu_tilde_t in terms of the noise (eq:posterior-mean-eps): (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
+    ab, beta, alpha = schedule.alpha_bars[t], schedule.betas[t], schedule.alphas[t]
+    return (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
 
 
-def load_clean(path: str) -> tuple[torch.Tensor, list[str]]:
-    """Inverse of :func:`save_clean`: (x0, names)."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        names = fh.metadata()["names"].split(",")
-        return fh.get_tensor("x0"), names
-
-
-def make_grid_figure(x0_path: str, show_timesteps: list[int], schedule: Schedule, seed: int, out_png: str) -> None:
-    """Rows: images; columns: x_t at each shown timestep (t = 0 is the clean image)."""
-    from . import figures
-    from .io import save_figure
-
-    x0, names = load_clean(x0_path)
-    xt = noisy_images(x0, show_timesteps, schedule, seed)  # (K, N, C, H, W)
-    rows = [[xt[k, n] for k in range(len(show_timesteps))] for n in range(x0.shape[0])]
-    fig = figures.image_grid(rows, row_labels=names, col_labels=[f"t = {t}" for t in show_timesteps])
-    save_figure(out_png, fig)
-    figures.close(fig)
-
-
-def write_mse_table(x0_path: str, t_max: int, schedule: Schedule, seed: int, out_csv: str) -> None:
-    from .io import write_csv
-
-    x0, names = load_clean(x0_path)
-    write_csv(out_csv, mse_table(x0, names, t_max, schedule, seed))
-
-
-def image_columns(df: pd.DataFrame) -> list[str]:
-    """The per-image measured columns of an MSE table."""
-    return [c for c in df.columns if c not in ("t", "mean") and not c.startswith("expected_")]
-
-
-def make_mse_plots(mse_csv: str, show_timesteps: list[int], out_shown: str, out_curve: str) -> None:
-    """MSE at the shown timesteps, and the full curve per image with the closed-form expectation."""
-    from . import figures
-    from .io import save_figure
-
-    df = pd.read_csv(mse_csv)
-    names = image_columns(df)
-    shown = df[df["t"].isin(show_timesteps)]
-    fig = figures.line_plot(shown["t"].to_numpy(), {n: shown[n].to_numpy() for n in names} | {"mean": shown["mean"].to_numpy()},
-                            "timestep t", "MSE(x_t, x_0)", "MSE at the shown timesteps", markers=True)
-    save_figure(out_shown, fig)
-    figures.close(fig)
-    fig = figures.line_plot(df["t"].to_numpy(), {n: df[n].to_numpy() for n in names}, "timestep t", "MSE(x_t, x_0)",
-                            "Measured MSE (solid) and closed-form expectation (dashed)",
-                            dashed={f"E[{n}]": df[f"expected_{n}"].to_numpy() for n in names})
-    save_figure(out_curve, fig)
-    figures.close(fig)
-
-
-def report_context(files: dict[str, str], config: dict) -> dict:
-    """Numbers and figures for the report's forward-diffusion section."""
-    df = pd.read_csv(files["mse"])
-    names = image_columns(df)
-    fcfg = config["forward"]
-    shown = [t for t in fcfg["show_timesteps"] if t <= int(df["t"].max())]
-    rows = []
-    for t in shown:
-        r = df[df["t"] == t].iloc[0]
-        row = {"t": t}
-        row.update({n: float(r[n]) for n in names})
-        row["mean"] = float(r["mean"])
-        row["expected mean"] = float(r["expected_mean"])
-        rows.append(row)
-    later = df[df["t"] >= 10]
-    rel = (later["mean"] - later["expected_mean"]).abs() / later["expected_mean"]
-    last = df.iloc[-1]
-    return {
-        "names": names,
-        "rows": rows,
-        "t_max": int(last["t"]),
-        "mse_last": float(last["mean"]),
-        "expected_last": float(last["expected_mean"]),
-        "rel_last": float(abs(last["mean"] - last["expected_mean"]) / last["expected_mean"]),
-        "max_rel_dev": float(rel.max()) if len(rel) else 0.0,
-        "schedule": config["schedule"],
-        "image_size": fcfg["image_size"],
-        "figures": {k: files[k] for k in ("clean", "grid", "mse_shown", "mse_curve")},
-    }
+def mu_theta(x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, schedule: Schedule) -> torch.Tensor:
+    """Reverse-process mean from a noise prediction (eq:mu-theta): eq:posterior-mean-eps with eps_theta for eps."""
+    return posterior_mean_eps(x_t, eps_pred, t, schedule)

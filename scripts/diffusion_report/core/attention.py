@@ -39,16 +39,30 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .prompts import MODES, _norm_prompt, normalize_word, prompt_words, validate_edits, word_positions  # noqa: F401 (re-exported)
+from diffusion_report.core.prompts import (
+    MODES,
+    _norm_prompt,
+    normalize_word,
+    prompt_words,
+    word_positions,
+)
 
 log = logging.getLogger(__name__)
+
 
 MIN_MAP_SIDE = 8  # small models: store maps and inject self-attention at maps of at least/up to 8x8
 
 
-# ----------------------------------------------------------------------------------------------
-# Words and tokens
-# ----------------------------------------------------------------------------------------------
+def text_max_length(tokenizer, text_encoder=None) -> int:
+    """The padded prompt length: the tokenizer's limit, capped by the encoder's position table."""
+    n = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if text_encoder is not None:
+        pos = getattr(text_encoder.config, "max_position_embeddings", None)
+        if pos:
+            n = min(n, int(pos)) if 0 < n < 10**9 else int(pos)
+    if not 0 < n < 10**9:
+        raise ValueError("cannot tell the prompt length: set tokenizer.model_max_length")
+    return n
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
@@ -249,11 +263,6 @@ def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer
             alpha[:, i, idx] = 0.0
             alpha[a:b, i, idx] = 1.0
     return alpha
-
-
-# ----------------------------------------------------------------------------------------------
-# Controllers
-# ----------------------------------------------------------------------------------------------
 
 
 def cross_attention_levels(unet) -> list[int]:
@@ -596,8 +605,6 @@ def make_controller(
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     prompts = list(prompts)
     if max_len is None:
-        from .text2image import text_max_length
-
         max_len = text_max_length(tokenizer)
     kw = dict(self_max_tokens=self_max_tokens, store_level=store_level, keep_steps=keep_steps)
     if blend_words:
@@ -623,11 +630,6 @@ def make_controller(
         return base
     eq = torch.stack([equalizer(p, reweight["words"], reweight["scale"], tokenizer, max_len) for p in prompts[1:]])
     return Reweight(*args, equalizer=eq, prev=base, **kw)
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention processor
-# ----------------------------------------------------------------------------------------------
 
 
 def attention_probs(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
@@ -711,14 +713,6 @@ def install(unet, controller: AttentionStore) -> dict[str, Any]:
     return previous
 
 
-# ----------------------------------------------------------------------------------------------
-# The edit stage: images, figures, metrics
-# ----------------------------------------------------------------------------------------------
-
-ARTIFACTS = ("source", "edit", "baseline", "side_by_side", "attention", "metrics")
-METRIC_COLUMNS = ["edit", "mode", "mask", "mask_fraction", "edit_mae", "baseline_mae", "edit_mae_outside", "baseline_mae_outside"]
-
-
 def edit_controller(edit: dict, tokenizer, num_steps: int, max_len: int, mask_threshold: float, **kw) -> AttentionEdit:
     """The controller of one ``p2p.edits`` entry."""
     return make_controller(
@@ -783,19 +777,6 @@ def region_mask(store: AttentionEdit, edit: dict, tokenizer, max_len: int, thres
     return attention_mask(avg[0], s_tok, threshold, size) | attention_mask(avg[1], t_tok, threshold, size), "attention"
 
 
-def pixel_mae(a, b, keep=None) -> float:
-    """Mean absolute difference of two uint8 images (H, W, C), in [0, 1]; over ``keep`` (H, W) if given."""
-    import numpy as np
-
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64)) / 255.0
-    if keep is not None:
-        keep = np.asarray(keep, dtype=bool)
-        if not keep.any():
-            return float("nan")
-        d = d[keep]
-    return float(d.mean())
-
-
 def token_labels(text: str, tokenizer) -> list[tuple[int, str]]:
     """(position, text) of the prompt's own tokens, for figure labels."""
     s0, s1 = core_token_range(text, tokenizer)
@@ -805,184 +786,3 @@ def token_labels(text: str, tokenizer) -> list[tuple[int, str]]:
         tok = tokenizer.convert_ids_to_tokens(int(ids[pos]))
         out.append((pos, str(tok).replace("</w>", "")))
     return out
-
-
-def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
-    """Images (H, W, C uint8) in a row with their prompts as titles."""
-    import textwrap
-
-    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import save_figure
-
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.9), dpi=100)
-    for ax, img, title in zip(axes, images, titles):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(title, 30)), fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    save_figure(path, fig)
-    plt.close(fig)
-
-
-def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[int, str]]]]) -> None:
-    """Per-token cross-attention maps: one row per (title, maps (h, w, L), token labels)."""
-    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import save_figure
-
-    ncols = max(1, max(len(lbl) for _, _, lbl in rows))
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.15 * ncols + 0.4, 1.35 * len(rows) + 0.3), dpi=100, squeeze=False)
-    for r, (title, maps, labels) in enumerate(rows):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(labels):
-                pos, text = labels[c]
-                m = maps[..., pos]
-                ax.imshow((m / m.max().clamp_min(1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(text, fontsize=8)
-        axes[r, 0].text(-0.15, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    save_figure(path, fig)
-    plt.close(fig)
-
-
-def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale: float, mask_threshold: float = 0.3, seed: int = 0) -> dict:
-    """Run one edit and write its artifacts; return its metrics row.
-
-    The source and target prompts are sampled together under the edit's controller, and the
-    target alone without control (the baseline), all from the same x_T (drawn from the edit's
-    seed, else ``seed``). ``outputs`` maps each of :data:`ARTIFACTS` to a path.
-    """
-    import pandas as pd
-
-    from .io import save_png, to_uint8, write_csv
-    from .text2image import generate, initial_latents
-
-    missing = [k for k in ARTIFACTS if k not in outputs]
-    if missing:
-        raise ValueError(f"run_edit: no output path for {', '.join(missing)}")
-    errors = validate_edits([edit])
-    if errors:
-        raise ValueError("; ".join(errors))
-    max_len = pipe.max_length
-    x_T = initial_latents(pipe, int(edit.get("seed", seed)), "p2p")
-    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold)
-    log.info("%s: %s %r -> %r", edit["name"], edit["mode"], edit["source"], edit["target"])
-    images, store = generate(pipe, [edit["source"], edit["target"]], x_T, num_steps, guidance_scale, ctrl)
-    base_images, base_store = generate(pipe, [edit["target"]], x_T, num_steps, guidance_scale)
-    src, edt, base = to_uint8(images[0]), to_uint8(images[1]), to_uint8(base_images[0])
-    save_png(outputs["source"], src)
-    save_png(outputs["edit"], edt)
-    save_png(outputs["baseline"], base)
-    side_by_side_figure(outputs["side_by_side"], [src, edt, base], [
-        f"source: {edit['source']}", f"{edit['mode']}: {edit['target']}", f"no control: {edit['target']}"])
-    avg, base_avg = store.average(), base_store.average()
-    attention_figure(outputs["attention"], [
-        ("source", avg[0], token_labels(edit["source"], pipe.tokenizer)),
-        ("edited", avg[1], token_labels(edit["target"], pipe.tokenizer)),
-        ("no control", base_avg[0], token_labels(edit["target"], pipe.tokenizer)),
-    ])
-    mask, kind = region_mask(store, edit, pipe.tokenizer, max_len, mask_threshold, tuple(src.shape[:2]))
-    outside = (~mask).numpy()
-    row = {
-        "edit": edit["name"], "mode": edit["mode"], "mask": kind, "mask_fraction": float(mask.float().mean()),
-        "edit_mae": pixel_mae(src, edt), "baseline_mae": pixel_mae(src, base),
-        "edit_mae_outside": pixel_mae(src, edt, outside), "baseline_mae_outside": pixel_mae(src, base, outside),
-    }
-    write_csv(outputs["metrics"], pd.DataFrame([row], columns=METRIC_COLUMNS))
-    log.info("%s: %s", edit["name"], row)
-    return row
-
-
-def load_model(p2p_cfg: dict, device: str = "auto", model_dir: str | None = None):
-    """The text-to-image model of the ``p2p`` config: the trained folder or ``p2p.model.pretrained``."""
-    from .text2image import load_text2image
-
-    if p2p_cfg["model"]["source"] == "train":
-        if not model_dir:
-            raise ValueError("p2p.model.source is 'train' but no trained model folder was given (rule t2i_train's output)")
-        where, key = model_dir, "p2p.model.source"
-    else:
-        where, key = p2p_cfg["model"]["pretrained"], "p2p.model.pretrained"
-    return load_text2image(where, config_key=key, device=device, fp16=bool(p2p_cfg.get("fp16", False)), scheduler=p2p_cfg.get("scheduler", "ddim"))
-
-
-def run_edit_rule(p2p_cfg: dict, edit: dict, outputs: dict, *, seed: int, device: str = "auto", model_dir: str | None = None) -> dict:
-    """Rule p2p_edit: load the model of the config and run one edit."""
-    pipe = load_model(p2p_cfg, device, model_dir)
-    return run_edit(pipe, edit, outputs, num_steps=int(p2p_cfg["num_inference_steps"]),
-                    guidance_scale=float(p2p_cfg["guidance_scale"]), mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)), seed=seed)
-
-
-def aggregate_metrics(paths: Sequence[str], out_csv: str) -> None:
-    """Concatenate the per-edit metrics.csv files (in the given order) into one CSV."""
-    import pandas as pd
-
-    from .io import write_csv
-
-    frames = [pd.read_csv(p) for p in paths]
-    if not frames:
-        raise ValueError("no per-edit metrics to aggregate")
-    write_csv(out_csv, pd.concat(frames, ignore_index=True)[METRIC_COLUMNS])
-
-
-def _fmt_steps(v) -> str:
-    """0.8 -> "80%"; {"default": 0.8, "lion": 0.4} -> "80% (lion: 40%)"."""
-    def pct(x):
-        return f"{float(x) * 100:.0f}%"
-
-    if isinstance(v, dict):
-        rest = {k: x for k, x in v.items() if k not in ("default", "default_")}
-        head = pct(v.get("default", v.get("default_", 1.0)))
-        return head + (" (" + ", ".join(f"{k}: {pct(x)}" for k, x in rest.items()) + ")" if rest else "")
-    return pct(v)
-
-
-def report_context(files: dict[str, str], config: dict) -> dict:
-    """Plain data for the report's prompt-to-prompt section (numbers from results/p2p/metrics.csv)."""
-    import math as _m
-
-    import pandas as pd
-
-    cfg = config["p2p"]
-    df = pd.read_csv(files["metrics"])
-    by_name = {r["edit"]: r for r in df.to_dict("records")}
-    edits = []
-    for e in cfg["edits"]:
-        rw = e.get("reweight")
-        edits.append({
-            "name": e["name"], "mode": e["mode"], "source": e["source"], "target": e["target"],
-            "cross_replace_steps": _fmt_steps(e.get("cross_replace_steps", 0.8)),
-            "self_replace_steps": _fmt_steps(e.get("self_replace_steps", 0.4)),
-            "reweight": f"{', '.join(rw['words'])} x {rw['scale']}" if rw else "",
-            "blend_words": ", ".join(e.get("blend_words") or []),
-            "figure": files.get(f"{e['name']}_figure"), "attention": files.get(f"{e['name']}_attention"),
-            "metrics": by_name.get(e["name"]),
-        })
-    rows = [{
-        "edit": r["edit"], "mode": r["mode"], "mask": r["mask"], "mask fraction": r["mask_fraction"],
-        "|src-edit|": r["edit_mae"], "|src-baseline|": r["baseline_mae"],
-        "|src-edit| outside": r["edit_mae_outside"], "|src-baseline| outside": r["baseline_mae_outside"],
-    } for r in df.to_dict("records")]
-    valid = [r for r in df.to_dict("records") if not _m.isnan(r["edit_mae_outside"]) and not _m.isnan(r["baseline_mae_outside"])]
-    closer = sum(r["edit_mae_outside"] < r["baseline_mae_outside"] for r in valid)
-    ratios = [r["edit_mae_outside"] / r["baseline_mae_outside"] for r in valid if r["baseline_mae_outside"] > 0]
-    model = cfg["model"]
-    return {
-        "edits": edits, "rows": rows, "n_edits": len(edits), "n_compared": len(valid), "n_closer": closer,
-        "median_ratio": float(pd.Series(ratios).median()) if ratios else None,
-        "model": "the embedded text-to-image model trained by this workflow" if model["source"] == "train" else model["pretrained"],
-        "pretrained": model["source"] != "train",
-        "scheduler": cfg.get("scheduler", "ddim").upper(), "num_inference_steps": cfg["num_inference_steps"],
-        "guidance_scale": cfg["guidance_scale"], "mask_threshold": cfg.get("mask_threshold", 0.3),
-    }

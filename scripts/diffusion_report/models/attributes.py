@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from diffusion_report import shapes
 from diffusion_report.io import make_generator
+from diffusion_report.models import shapes
 
 CROP = 8  # the classifier sees the mask's bounding box resized to CROP x CROP
 

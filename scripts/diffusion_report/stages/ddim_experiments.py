@@ -8,7 +8,7 @@
   a paired bootstrap error: every cell starts from the same x_T, so resampling the sample indices
   jointly gives the error of each cell and of each difference between neighbouring cells.
 * **Reconstruction** (Table 2): held-out real digits encoded to x_T with the DDIM ODE run forward
-  (:func:`ddim.ddim_invert`) and decoded with DDIM (eta = 0) at the same S; per-pixel MSE on the
+  (:func:`diffusion_report.core.samplers.ddim_invert`) and decoded with DDIM (eta = 0) at the same S; per-pixel MSE on the
   [0, 1] scale.
 * **Interpolation** (Figure 6): spherical interpolation between pairs of x_T, decoded with DDIM.
 
@@ -18,48 +18,47 @@ S in ``ddim.step_counts``) are reused, not drawn again.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .ddim import ddim_invert, ddim_sample, image_shape, load_tensor, load_tensors, sample_variants, save_tensors, slerp, tensor_sha256
-from .ddim_cells import quality_variants, reused_variant, variant_label  # noqa: F401 (re-exported)
-from .io import derive_seed, make_generator
+from diffusion_report.core.samplers import (
+    ddim_invert,
+    ddim_sample,
+    sample_variants,
+    slerp,
+)
+from diffusion_report.io import (
+    derive_seed,
+    load_tensor,
+    load_tensors,
+    make_generator,
+    save_tensors,
+    tensor_sha256,
+)
+from diffusion_report.models.ddpm import image_shape
+from diffusion_report.stages.ddim_cells import (
+    PAPER_FID,
+    PAPER_RECON_MSE,
+    PAPER_RECON_STEPS,
+    PAPER_STEPS,
+    RECON_FAIL_MSE,
+)
 
 log = logging.getLogger(__name__)
 
-# The paper's CIFAR-10 FIDs (Table 1, S = 10, 20, 50, 100, 1000) and reconstruction MSEs (Table 2).
-PAPER_STEPS = (10, 20, 50, 100, 1000)
-PAPER_FID = {
-    "eta=0": (13.36, 6.84, 4.67, 4.16, 4.04),
-    "eta=0.2": (14.04, 7.11, 4.77, 4.25, 4.09),
-    "eta=0.5": (16.66, 8.35, 5.25, 4.46, 4.29),
-    "eta=1": (41.07, 18.36, 8.01, 5.78, 4.73),
-    "sigma_hat": (367.43, 133.37, 32.72, 9.99, 3.17),
-}
-PAPER_RECON_STEPS = (10, 20, 50, 100, 200, 500, 1000)
-PAPER_RECON_MSE = (0.014, 0.0065, 0.0023, 0.0009, 0.0004, 0.0001, 0.0001)
-
-# Thresholds of the report's claims, stated next to the functions that use them.
-CONFIDENT_GOAL = 0.9  # the issue's goal: >= 90% of DDIM samples confidently classified at S >= 20
-RECOG_GAP = 0.03  # DDIM recognisability within this of the 1000-step DDPM's
-PIXEL_BOUND = 1.2  # no sample pixel outside [-1.2, 1.2] before display clamping
-RECON_FAIL_MSE = 0.01  # a round trip with a per-pixel MSE above this (PSNR < 20 dB) counts as failed
-
 
 # ------------------------------------------------------------------------------------ rules
-def run_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int, variants: list[str],
+def ddim_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int, variants: list[str],
                         sampling: dict, seed: int, device: str = "auto") -> None:
     """Rule ``ddim_quality_samples``: the Table 1 variants at one S from the stage's x_T.
 
     ``sampling``: skip_type, clip_sample (as for the stage's samplers). Each variant's noise comes
     from its own generator ``ddim_quality_<variant>_<S>``.
     """
-    from .ddim import load_model
-    from .models import resolve_device
+    from diffusion_report.models.ddpm import load_model
+    from diffusion_report.models.loading import resolve_device
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
@@ -86,19 +85,20 @@ def _cells(quality_files: dict[int, str], reused_files: dict[int, tuple[str, str
     return cells
 
 
-def run_quality_table(quality_files: dict[int, str], reused_files: dict[int, tuple[str, str]], *, out_csv: str,
+def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, tuple[str, str]], *, out_csv: str,
                       pairs_csv: str, out_png: str, variants: list[str], image_size: int, seed: int,
                       n_boot: int) -> None:
     """Rule ``ddim_quality``: Frechet distance, recognisability and pixel range per cell, with
     paired-bootstrap errors, the differences between neighbouring step counts, and a plot.
 
-    ``quality_files``: {S: file of :func:`run_quality_samples`}; ``reused_files``: {S: (variant,
+    ``quality_files``: {S: file of :func:`ddim_quality_samples`}; ``reused_files``: {S: (variant,
     samples file of rule ddim_sample)}.
     """
     import pandas as pd
 
-    from . import digits, metrics
-    from .io import save_figure, write_csv
+    from diffusion_report import metrics
+    from diffusion_report.io import save_figure, write_csv
+    from diffusion_report.models import digits
 
     cells = _cells(quality_files, reused_files)
     steps_all = sorted({s for _, s in cells})
@@ -142,8 +142,9 @@ def run_quality_table(quality_files: dict[int, str], reused_files: dict[int, tup
 
 
 def quality_figure(df, variants: list[str]):
-    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
+
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,24 +180,24 @@ def reconstruction_images(image_size: int, channels: int, n: int, seed: int, for
     """The images to encode: held-out real digits (the ``test`` split) for the 1-channel digits
     model, else the forward stage's images at the model's size; shape (n', C, H, W) in [-1, 1]."""
     if channels == 1:
-        from . import digits
+        from diffusion_report.models import digits
 
         return digits.digits_split(image_size, seed)["test"][0][: int(n)]
-    from .images import load_image
+    from diffusion_report.images import load_image
 
     return torch.stack([load_image(src, image_size) for src in (forward_images or [])[: int(n)]])
 
 
-def run_reconstruction(model: str, out_csv: str, out_png: str, *, step_counts, num_images: int, sampling: dict,
+def ddim_reconstruction(model: str, out_csv: str, out_png: str, *, step_counts, num_images: int, sampling: dict,
                        seed: int, device: str = "auto", forward_images=None) -> None:
     """Rule ``ddim_reconstruction``: encode with :func:`ddim_invert`, decode with DDIM, per S."""
     import pandas as pd
 
-    from . import metrics
-    from .ddim import load_model
-    from .figures import image_grid
-    from .io import save_figure, write_csv
-    from .models import resolve_device
+    from diffusion_report import metrics
+    from diffusion_report.figures import image_grid
+    from diffusion_report.io import save_figure, write_csv
+    from diffusion_report.models.ddpm import load_model
+    from diffusion_report.models.loading import resolve_device
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
@@ -222,13 +223,13 @@ def run_reconstruction(model: str, out_csv: str, out_png: str, *, step_counts, n
     save_figure(out_png, fig)
 
 
-def run_interpolation(model: str, out_png: str, *, pairs: int, points: int, steps: int, sampling: dict, seed: int,
+def ddim_interpolation(model: str, out_png: str, *, pairs: int, points: int, steps: int, sampling: dict, seed: int,
                       device: str = "auto") -> None:
     """Rule ``ddim_interpolation``: slerp between ``pairs`` pairs of x_T, decoded with DDIM (eta = 0)."""
-    from .ddim import load_model
-    from .figures import image_grid
-    from .io import save_figure
-    from .models import resolve_device
+    from diffusion_report.figures import image_grid
+    from diffusion_report.io import save_figure
+    from diffusion_report.models.ddpm import load_model
+    from diffusion_report.models.loading import resolve_device
 
     dev = resolve_device(device)
     unet, schedule, prediction_type = load_model(model, dev)
@@ -243,71 +244,3 @@ def run_interpolation(model: str, out_png: str, *, pairs: int, points: int, step
     fig.supxlabel("interpolation weight alpha (slerp between two x_T)", fontsize=8)
     fig.tight_layout()
     save_figure(out_png, fig)
-
-
-# ------------------------------------------------------------------------------------ claims
-def _resolved(sub, a: str, b: str) -> bool:
-    """Is cell ``a`` below cell ``b`` by more than twice the error of the difference (the two
-    cells' bootstrap errors in quadrature, an upper bound of the paired error)?"""
-    err = float(np.hypot(sub.loc[a, "fd_boot_std"], sub.loc[b, "fd_boot_std"]))
-    return float(sub.loc[b, "fd"]) - float(sub.loc[a, "fd"]) > 2.0 * err
-
-
-def ordering_claims(df) -> dict:
-    """The paper's orderings, tested on this run's table (a DataFrame of :func:`run_quality_table`).
-
-    For the smallest and the largest S: ``best`` (lowest-FD variant here), ``paper_best`` (the
-    paper's), and ``verdict``:
-
-    * ``agrees``: the paper's winner is lowest here too, below every other variant by more than
-      twice the bootstrap error of the difference;
-    * ``differs``: another variant is below the paper's winner by more than that margin;
-    * ``tied``: neither: the paper's winner is within the sampling error of the lowest, so this run
-      cannot tell the ordering at this sample size.
-    """
-    out = {}
-    cells = df[df["variant"] != "real digits"]
-    if cells.empty:
-        return out
-    steps = sorted(int(s) for s in cells["steps"].unique())
-    for key, s in (("few", steps[0]), ("many", steps[-1])):
-        sub = cells[cells["steps"] == s].set_index("variant")
-        best = str(sub["fd"].idxmin())
-        paper_col = {v: dict(zip(PAPER_STEPS, vals)).get(s) for v, vals in PAPER_FID.items() if v in sub.index}
-        paper_col = {v: x for v, x in paper_col.items() if x is not None}
-        paper_best = min(paper_col, key=paper_col.get) if paper_col else None
-        if paper_best is None:
-            verdict = "no paper value"
-        elif best == paper_best and all(_resolved(sub, best, v) for v in sub.index if v != best):
-            verdict = "agrees"
-        elif best != paper_best and _resolved(sub, best, paper_best):
-            verdict = "differs"
-        else:
-            verdict = "tied"
-        out[key] = {"steps": s, "best": best, "paper_best": paper_best, "verdict": verdict,
-                    "best_fd": float(sub.loc[best, "fd"]), "best_err": float(sub.loc[best, "fd_boot_std"])}
-    return out
-
-
-def quality_goals(df, eta_label: str, ddpm_recognisability: float | None) -> dict:
-    """The embedded model's goals on the deterministic sampler's cells at S >= 20 (thresholds above)."""
-    sub = df[(df["variant"] == eta_label) & (df["steps"] >= 20)]
-    if sub.empty:
-        return {}
-    worst_conf = float(sub["confident_fraction"].min())
-    worst_recog = float(sub["recognisability"].min())
-    max_pix = float(sub["max_abs_pixel"].max())
-    return {
-        "worst_confident": worst_conf, "confident_ok": worst_conf >= CONFIDENT_GOAL, "confident_goal": CONFIDENT_GOAL,
-        "worst_recog": worst_recog, "recog_gap": RECOG_GAP,
-        "recog_ok": None if ddpm_recognisability is None else worst_recog >= ddpm_recognisability - RECOG_GAP,
-        "max_abs_pixel": max_pix, "pixel_bound": PIXEL_BOUND, "pixel_ok": max_pix <= PIXEL_BOUND,
-    }
-
-
-def neighbours_resolved(pairs_df) -> dict:
-    """How many neighbouring-cell differences exceed their paired-bootstrap error (|change| > 2 std)."""
-    if pairs_df is None or pairs_df.empty:
-        return {"resolved": 0, "total": 0}
-    ok = (pairs_df["fd_change"].abs() > 2.0 * pairs_df["change_boot_std"])
-    return {"resolved": int(ok.sum()), "total": int(len(ok)), "factor": 2.0}

@@ -1,4 +1,11 @@
-"""Ground-truth evaluation of the embedded text-to-image model and of prompt-to-prompt editing.
+"""Text-to-image stage: one function per rule.
+
+* ``t2i_train``   :func:`t2i_train`: verify and copy the shipped shapes model, or train it here;
+* ``t2i_reader``  :func:`t2i_reader`: fit the attribute reader and state its accuracy;
+* ``t2i_samples`` :func:`t2i_samples`: caption accuracy of the model against guidance;
+* ``t2i_eval``    :func:`t2i_eval`: prompt-to-prompt against plain regeneration, per edit type.
+
+Ground-truth evaluation of the embedded text-to-image model and of prompt-to-prompt editing.
 
 Two measurements, both read by :class:`attributes.AttributeReader`:
 
@@ -12,17 +19,109 @@ Two measurements, both read by :class:`attributes.AttributeReader`:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from diffusion_report import attributes, shapes, t2i
+from diffusion_report.core.attention import make_controller
 from diffusion_report.io import make_generator
+from diffusion_report.models import attributes, shapes, t2i
+from diffusion_report.models.t2i import (
+    block_config,
+    count_parameters,
+    model_config,
+    save_model,
+    train,
+    verify_weights,
+)
+
+
+def loss_figure(path, loss: pd.DataFrame, window: int = 50) -> None:
+    """Training loss per step (light) and its running mean over ``window`` steps, log scale."""
+    import matplotlib
+
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_report.io import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(loss["step"], loss["loss"], lw=0.5, alpha=0.35, color="C0", label="per step")
+    ax.plot(loss["step"], loss["loss"].rolling(window, min_periods=1).mean(), lw=1.5, color="C0", label=f"mean of {window}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("epsilon MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", weights_dir: str | Path | None = None) -> dict:
+    """Rule t2i_train: train (t2i.train true) or install the shipped weights (false) from
+    ``weights_dir`` (default: ``t2i.weights``; the summary names the configured value).
+
+    ``outputs``: model (folder), loss (CSV), loss_plot (PNG), summary (CSV). Returns the summary row.
+    """
+    import shutil
+
+    from diffusion_report.io import atomic_path, write_csv
+    from diffusion_report.models.loading import resolve_device
+
+    cfg = block_config(t2i_cfg, seed)
+    if cfg["train"]:
+        dev = resolve_device(cfg["training"].get("device", device))
+        model, loss = train(cfg, device=dev)
+        with atomic_path(outputs["model"]) as tmp:
+            save_model(model, tmp, model_config(cfg))
+        source = f"trained here on {dev.type}"
+    else:
+        src = Path(weights_dir or cfg["weights"])
+        verify_weights(src)
+        shipped = json.loads((src / "model" / "t2i_config.json").read_text())
+        if shipped != json.loads(json.dumps(model_config(cfg))):
+            diff = [k for k in shipped if shipped.get(k) != model_config(cfg).get(k)]
+            raise ValueError(
+                f"t2i: the shipped weights in {src} were trained with a different config (keys: {', '.join(diff)}); "
+                "set t2i.train: true to train with this config, or restore those keys"
+            )
+        with atomic_path(outputs["model"]) as tmp:
+            shutil.copytree(src / "model", tmp)
+        loss = pd.read_csv(src / "loss.csv")
+        source = f"shipped weights {cfg['weights']} (sha256-verified)"
+        model = None
+    write_csv(outputs["loss"], loss)
+    loss_figure(outputs["loss_plot"], loss)
+    model = model or t2i.load_model(outputs["model"])
+    tail = max(1, min(200, len(loss) // 10))
+    summary = {
+        "source": source,
+        "steps": int(loss["step"].iloc[-1]),
+        "batch_size": int(cfg["training"]["batch_size"]),
+        "images_seen": int(loss["step"].iloc[-1]) * int(cfg["training"]["batch_size"]),
+        "train_seconds": float(loss["seconds"].iloc[-1]),
+        "first_loss": float(loss["loss"].iloc[:tail].mean()),
+        "final_loss": float(loss["loss"].iloc[-tail:].mean()),
+        "unet_params": count_parameters(model.unet),
+        "text_params": count_parameters(model.text_encoder),
+        "T": int(cfg["schedule"]["T"]),
+        "image_size": int(cfg["data"]["image_size"]),
+    }
+    write_csv(outputs["summary"], pd.DataFrame([summary]))
+    log.info("t2i_train: %s", summary)
+    return summary
+
 
 log = logging.getLogger(__name__)
+
 
 ATTRS = ("shape", "colour", "background")
 
@@ -77,7 +176,7 @@ def fit_reader(t2i_cfg: dict, seed: int) -> attributes.AttributeReader:
     return attributes.AttributeReader(spec).fit(int(rc["train_images"]), seed, float(rc["noise"]))
 
 
-def reader_rule(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
+def t2i_reader(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
     """Rule t2i_reader: accuracy of the reader on held-out generated images (CSV)."""
     from diffusion_report.io import write_csv
 
@@ -91,8 +190,9 @@ def reader_rule(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- figures
 def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str] | None = None, cell: float = 0.9) -> None:
     """A grid of small images (each (3, H, W) in [-1, 1]) drawn with nearest-neighbour upscaling."""
-    from . import figures  # noqa: F401 - the project's matplotlib style, the same in every process
     import matplotlib
+
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -119,7 +219,7 @@ def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[s
 
 
 # --------------------------------------------------------------------------- samples rule
-def samples_rule(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict) -> pd.DataFrame:
+def t2i_samples(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict) -> pd.DataFrame:
     """Rule t2i_samples: sample grid (captions x 8 seeds) and caption accuracy per guidance (CSV)."""
     from diffusion_report.io import write_csv
 
@@ -211,14 +311,13 @@ def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: 
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
     the p2p module's default, 1/16 of the image but at least 8x8).
     """
-    from diffusion_report import p2p
-    from diffusion_report.text2image import generate, initial_latents
+    from diffusion_report.models.text2image import generate, initial_latents
 
     x_T = initial_latents(pipe, seed, f"t2i/eval/{case.edit}/{case.index}")
     kw = {"base_mode": "none"} if case.mode == "reweight" else {}
     if self_max_tokens is not None:
         kw["self_max_tokens"] = int(self_max_tokens)
-    ctrl = p2p.make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, cross, self_, reweight=case.reweight, **kw)
+    ctrl = make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, cross, self_, reweight=case.reweight, **kw)
     edited, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance, ctrl)
     plain, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance)
     rows = []
@@ -257,10 +356,10 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
     return pd.DataFrame(rows), examples
 
 
-def eval_rule(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
+def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
     """Rule t2i_eval: per-seed CSV, summary CSV and an examples figure (source | p2p | no control)."""
     from diffusion_report.io import write_csv
-    from diffusion_report.text2image import load_text2image
+    from diffusion_report.models.text2image import load_text2image
 
     pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
     reader = fit_reader(t2i_cfg, seed)

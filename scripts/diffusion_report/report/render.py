@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .io import atomic_path, sha256_file, write_text
+from diffusion_report.io import atomic_path, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def fmt(value, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def measured(value) -> "Markup":
+def measured(value) -> "Markup":  # noqa: F821 - markupsafe is imported when called
     """Mark a measured value (a wall time, a speed-up) that differs from run to run."""
     from markupsafe import Markup, escape
 
@@ -129,7 +129,7 @@ def stage_contexts(files: dict[str, dict[str, str]], config: dict) -> list[dict]
     for stage, (module, title) in SECTIONS.items():
         if stage not in files:
             continue
-        mod = importlib.import_module(f"diffusion_report.{module}")
+        mod = importlib.import_module(f"diffusion_report.report.sections.{module}")
         sections.append({"stage": stage, "title": title, "ctx": mod.report_context(files[stage], config)})
     return sections
 
@@ -361,7 +361,7 @@ def glyph_label(ch: str) -> str:
     return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
 
 
-def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
+def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
                 out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks",
                 now: datetime | None = None) -> str:
     """Render the self-contained HTML report and write it atomically; returns the HTML.
@@ -398,7 +398,7 @@ def render_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
     return page
 
 
-def render_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
+def report_pdf(html_path: str | Path, out_pdf: str | Path) -> None:
     """Print the HTML to PDF with WeasyPrint (same document, print stylesheet, fixed metadata)."""
     from weasyprint import HTML
 

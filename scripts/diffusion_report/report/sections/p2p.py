@@ -1,0 +1,56 @@
+"""The report's prompt-to-prompt section, read from the stage's CSV and PNG files (no torch).
+"""
+
+from __future__ import annotations
+
+
+def _fmt_steps(v) -> str:
+    """0.8 -> "80%"; {"default": 0.8, "lion": 0.4} -> "80% (lion: 40%)"."""
+    def pct(x):
+        return f"{float(x) * 100:.0f}%"
+
+    if isinstance(v, dict):
+        rest = {k: x for k, x in v.items() if k not in ("default", "default_")}
+        head = pct(v.get("default", v.get("default_", 1.0)))
+        return head + (" (" + ", ".join(f"{k}: {pct(x)}" for k, x in rest.items()) + ")" if rest else "")
+    return pct(v)
+
+
+def report_context(files: dict[str, str], config: dict) -> dict:
+    """Plain data for the report's prompt-to-prompt section (numbers from results/p2p/metrics.csv)."""
+    import math as _m
+
+    import pandas as pd
+
+    cfg = config["p2p"]
+    df = pd.read_csv(files["metrics"])
+    by_name = {r["edit"]: r for r in df.to_dict("records")}
+    edits = []
+    for e in cfg["edits"]:
+        rw = e.get("reweight")
+        edits.append({
+            "name": e["name"], "mode": e["mode"], "source": e["source"], "target": e["target"],
+            "cross_replace_steps": _fmt_steps(e.get("cross_replace_steps", 0.8)),
+            "self_replace_steps": _fmt_steps(e.get("self_replace_steps", 0.4)),
+            "reweight": f"{', '.join(rw['words'])} x {rw['scale']}" if rw else "",
+            "blend_words": ", ".join(e.get("blend_words") or []),
+            "figure": files.get(f"{e['name']}_figure"), "attention": files.get(f"{e['name']}_attention"),
+            "metrics": by_name.get(e["name"]),
+        })
+    rows = [{
+        "edit": r["edit"], "mode": r["mode"], "mask": r["mask"], "mask fraction": r["mask_fraction"],
+        "|src-edit|": r["edit_mae"], "|src-baseline|": r["baseline_mae"],
+        "|src-edit| outside": r["edit_mae_outside"], "|src-baseline| outside": r["baseline_mae_outside"],
+    } for r in df.to_dict("records")]
+    valid = [r for r in df.to_dict("records") if not _m.isnan(r["edit_mae_outside"]) and not _m.isnan(r["baseline_mae_outside"])]
+    closer = sum(r["edit_mae_outside"] < r["baseline_mae_outside"] for r in valid)
+    ratios = [r["edit_mae_outside"] / r["baseline_mae_outside"] for r in valid if r["baseline_mae_outside"] > 0]
+    model = cfg["model"]
+    return {
+        "edits": edits, "rows": rows, "n_edits": len(edits), "n_compared": len(valid), "n_closer": closer,
+        "median_ratio": float(pd.Series(ratios).median()) if ratios else None,
+        "model": "the embedded text-to-image model trained by this workflow" if model["source"] == "train" else model["pretrained"],
+        "pretrained": model["source"] != "train",
+        "scheduler": cfg.get("scheduler", "ddim").upper(), "num_inference_steps": cfg["num_inference_steps"],
+        "guidance_scale": cfg["guidance_scale"], "mask_threshold": cfg.get("mask_threshold", 0.3),
+    }

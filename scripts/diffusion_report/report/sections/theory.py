@@ -1,0 +1,60 @@
+"""The report's theory section: the rendered fragment and the checks table (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from diffusion_report.report.latex import equation_numbers
+
+
+def summarise(df: pd.DataFrame) -> list[dict]:
+    """One row per identity: equation, method, timesteps, worst relative error, worst error/tolerance."""
+    rows = []
+    for (identity, equation, method), g in df.groupby(["identity", "equation", "method"], sort=False):
+        ratio = (g["abs_error"] / g["tolerance"]).max()
+        rows.append({"identity": identity, "equation": equation, "method": method,
+                     "t checked": ", ".join(str(int(t)) for t in g["t"]),
+                     "max |error|": float(g["abs_error"].max()),
+                     "max error / tolerance": float(ratio),
+                     "passed": "yes" if bool(g["passed"].all()) else "NO"})
+    return rows
+
+
+def report_context(files: dict[str, str], config: dict) -> dict:
+    """Plain data for report/templates/sections/theory.html.j2.
+
+    files: {"html": theory.html fragment, "checks": checks.csv, "params": what the checks ran with}.
+    """
+    fragment = Path(files["html"]).read_text(encoding="utf-8")
+    df = pd.read_csv(files["checks"])
+    params = json.loads(Path(files["params"]).read_text(encoding="utf-8"))
+    numbers = equation_numbers(fragment)
+    summary = summarise(df)
+    for row in summary:  # "eq:marginal" -> "(6)" as the report reader sees it
+        row["equation"] = numbers.get(re.sub(r"[^A-Za-z0-9_-]+", "-", row["equation"]), row["equation"])
+    exact = df[df["method"].str.startswith("exact")]
+    mc = df[df["method"].str.startswith("Monte Carlo")]
+    return {
+        "html": fragment,
+        "summary_rows": summary,
+        "rows": df.to_dict(orient="records"),
+        "n_checks": int(len(df)),
+        "n_passed": int(df["passed"].sum()),
+        "n_identities": len(summary),
+        "timesteps": sorted(int(t) for t in df["t"].unique()),
+        "mc_samples": int(params["mc_samples"]),
+        "ddim_etas": [f"{eta:g}" for eta in params["ddim_etas"]],
+        "z_score": float(params["z_score"]),
+        "exact_ulps": int(params["exact_ulps"]),
+        "max_exact_error": float(exact["abs_error"].max()) if len(exact) else 0.0,
+        "max_mc_ratio": float((mc["abs_error"] / mc["tolerance"]).max()) if len(mc) else 0.0,
+        "forward_checked": bool(df["method"].str.startswith("forward").any()),
+        "checked_equations": sorted({r["equation"] for r in summary}, key=lambda e: (len(e), e)),
+        "schedule": params["schedule"],
+        "alpha_bar_T": float(params["alpha_bar_T"]),
+    }
