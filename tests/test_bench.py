@@ -84,3 +84,21 @@ def test_bench_pipeline_on_a_finished_run(tiny_run, tmp_path):
     assert {"forward_mse", "ddim_train", "p2p_edit", "report_html"} <= set(rules.index)
     assert rules.loc["p2p_edit", "jobs"] == 3 and (rules["max_rss_mib"] > 0).all()
     assert summary["report_render_s"] > 0 and summary["peak_rss_rule"] in rules.index
+
+
+def test_bench_startup_times_each_rule_scripts_imports(tmp_path):
+    out = tmp_path / "startup.csv"
+    bench("bench_startup.py", "--ref", "HEAD", "--rules", "report_html", "forward_clean", "--repeats", "1", "--out", str(out))
+    df = pd.read_csv(out).set_index(["rule", "checkout"])
+    assert (df["seconds"] > 0).all()
+    assert df.loc[("report_html", "ours"), "loads"] == "-"  # the report layer loads no torch
+    assert "torch" in df.loc[("forward_clean", "ours"), "loads"] and "diffusers" not in df.loc[("forward_clean", "ours"), "loads"]
+    assert df.loc[("import torch", "ours"), "loads"] == "torch"
+
+
+def test_bench_t2i_eval_batches_with_the_same_table(tmp_path):
+    out = tmp_path / "t2i_eval.csv"
+    bench("bench_t2i_eval.py", "--seeds", "2", "--edits", "shape_swap", "--steps", "2", "--repeats", "1", "--threads", "1",
+          "--out", str(out))  # fails if a discrete result differs
+    df = pd.read_csv(out)
+    assert len(df) == 2 and df["max_abs_diff"].max() < 1e-3 and (df["seconds"] > 0).all()

@@ -274,6 +274,24 @@ def test_missing_model_error_names_id_and_fix(monkeypatch):
     assert "no-such-org/no-such-ddpm" in msg
     assert "ddim.model.pretrained" in msg
     assert "hf download" in msg and "HF_HUB_OFFLINE" in msg
+    # the config-file reader of rule ddim_x_T says the same, without importing diffusers
+    with pytest.raises(ModelNotFoundError, match="ddim.model.pretrained.*hf download"):
+        ddpm.image_shape_and_T("no-such-org/no-such-ddpm")
+
+
+def test_x_T_shape_and_T_read_from_the_config_files_match_the_loaded_model(model_dir, tmp_path):
+    unet, schedule, _ = ddpm.load_model(str(model_dir))
+    assert ddpm.image_shape_and_T(str(model_dir)) == (ddpm.image_shape(unet), schedule.T)
+    # the pipeline layout: scheduler config in scheduler/
+    import shutil
+
+    shutil.copytree(model_dir, tmp_path / "m")
+    (tmp_path / "m" / "scheduler").mkdir()
+    (tmp_path / "m" / "scheduler_config.json").rename(tmp_path / "m" / "scheduler" / "scheduler_config.json")
+    assert ddpm.image_shape_and_T(str(tmp_path / "m")) == ((1, 8, 8), schedule.T)
+    (tmp_path / "m" / "config.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        ddpm.image_shape_and_T(str(tmp_path / "m"))
 
 
 def test_image_metrics():

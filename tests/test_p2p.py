@@ -275,6 +275,35 @@ def test_same_prompt_full_replacement_gives_the_source_image(pipe):
     torch.testing.assert_close(images[0], solo[0], rtol=0, atol=1e-4)
 
 
+def test_a_controller_batch_gives_each_edit_what_it_gives_alone(pipe):
+    """Several edits in one batch (each its own x_T and controller) give each edit its own
+    images and maps, up to the rounding of another batch size; a wrong prompt count is an error."""
+    edits = [("replace", ["a red circle on a white background", "a blue circle on a white background"], None),
+             ("refine", ["a photo of a house", "a photo of a house at winter"], None),
+             ("reweight", ["a red circle on a white background"] * 2, {"words": ["red"], "scale": 3.0})]
+
+    def ctrl(mode, prompts, rw):
+        kw = {"base_mode": "none"} if mode == "reweight" else {}
+        return attention.make_controller(mode, prompts, pipe.tokenizer, STEPS, 0.6, 0.4, max_len=MAX_LEN, reweight=rw,
+                                         self_max_tokens=64, keep_steps=True, **kw)
+
+    x_Ts = [initial_latents(pipe, 8888, f"batch/{i}") for i in range(len(edits))]
+    alone = [generate(pipe, prompts, x, STEPS, 5.0, ctrl(mode, prompts, rw)) for (mode, prompts, rw), x in zip(edits, x_Ts)]
+    ctrls = [ctrl(mode, prompts, rw) for mode, prompts, rw in edits]
+    batch = attention.ControllerBatch(ctrls)
+    images, _ = generate(pipe, [p for _, prompts, _ in edits for p in prompts], torch.cat(x_Ts).repeat_interleave(2, dim=0),
+                         STEPS, 5.0, batch)
+    for i, (imgs, store) in enumerate(alone):
+        torch.testing.assert_close(images[2 * i: 2 * i + 2], imgs, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ctrls[i].average(), store.average(), rtol=0, atol=1e-5)
+        assert len(ctrls[i].steps) == STEPS
+    assert (images[3] - images[2]).abs().max() > 1e-2  # the refinement did change its target
+    with pytest.raises(ValueError, match="4 prompts in all, got 2"):
+        generate(pipe, edits[0][1], x_Ts[0], STEPS, 5.0, attention.ControllerBatch(ctrls[:2]))
+    with pytest.raises(ValueError, match="x_T must have shape"):
+        generate(pipe, edits[0][1], torch.cat(x_Ts), STEPS, 5.0)
+
+
 def test_replace_injects_source_attention_before_the_cutoff_only(pipe):
     src, tgt = "a painting of a squirrel eating a burger", "a painting of a lion eating a burger"
     _, store, _ = run(pipe, "replace", [src, tgt], cross=0.5, self_=0.0)

@@ -140,6 +140,11 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     assert after < 0.7 * before, (before, after)
     t2i.save_model(trained, tmp_path / "m", t2i.model_config(cfg))
     assert json.loads((tmp_path / "m" / "t2i_config.json").read_text())["training"]["steps"] == 40
+    # rule t2i_train counts a shipped model's parameters from its files' headers, without loading it
+    from diffusion_report.io import safetensors_numel
+
+    assert safetensors_numel(tmp_path / "m/unet/diffusion_pytorch_model.safetensors") == t2i.count_parameters(trained.unet)
+    assert safetensors_numel(tmp_path / "m/text_encoder/model.safetensors") == t2i.count_parameters(trained.text_encoder)
     # the prompt-to-prompt loader reads it like Stable Diffusion (pixel space: no vae/)
     pipe = load_text2image(tmp_path / "m", config_key="t2i.weights", device="cpu")
     assert pipe.vae is None and pipe.latent_shape == (3, 8, 8)
@@ -224,6 +229,11 @@ def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
     a, ex = t2i_stage.evaluate_edits(pipe, rd, cfg, 0)
     b, _ = t2i_stage.evaluate_edits(pipe, rd, cfg, 0)
     pd.testing.assert_frame_equal(a, b)
+    # the seeds of an edit type run in one batch; one at a time gives the same table up to rounding
+    one = copy.deepcopy(cfg)
+    one["eval"]["batch_cases"] = 1
+    c, _ = t2i_stage.evaluate_edits(pipe, rd, one, 0)
+    pd.testing.assert_frame_equal(a, c, check_exact=False, atol=1e-4, rtol=0)
     assert len(a) == 2 * 2 * len(t2i_stage.EDIT_TYPES)
     assert set(a["method"]) == {"p2p", "baseline"}
     s = t2i_stage.summarise(a)

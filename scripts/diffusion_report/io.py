@@ -251,3 +251,13 @@ def load_tensor(path: str | Path) -> tuple[torch.Tensor, dict]:
 def tensor_sha256(x: torch.Tensor) -> str:
     """SHA-256 of a tensor's float32 bytes: identifies the x_T a sample was drawn from."""
     return hashlib.sha256(x.detach().to("cpu", dtype=sys.modules["torch"].float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def safetensors_numel(path: str | Path) -> int:
+    """The number of values stored in a safetensors file, read from its header (no tensor is loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as fh:
+        return sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())

@@ -575,6 +575,45 @@ class Reweight(AttentionEdit):
         return base * _like(self._equalizer, base)[:, None, None, :]
 
 
+class ControllerBatch(AttentionStore):
+    """Several edits sampled in one batch: controller i edits its own consecutive prompts (its
+    source, then its targets), and the batch is the concatenation of their prompts in order.
+
+    Each controller sees exactly the slice of probabilities and latents it would see alone. The
+    processor computes explicit probabilities for the whole batch when any controller needs them,
+    so give the batch controllers with the same step windows (e.g. one edit type over many seeds):
+    then a batch gives each edit what sampling it alone gives, up to float rounding.
+    """
+
+    def __init__(self, controllers: Sequence[AttentionEdit]):
+        super().__init__()
+        self.controllers = list(controllers)
+        if not self.controllers:
+            raise ValueError("a controller batch needs at least one controller")
+        self.sizes = [len(c.prompts) for c in self.controllers]
+
+    def begin(self, unet, latent_hw, batch):
+        if batch != sum(self.sizes):
+            raise ValueError(f"the controllers edit {sum(self.sizes)} prompts in all, got {batch}")
+        self.batch, self.cur_step = batch, 0
+        for c, n in zip(self.controllers, self.sizes):
+            c.begin(unet, latent_hw, n)
+
+    def needs_probs(self, is_cross: bool, n_query: int) -> bool:
+        return any(c.needs_probs(is_cross, n_query) for c in self.controllers)
+
+    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """(2B, heads, Q, K), unconditional half first: each controller edits its conditional slice."""
+        B = self.batch
+        parts = probs[B:].split(self.sizes)
+        return torch.cat([probs[:B], *(c.forward(p, is_cross) for c, p in zip(self.controllers, parts))])
+
+    def end_step(self, latents: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([c.end_step(x) for c, x in zip(self.controllers, latents.split(self.sizes))])
+        self.cur_step += 1
+        return out
+
+
 def make_controller(
     mode: str,
     prompts: Sequence[str],

@@ -41,6 +41,21 @@ def load_model(where: str, device: torch.device | str = "cpu"):
     return unet, schedule, prediction_type
 
 
+def image_shape_and_T(where: str) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), training T) of a model folder or hub id, read from its config files: what rule
+    ``ddim_x_T`` needs, without loading the weights or importing diffusers."""
+    from diffusion_report.models.loading import ModelNotFoundError, read_json
+
+    key = "ddim.model.pretrained"
+    cfg = read_json(where, "config.json", config_key=key)
+    try:
+        sched = read_json(where, "scheduler_config.json", config_key=key)
+    except ModelNotFoundError:  # pipeline layout: scheduler/ subfolder
+        sched = read_json(where, "scheduler_config.json", config_key=key, subfolder="scheduler")
+    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    return (int(cfg["in_channels"]), int(size), int(size)), int(sched["num_train_timesteps"])
+
+
 def image_shape(unet) -> tuple[int, int, int]:
     """(C, H, W) of the images a diffusers UNet2DModel generates (``sample_size`` an int or a pair)."""
     c = unet.config

@@ -80,3 +80,26 @@ def load_pretrained(cls, id_or_path: str | os.PathLike, *, config_key: str, subf
     if subfolder:
         kwargs["subfolder"] = subfolder
     return load_part(lambda: cls.from_pretrained(where, **kwargs), cls.__name__, where, config_key=config_key, subfolder=subfolder)
+
+
+def read_json(id_or_path: str | os.PathLike, filename: str, *, config_key: str, subfolder: str | None = None) -> dict:
+    """A model's JSON file (``config.json``, ``scheduler_config.json``) from a local folder or the
+    Hugging Face cache, without importing diffusers or transformers; errors as :func:`load_pretrained`'s."""
+    import json
+
+    where = str(id_or_path)
+    rel = f"{subfolder}/{filename}" if subfolder else filename
+
+    def load():
+        if Path(where).expanduser().is_dir():
+            path = Path(where).expanduser() / rel
+            if not path.is_file():
+                raise OSError(f"{path} does not exist")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(where, filename, subfolder=subfolder)
+        return json.loads(Path(path).read_text())
+
+    return load_part(load, filename, where, config_key=config_key, subfolder=subfolder)
+

@@ -169,10 +169,11 @@ def generate(
     plain: bool = False,
     return_latents: bool = False,
 ):
-    """Sample one image per prompt, all from the same x_T, with classifier-free guidance.
+    """Sample one image per prompt, all from the same x_T (or one each), with classifier-free guidance.
 
     Args:
-        x_T: (1, C, h, w) shared initial noise (see :func:`initial_latents`).
+        x_T: (1, C, h, w) initial noise shared by all prompts (see :func:`initial_latents`), or
+            (B, C, h, w): one per prompt (several edits in one batch).
         controller: a prompt-to-prompt controller; ``None`` means an
             :class:`~diffusion_report.core.attention.AttentionStore` (the images are those of plain sampling).
         plain: install no processor at all (diffusers' default attention runs everywhere); the
@@ -182,10 +183,10 @@ def generate(
         and, with ``return_latents``, the final latents (B, C, h, w).
     """
 
-    if x_T.ndim != 4 or x_T.shape[0] != 1:
-        raise ValueError(f"x_T must have shape (1, C, h, w), got {tuple(x_T.shape)}")
     prompts = list(prompts)
     B = len(prompts)
+    if x_T.ndim != 4 or x_T.shape[0] not in (1, B):
+        raise ValueError(f"x_T must have shape (1, C, h, w) or ({B}, C, h, w), got {tuple(x_T.shape)}")
     if controller is None and not plain:
         controller = AttentionStore()
     cond = encode_prompts(pipe, prompts)

@@ -28,12 +28,7 @@ from diffusion_report.io import (
     tensor_sha256,
     write_text,
 )
-from diffusion_report.models.ddpm import (
-    ddpm_scheduler,
-    image_shape,
-    load_model,
-    unet_config,
-)
+from diffusion_report.models.ddpm import ddpm_scheduler, image_shape_and_T, load_model, unet_config
 from diffusion_report.models.files import DDIM_WEIGHT_FILES as WEIGHT_FILES
 from diffusion_report.models.training import train_ddpm
 
@@ -47,10 +42,11 @@ def make_x_T(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def ddim_x_T(out_path: str | Path, model: str, *, num_samples: int, step_counts, seed: int) -> None:
     """The ``ddim_x_T`` rule: draw x_T (num_samples, C, H, W) for the image shape of ``model`` (a
-    folder or hub id), after checking that every step count fits its schedule."""
-    unet, schedule, _ = load_model(model, "cpu")
-    samplers.check_step_counts(step_counts, schedule.T)
-    shape = (int(num_samples), *image_shape(unet))
+    folder or hub id), after checking that every step count fits its schedule. Reads the model's
+    config files only: no weights are loaded and diffusers is not imported."""
+    image, T = image_shape_and_T(model)
+    samplers.check_step_counts(step_counts, T)
+    shape = (int(num_samples), *image)
     x_T = make_x_T(shape, int(seed))
     log.info("x_T: shape %s, mean %.4f, std %.4f", shape, float(x_T.mean()), float(x_T.std()))
     save_tensor(out_path, x_T, {"seed": int(seed), "name": "ddim_x_T"})

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffusion_report.core.attention import make_controller
+from diffusion_report.core.attention import ControllerBatch, make_controller
 from diffusion_report.io import make_generator
 from diffusion_report.models import attributes, shapes, t2i
 from diffusion_report.models.t2i import (
@@ -73,7 +73,7 @@ def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", wei
     """
     import shutil
 
-    from diffusion_report.io import atomic_path, write_csv
+    from diffusion_report.io import atomic_path, safetensors_numel, write_csv
     from diffusion_report.models.loading import resolve_device
 
     cfg = block_config(t2i_cfg, seed)
@@ -100,7 +100,12 @@ def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", wei
         model = None
     write_csv(outputs["loss"], loss)
     loss_figure(outputs["loss_plot"], loss)
-    model = model or t2i.load_model(outputs["model"])
+    if model is not None:
+        n_unet, n_text = count_parameters(model.unet), count_parameters(model.text_encoder)
+    else:  # shipped: counted from the weight files' headers, without loading the model (or diffusers)
+        folder = Path(outputs["model"])
+        n_unet = safetensors_numel(folder / "unet" / "diffusion_pytorch_model.safetensors")
+        n_text = safetensors_numel(folder / "text_encoder" / "model.safetensors")
     tail = max(1, min(200, len(loss) // 10))
     summary = {
         "source": source,
@@ -110,8 +115,8 @@ def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", wei
         "train_seconds": float(loss["seconds"].iloc[-1]),
         "first_loss": float(loss["loss"].iloc[:tail].mean()),
         "final_loss": float(loss["loss"].iloc[-tail:].mean()),
-        "unet_params": count_parameters(model.unet),
-        "text_params": count_parameters(model.text_encoder),
+        "unet_params": n_unet,
+        "text_params": n_text,
         "T": int(cfg["schedule"]["T"]),
         "image_size": int(cfg["data"]["image_size"]),
     }
@@ -305,27 +310,43 @@ def score_pair(reader: attributes.AttributeReader, case: EditCase, source_img: t
     }
 
 
-def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: float, cross: float, self_: float, self_max_tokens: int | None = None) -> tuple[list[dict], dict]:
-    """Both methods on one case from one x_T. Returns (two metric rows, images {source, p2p, baseline}).
+def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, cross: float, self_: float,
+              self_max_tokens: int | None = None) -> list[tuple[list[dict], dict]]:
+    """Both methods on each case, each case from its own x_T, all cases in one batch per method.
 
+    Returns per case (two metric rows, images {source, p2p, baseline, p2p_source}). The cases of
+    one edit type share the controller's windows, so the batch gives each case what it alone gives
+    (:class:`~diffusion_report.core.attention.ControllerBatch`), up to float rounding.
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
-    the p2p module's default, 1/16 of the image but at least 8x8).
+    the attention module's default, 1/16 of the image but at least 8x8).
     """
     from diffusion_report.models.text2image import generate, initial_latents
 
-    x_T = initial_latents(pipe, seed, f"t2i/eval/{case.edit}/{case.index}")
-    kw = {"base_mode": "none"} if case.mode == "reweight" else {}
-    if self_max_tokens is not None:
-        kw["self_max_tokens"] = int(self_max_tokens)
-    ctrl = make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, cross, self_, reweight=case.reweight, **kw)
-    edited, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance, ctrl)
-    plain, _ = generate(pipe, [case.source, case.target], x_T, num_steps, guidance)
-    rows = []
-    for method, imgs in (("p2p", edited), ("baseline", plain)):
-        row = {"edit": case.edit, "seed_index": case.index, "method": method, "source": case.source, "target": case.target}
-        row.update(score_pair(reader, case, imgs[0], imgs[1]))
-        rows.append(row)
-    return rows, {"source": plain[0], "p2p": edited[1], "baseline": plain[1], "p2p_source": edited[0]}
+    if not cases:
+        return []
+    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
+    ctrls = [make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, cross, self_, reweight=c.reweight,
+                             **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases]
+    prompts = [p for c in cases for p in (c.source, c.target)]
+    x_T = torch.cat([initial_latents(pipe, seed, f"t2i/eval/{c.edit}/{c.index}") for c in cases]).repeat_interleave(2, dim=0)
+    edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(ctrls))
+    plain, _ = generate(pipe, prompts, x_T, num_steps, guidance)
+    out = []
+    for i, case in enumerate(cases):
+        e, p = edited[2 * i: 2 * i + 2], plain[2 * i: 2 * i + 2]
+        rows = []
+        for method, imgs in (("p2p", e), ("baseline", p)):
+            row = {"edit": case.edit, "seed_index": case.index, "method": method, "source": case.source, "target": case.target}
+            row.update(score_pair(reader, case, imgs[0], imgs[1]))
+            rows.append(row)
+        out.append((rows, {"source": p[0], "p2p": e[1], "baseline": p[1], "p2p_source": e[0]}))
+    return out
+
+
+def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: float, cross: float, self_: float,
+             self_max_tokens: int | None = None) -> tuple[list[dict], dict]:
+    """:func:`run_cases` for one case."""
+    return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens)[0]
 
 
 SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae"]
@@ -347,11 +368,16 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
     spec = reader.spec
     rows, examples = [], {}
     for edit in ec["edits"]:
-        for case in edit_cases(spec, edit, int(ec["seeds"]), seed, float(ec["reweight_scale"])):
-            r, imgs = run_case(pipe, reader, case, seed, int(ec["num_steps"]), float(ec["guidance_scale"]), float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"))
-            rows.extend(r)
-            if case.index < keep_examples:
-                examples[(edit, case.index)] = (case, imgs)
+        cases = edit_cases(spec, edit, int(ec["seeds"]), seed, float(ec["reweight_scale"]))
+        batch = int(ec.get("batch_cases") or len(cases))
+        for start in range(0, len(cases), batch):
+            chunk = cases[start: start + batch]
+            done = run_cases(pipe, reader, chunk, seed, int(ec["num_steps"]), float(ec["guidance_scale"]),
+                             float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"))
+            for case, (r, imgs) in zip(chunk, done):
+                rows.extend(r)
+                if case.index < keep_examples:
+                    examples[(edit, case.index)] = (case, imgs)
         log.info("%s: done (%d cases)", edit, int(ec["seeds"]))
     return pd.DataFrame(rows), examples
 
