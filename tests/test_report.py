@@ -17,6 +17,7 @@ from test_determinism import strip_measurements
 
 from diffusion_report.core.schedules import Schedule
 from diffusion_report.report import render as report
+from diffusion_report.report.sections import forward as forward_section
 from diffusion_report.stages import forward as forward_stage
 
 TEMPLATES = ROOT / "report" / "templates"
@@ -253,3 +254,52 @@ def test_visible_text_leaves_out_markup_styles_and_image_data():
             '<img src="data:image/png;base64,\u2601">')
     assert report.visible_text(page).split() == ["a", "&", "b", UNICORN]
     assert report.undrawable_characters("a\u00e9 \u200d\ufe0f" + UNICORN, {ord("a"), 0xE9}) == [UNICORN]
+
+
+def test_answers_up_front_link_each_section_and_quote_its_numbers(tmp_path, fixture_results):
+    _, cfg, flat, bench = fixture_results
+    _, html = render(tmp_path, cfg, flat, bench)
+    answers = html[html.index('<section class="answers" id="answers">'):html.index('<nav class="toc">')]
+    ctx = forward_section.report_context({k.split("__")[1]: v for k, v in flat.items()}, cfg)
+    assert '<a href="#forward">Exercise 3</a>' in answers
+    assert f"{report.fmt(ctx['mse_last'], 3)} at t = {ctx['t_max']}" in answers
+    assert "presets/hw4.yaml" in answers  # the embedded models are used, so it says how to run the homework's
+    assert answers.index("Answers at a glance") < html.index('<section id="forward">')
+
+
+def test_answer_sentences_follow_the_numbers():
+    """Each answer's claim is chosen from the metrics, threshold beside it: contrary numbers flip it."""
+    from diffusion_report.report.sections import ddim as ddim_section
+    from diffusion_report.report.sections import p2p as p2p_section
+    from diffusion_report.report.sections import t2i as t2i_section
+    from diffusion_report.report.sections import theory as theory_section
+
+    fwd = {"rows": [{"t": 0, "mean": 0.0}, {"t": 10, "mean": 0.002}], "t_max": 500, "mse_last": 1.07, "expected_last": 1.07,
+           "max_rel_dev": 0.01, "names": ["a", "b"], "image_size": 32, "schedule": {"kind": "linear", "T": 1000}}
+    assert "stays within 1% of its closed-form expectation (threshold 5%)" in " ".join(forward_section.answer(fwd, {})["sentences"])
+    assert "deviates from its closed-form expectation by up to 20%" in " ".join(
+        forward_section.answer({**fwd, "max_rel_dev": 0.2}, {})["sentences"])
+
+    dd = {"source": "train", "pretrained": "", "reference_steps": 1000, "step_counts": [5, 50, 1000], "num_samples": 8,
+          "eta": 0.0, "ddpm": None, "steps_ssim_09": 50, "fewest_steps": 5}
+    assert "From S = 50 on, the samples are within SSIM 0.9" in " ".join(ddim_section.answer(dd, {})["sentences"])
+    assert "No step count below 1000 comes within SSIM 0.9" in " ".join(
+        ddim_section.answer({**dd, "steps_ssim_09": None}, {})["sentences"])
+    assert "<sub>T</sub>" in str(ddim_section.answer(dd, {})["sentences"][0])  # typeset, not "x_T"
+
+    p2p = {"n_edits": 2, "model": "m", "n_compared": 2, "n_closer": 1, "median_ratio": 0.5, "mask_threshold": 0.3,
+           "rows": [{"mask": "attention", "mask fraction": 0.4}, {"mask": "local_blend", "mask fraction": 1.0}]}
+    assert "1 of 2 edited images stay closer" in " ".join(p2p_section.answer(p2p, {})["sentences"])
+    whole = " ".join(p2p_section.answer({**p2p, "n_compared": 0, "median_ratio": None}, {})["sentences"])
+    assert "not measured here: in 1 of 2 edits" in whole and "attention or local blend" in whole
+
+    comps = [{"edit": "shape_swap", "n": 4, "p2p_success": 0.75, "baseline_success": 0.5},
+             {"edit": "refine_big", "n": 4, "p2p_success": 0.25, "baseline_success": 0.5}]
+    t = " ".join(t2i_section.answer({"comparisons": comps, "n_edits": 2, "n_better_iou": 2, "n_better_success": 1}, {})["sentences"])
+    assert "in 2 of 2 edit types" in t and "more often in 1 of 2" in t and "weakest edit type is refine_big: 25%" in t
+
+    th = {"eq": {"eq-closed-form": "(3)", "eq-mu-theta": "(15)"}, "n_passed": 10, "n_checks": 10, "n_identities": 4,
+          "schedule": {"kind": "linear", "T": 1000}}
+    text = " ".join(theory_section.answer(th, {})["sentences"])
+    assert "in one step is eq. (3)" in text and "predicted noise is eq. (15)" in text and text.count("All 10 numerical checks")
+    assert "Only 9 of 10" in " ".join(theory_section.answer({**th, "n_passed": 9}, {})["sentences"])

@@ -26,18 +26,20 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from markupsafe import Markup
 
 from diffusion_report.io import atomic_path, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
 # Report order: stage key -> (module providing report_context, section title for the contents)
+# stage -> (report.sections module, title): the titles are the sections' headings, word for word
 SECTIONS: dict[str, tuple[str, str]] = {
     "theory": ("theory", "Theory: the forward and reverse processes"),
     "forward": ("forward", "Forward diffusion"),
-    "ddim": ("ddim", "DDIM sampling from one fixed x_T"),
+    "ddim": ("ddim", Markup("DDIM: fewer sampling steps from one fixed x<sub>T</sub>")),
     "p2p": ("p2p", "Prompt-to-prompt editing"),
-    "t2i": ("t2i", "The embedded text-to-image model and a ground-truth evaluation"),
+    "t2i": ("t2i", "The embedded text-to-image model and a ground-truth evaluation of prompt-to-prompt"),
 }
 
 PACKAGES = ("snakemake", "torch", "torchvision", "diffusers", "transformers", "numpy", "pandas", "matplotlib",
@@ -85,9 +87,9 @@ def fmt(value, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def measured(value) -> "Markup":  # noqa: F821 - markupsafe is imported when called
+def measured(value) -> Markup:
     """Mark a measured value (a wall time, a speed-up) that differs from run to run."""
-    from markupsafe import Markup, escape
+    from markupsafe import escape
 
     return Markup('<span class="measured">') + escape(value) + Markup("</span>")
 
@@ -130,8 +132,24 @@ def stage_contexts(files: dict[str, dict[str, str]], config: dict) -> list[dict]
         if stage not in files:
             continue
         mod = importlib.import_module(f"diffusion_report.report.sections.{module}")
-        sections.append({"stage": stage, "title": title, "ctx": mod.report_context(files[stage], config)})
+        ctx = mod.report_context(files[stage], config)
+        sections.append({"stage": stage, "title": title, "ctx": ctx, "answer": mod.answer(ctx, config)})
     return sections
+
+
+def models_used(config: dict) -> dict:
+    """Which models this run used, for the answers up front: per stage, embedded or a pretrained id."""
+    def which(block, embedded):
+        m = config.get(block, {}).get("model", {})
+        return embedded if m.get("source", "train") == "train" else f"the pretrained {m.get('pretrained')}"
+
+    out = {}
+    if config.get("ddim", {}).get("enabled", True):
+        out["DDIM (exercise 4)"] = which("ddim", "a DDPM trained by this workflow on scikit-learn's digits (the embedded default)")
+    if config.get("p2p", {}).get("enabled", True):
+        out["prompt-to-prompt (exercise 5)"] = which(
+            "p2p", "a text-to-image model trained by this workflow on captioned shapes (the embedded default)")
+    return {"models": out, "embedded": any("embedded default" in v for v in out.values())}
 
 
 def git_state(repo: str | Path) -> dict:
@@ -376,6 +394,7 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
     context = dict(
         title=config.get("report", {}).get("title", "Diffusion models"),
         sections=stage_contexts(files, config),
+        models=models_used(config),
         config=config,
         css=Path(css_path).read_text(encoding="utf-8"),
         provenance=provenance(config, files, repo, bench_dir, now=now),

@@ -18,6 +18,8 @@ from diffusion_report.stages.ddim_cells import (
     RECOG_GAP,
 )
 
+SSIM_SAME = 0.9  # DDIM samples are "nearly the same images" as the reference step count's from this SSIM on
+
 
 def _fmt_row(r: dict) -> dict:
     out = {"sampler": f"{r['sampler'].upper()} {int(r['steps'])}", "steps (NFE)": int(r["nfe"])}
@@ -77,7 +79,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     }
     # every key the template tests exists (the report renders with StrictUndefined)
     ctx.update({"ddpm": None, "classifier": None, "loss_plot": None, "train": None})
-    good = non_ref[non_ref["ssim"] >= 0.9]
+    good = non_ref[non_ref["ssim"] >= SSIM_SAME]
     ctx["steps_ssim_09"] = int(good["steps"].min()) if len(good) else None
     dp = merged[merged["sampler"] == "ddpm"]
     if len(dp):
@@ -237,3 +239,28 @@ def neighbours_resolved(pairs_df) -> dict:
         return {"resolved": 0, "total": 0}
     ok = (pairs_df["fd_change"].abs() > 2.0 * pairs_df["change_boot_std"])
     return {"resolved": int(ok.sum()), "total": int(len(ok)), "factor": 2.0}
+
+
+
+def answer(ctx: dict, config: dict) -> dict:
+    """Exercise 4 at a glance: DDIM from one x_T, how many steps give the reference images, and
+    whether the digits stay recognisable (no timings here: they are measured, not computed)."""
+    from markupsafe import Markup
+
+    from diffusion_report.report.render import fmt
+
+    model = "the embedded digits DDPM" if ctx["source"] == "train" else ctx["pretrained"]
+    ref, steps = ctx["reference_steps"], ctx["step_counts"]
+    out = [Markup("From one fixed x<sub>T</sub> of {} images, {} is sampled with DDIM (&eta; = {}) at S = {} steps{}").format(
+        ctx["num_samples"], model, fmt(ctx["eta"], 3), ", ".join(map(str, steps)),
+        f" and with DDPM's {ctx['ddpm']['steps']} steps." if ctx["ddpm"] else ".")]
+    if ctx["steps_ssim_09"] is not None:
+        out.append(f"From S = {ctx['steps_ssim_09']} on, the samples are within SSIM {SSIM_SAME} of the S = {ref} samples "
+                   "drawn from the same noise: far fewer steps give nearly the same images.")
+    else:
+        out.append(f"No step count below {ref} comes within SSIM {SSIM_SAME} of the S = {ref} samples drawn from the same noise.")
+    if ctx.get("recog"):
+        out.append(f"The digit reader's recognisability is {fmt(ctx['recog_fewest'], 3)} at S = {ctx['fewest_steps']} and "
+                   f"{fmt(ctx['recog_ref'], 3)} at S = {ref} (held-out real digits: {fmt(ctx['recog_real'], 3)}).")
+    return {"exercises": "4", "sentences": out}
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from diffusion_report.report.render import fmt, pct
+
 
 def image_columns(df: pd.DataFrame) -> list[str]:
     """The per-image measured columns of an MSE table (t, mean and expected_* are not images)."""
@@ -40,3 +42,24 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "image_size": fcfg["image_size"],
         "figures": {k: files[k] for k in ("clean", "grid", "mse_shown", "mse_curve")},
     }
+
+
+AGREE_REL = 0.05  # the measured MSE "follows" its closed-form expectation when within 5% for t >= 10
+
+
+def answer(ctx: dict, config: dict) -> dict:
+    """Exercise 3 at a glance: how fast the images are destroyed, and whether the MSE follows its expectation."""
+    first = next((r for r in ctx["rows"] if r["t"] > 0), None)
+    rise = (f"the mean MSE to the clean images is {fmt(first['mean'], 3)} at t = {first['t']} and "
+            if first and first["t"] < ctx["t_max"] else "the mean MSE to the clean images is ")
+    follows = ctx["max_rel_dev"] <= AGREE_REL
+    return {"exercises": "3", "sentences": [
+        f"{len(ctx['names'])} images of {ctx['image_size']}\u00d7{ctx['image_size']} pixels are noised under the "
+        f"{ctx['schedule']['kind']} schedule; {rise}{fmt(ctx['mse_last'], 3)} at t = {ctx['t_max']} "
+        f"(closed form: {fmt(ctx['expected_last'], 3)}).",
+        (f"For t \u2265 10 the measured MSE stays within {pct(ctx['max_rel_dev'], 2)} of its closed-form expectation "
+         f"(threshold {pct(AGREE_REL, 0)})." if follows else
+         f"For t \u2265 10 the measured MSE deviates from its closed-form expectation by up to {pct(ctx['max_rel_dev'], 2)}, "
+         f"more than the {pct(AGREE_REL, 0)} threshold: too few images or pixels for the average to settle."),
+    ]}
+

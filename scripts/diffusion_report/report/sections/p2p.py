@@ -54,3 +54,28 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "scheduler": cfg.get("scheduler", "ddim").upper(), "num_inference_steps": cfg["num_inference_steps"],
         "guidance_scale": cfg["guidance_scale"], "mask_threshold": cfg.get("mask_threshold", 0.3),
     }
+
+
+FULL_MASK = 0.999  # a mask covering this fraction of the image leaves no outside to compare
+
+
+def answer(ctx: dict, config: dict) -> dict:
+    """Exercise 5 at a glance (the configured edits): how many keep what they should not change."""
+    from diffusion_report.report.render import fmt
+
+    model = ctx["model"]
+    out = [f"{ctx['n_edits']} edit{'s' if ctx['n_edits'] != 1 else ''} by attention control on {model}."]
+    if ctx["n_compared"]:
+        out.append(f"Outside the edited region, {ctx['n_closer']} of {ctx['n_compared']} edited images stay closer to the "
+                   "source than the same prompt sampled without control"
+                   + (f" (median ratio of their differences {fmt(ctx['median_ratio'], 3)}; below 1 is closer)."
+                      if ctx["median_ratio"] is not None else "."))
+    else:
+        full = sum(r["mask fraction"] >= FULL_MASK for r in ctx["rows"])
+        kinds = " or ".join(sorted({str(r["mask"]).replace("_", " ") for r in ctx["rows"]}))
+        out.append(f"Preservation outside the edited region is not measured here: in {full} of {ctx['n_edits']} edits the "
+                   f"region's mask ({kinds}; attention thresholded at {fmt(ctx['mask_threshold'], 3)} of its maximum) covers "
+                   f"at least {fmt(FULL_MASK * 100, 3)}% of the image, leaving nothing outside to compare. The ground-truth "
+                   "evaluation measures preservation instead.")
+    return {"exercises": "5", "sentences": out}
+

@@ -57,4 +57,27 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "checked_equations": sorted({r["equation"] for r in summary}, key=lambda e: (len(e), e)),
         "schedule": params["schedule"],
         "alpha_bar_T": float(params["alpha_bar_T"]),
+        "eq": {k: v for k, v in numbers.items() if k in ANSWER_EQUATIONS},
     }
+
+
+# The equations the answers point to (anchor labels of report/theory.tex).
+ANSWER_EQUATIONS = ("eq-closed-form", "eq-unrolled", "eq-mu-theta", "eq-loss-simple", "eq-cosine")
+
+
+def answer(ctx: dict, config: dict) -> dict:
+    """Exercises 1-2 at a glance: where each answer is, and whether this run's checks of it pass."""
+    eq = ctx["eq"]
+
+    def ref(label):
+        return f"eq. {eq[label]}" if label in eq else "in the theory section"
+
+    passed = ctx["n_passed"] == ctx["n_checks"]
+    return {"exercises": "1-2", "sentences": [
+        f"The forward process in one step is {ref('eq-closed-form')}, derived by unrolling the chain ({ref('eq-unrolled')}).",
+        f"The reverse-process mean in terms of the predicted noise is {ref('eq-mu-theta')}, the training loss "
+        f"{ref('eq-loss-simple')}, and the proposed modification, the cosine schedule with learned variances, {ref('eq-cosine')}.",
+        (f"All {ctx['n_checks']} numerical checks of {ctx['n_identities']} identities pass" if passed else
+         f"Only {ctx['n_passed']} of {ctx['n_checks']} numerical checks of {ctx['n_identities']} identities pass (see the checks table)")
+        + f" on this run's {ctx['schedule']['kind']} schedule (T = {ctx['schedule']['T']}).",
+    ]}
