@@ -530,6 +530,33 @@ def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe
     assert "the first 50% of the steps" in " ".join(html.split())  # fractions from the config
 
 
+def test_p2p_discussion_follows_the_whole_image_comparison(tmp_path):
+    """'What surprises' states how often the edit keeps more of the source than the baseline: contrary
+    numbers flip the sentence; a same-prompt reweight is left out of the comparison."""
+    import pandas as pd
+
+    edits = [{"name": "a", "mode": "replace", "source": "a red circle", "target": "a blue circle"},
+             {"name": "b", "mode": "replace", "source": "a red square", "target": "a red circle"},
+             {"name": "c", "mode": "reweight", "source": "a red circle", "target": "a red circle"}]
+    config = {"p2p": {"model": {"source": "train", "pretrained": ""}, "scheduler": "ddim", "num_inference_steps": 5,
+                      "guidance_scale": 5.0, "mask_threshold": 0.3, "edits": edits}}
+
+    def text(edit_mae, fractions):
+        rows = [{"edit": e["name"], "mode": e["mode"], "mask": "attention", "mask_fraction": f, "edit_mae": m,
+                 "baseline_mae": 0.1 if e["source"] != e["target"] else 0.0, "edit_mae_outside": float("nan"),
+                 "baseline_mae_outside": float("nan")} for e, m, f in zip(edits, edit_mae, fractions)]
+        pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+        ctx = p2p_section.report_context({"metrics": str(tmp_path / "m.csv")}, config)
+        return " ".join(render_section(ctx, config).split())
+
+    closer = text([0.05, 0.02, 0.01], [0.2, 0.5, 1.0])
+    assert "in 2 of the 2 edits that change the prompt the edited image is closer" in closer
+    assert "Copying the attention keeps more of the source" in closer and "covers 20% to 100%" in closer
+    farther = text([0.3, 0.2, 0.01], [1.0, 1.0, 1.0])
+    assert "in 0 of the 2 edits" in farther and "already keeps more of the source" in farther
+    assert "covers 100% of the image, i.e. all of it" in farther
+
+
 def render_section(ctx, config) -> str:
     from diffusion_report.report import render as report
 

@@ -46,7 +46,22 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     closer = sum(r["edit_mae_outside"] < r["baseline_mae_outside"] for r in valid)
     ratios = [r["edit_mae_outside"] / r["baseline_mae_outside"] for r in valid if r["baseline_mae_outside"] > 0]
     model = cfg["model"]
+    # over the whole image, for the edits whose prompt changes (a reweight of the same prompt has an
+    # identical no-control baseline, so it cannot be compared)
+    new_prompt = [r for r in df.to_dict("records") if by_name.get(r["edit"]) is not None
+                  and next(e for e in cfg["edits"] if e["name"] == r["edit"])["source"]
+                  != next(e for e in cfg["edits"] if e["name"] == r["edit"])["target"]]
+    whole = {
+        "n": len(new_prompt),
+        "closer": sum(r["edit_mae"] < r["baseline_mae"] for r in new_prompt),
+        "edit_mean": float(pd.Series([r["edit_mae"] for r in new_prompt]).mean()) if new_prompt else None,
+        "baseline_mean": float(pd.Series([r["baseline_mae"] for r in new_prompt]).mean()) if new_prompt else None,
+    }
+    fractions = [float(r["mask_fraction"]) for r in df.to_dict("records")]
     return {
+        "whole": whole,
+        "mask_min": min(fractions) if fractions else None,
+        "mask_max": max(fractions) if fractions else None,
         "edits": edits, "rows": rows, "n_edits": len(edits), "n_compared": len(valid), "n_closer": closer,
         "median_ratio": float(pd.Series(ratios).median()) if ratios else None,
         "model": "the embedded text-to-image model trained by this workflow" if model["source"] == "train" else model["pretrained"],
