@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
@@ -77,6 +78,8 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "eval_rows": rows,
         "comparisons": comparisons,
         "n_better_iou": sum(c["better_iou"] for c in comparisons),
+        "mean_iou_gain": float(np.mean([c["iou_gain"] for c in comparisons])) if comparisons else 0.0,
+        "mean_success_gain": float(np.mean([c["p2p_success"] - c["baseline_success"] for c in comparisons])) if comparisons else 0.0,
         "n_better_success": sum(c["better_success"] for c in comparisons),
         "n_edits": len(comparisons),
         "figures": {k: files[k] for k in ("loss_plot", "samples", "eval_examples")},
