@@ -6,6 +6,7 @@ import copy
 import hashlib
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -303,3 +304,42 @@ def test_answer_sentences_follow_the_numbers():
     text = " ".join(theory_section.answer(th, {})["sentences"])
     assert "in one step is eq. (3)" in text and "predicted noise is eq. (15)" in text and text.count("All 10 numerical checks")
     assert "Only 9 of 10" in " ".join(theory_section.answer({**th, "n_passed": 9}, {})["sentences"])
+
+
+def referenced(html: str) -> tuple[list[str], set[str]]:
+    """(every figure and table id, the ids the text links to)."""
+    ids = re.findall(r'<(?:figure|table) id="((?:fig|tab)-\d+)"', html)
+    return ids, set(re.findall(r'<a class="xref" href="#((?:fig|tab)-\d+)">', html))
+
+
+def test_every_figure_and_table_is_referenced_from_the_text(tmp_path, fixture_results):
+    _, cfg, flat, bench = fixture_results
+    _, html = render(tmp_path, cfg, flat, bench)
+    ids, refs = referenced(html)
+    assert ids and [i for i in ids if i not in refs] == []
+    # the link says the number it points to, also for a figure that comes after the sentence
+    assert re.search(r'<a class="xref" href="#fig-2">Figure 2</a>', html)
+    assert "<sub>0</sub> after cropping" in html  # captions typeset notation like the body
+
+
+def test_references_resolve_forward_and_a_missing_one_fails():
+    num = report.Numbering()
+    assert str(num.ref("late")) == '<span class="xref-missing">[late]</span>'  # first pass: not seen yet
+    num.next("figure", "early")
+    num.next("table", "late")
+    num.restart()
+    assert str(num.ref("late")) == '<a class="xref" href="#tab-1">Table 1</a>'
+    assert str(num.ref("early")) == '<a class="xref" href="#fig-1">Figure 1</a>'
+    with pytest.raises(ValueError, match="two figures are keyed 'x'"):
+        num.next("figure", "x") + num.next("figure", "x")
+
+
+def test_a_reference_to_a_missing_figure_stops_the_report(tmp_path, fixture_results):
+    _, cfg, flat, bench = fixture_results
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    forward = templates / "sections" / "forward.html.j2"
+    forward.write_text(forward.read_text().replace('{{ ref("fwd-grid") }}', '{{ ref("no-such-figure") }}'))
+    with pytest.raises(ValueError, match="not in it: no-such-figure"):
+        report.report_html(flat, cfg, templates, CSS, tmp_path / "r.html", repo=ROOT, bench_dir=bench, now=NOW)
+    assert not (tmp_path / "r.html").exists()

@@ -51,6 +51,13 @@ def test_html_is_self_contained_and_valid(tiny_run):
     assert not [t for t, _ in tags if t == "script"]
     assert not [a for t, a in tags if t == "link"]
     assert 'id="forward"' in html and 'id="provenance"' in html
+    # every figure and table of every section is referred to from the text, by its number
+    import re
+
+    ids = re.findall(r'<(?:figure|table) id="((?:fig|tab)-\d+)"', html)
+    refs = set(re.findall(r'<a class="xref" href="#((?:fig|tab)-\d+)">', html))
+    assert len(ids) > 15 and [i for i in ids if i not in refs] == []
+    assert '<section class="answers" id="answers">' in html and html.count("Exercise") >= 5
 
 
 def test_pdf_is_valid(tiny_run):

@@ -50,15 +50,41 @@ PDF_DATE = "2000-01-01T00:00:00Z"
 PDF_EPOCH = 946684800  # the same instant in seconds since 1970
 
 
+LABELS = {"figure": ("Figure", "fig"), "table": ("Table", "tab")}
+
+
 @dataclass
 class Numbering:
-    """Figure and table counters for one render (used by the macros)."""
+    """Figure and table counters for one render (used by the macros), and cross-references.
+
+    A figure or table made with a ``key`` records its number; ``ref(key)`` links to it by number
+    ("Figure 3"), also before it appears: :func:`report_html` renders twice, the first pass only
+    collecting the numbers (``known``) that the second pass refers to.
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    known: dict[str, tuple[str, int]] = field(default_factory=dict)
 
-    def next(self, kind: str) -> int:
+    def next(self, kind: str, key: str | None = None) -> int:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        if key:
+            if key in self.keys:
+                raise ValueError(f"report: two {kind}s are keyed {key!r}")
+            self.keys[key] = (kind, self.counts[kind])
         return self.counts[kind]
+
+    def ref(self, key: str) -> Markup:
+        """A link to the figure or table ``key`` ("Figure n"); a placeholder while it is unknown."""
+        found = self.known.get(key) or self.keys.get(key)
+        if found is None:
+            return Markup('<span class="xref-missing">[{}]</span>').format(key)
+        word, prefix = LABELS[found[0]]
+        return Markup('<a class="xref" href="#{}-{}">{} {}</a>').format(prefix, found[1], word, found[1])
+
+    def restart(self) -> None:
+        """Start the next pass: numbers seen so far become the known ones, counters restart."""
+        self.known, self.keys, self.counts = dict(self.keys), {}, {}
 
 
 def data_uri(path: str | Path) -> str:
@@ -109,7 +135,8 @@ def environment(templates_dir: str | Path):
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.globals.update(data_uri=data_uri, numbering=Numbering(), fmt=fmt, pct=pct, measured=measured)
+    numbering = Numbering()
+    env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured)
     env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured)
     env.tests["startingwith"] = lambda value, prefix: str(value).startswith(prefix)
     return env
@@ -403,7 +430,19 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         missing_glyphs=[],
     )
     template = env.get_template("base.html.j2")
-    page = template.render(**context)
+    numbering = env.globals["numbering"]
+
+    def render(**extra) -> str:  # twice: the first pass numbers the figures and tables the text refers to
+        template.render(**{**context, **extra})
+        numbering.restart()
+        page = template.render(**{**context, **extra})
+        numbering.restart()
+        missing = re.findall(r'<span class="xref-missing">\[([^]]*)\]</span>', page)
+        if missing:
+            raise ValueError(f"report: the text refers to figures or tables that are not in it: {', '.join(sorted(set(missing)))}")
+        return page
+
+    page = render()
     drawable = drawable_codepoints()
     if drawable is None:
         log.warning("fc-list (fontconfig) not found: cannot tell which characters the PDF's fonts lack")
@@ -412,7 +451,7 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         if missing:
             labels = [glyph_label(ch) for ch in missing]
             log.warning("no installed font draws %d character(s) of the report: %s", len(missing), ", ".join(labels))
-            page = template.render(**{**context, "missing_glyphs": labels})
+            page = render(missing_glyphs=labels)
     write_text(out_html, page)
     return page
 
