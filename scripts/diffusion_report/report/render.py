@@ -65,12 +65,13 @@ class Numbering:
     counts: dict[str, int] = field(default_factory=dict)
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     known: dict[str, tuple[str, int]] = field(default_factory=dict)
+    duplicates: set[str] = field(default_factory=set)
 
     def next(self, kind: str, key: str | None = None) -> int:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         if key:
             if key in self.keys:
-                raise ValueError(f"report: two {kind}s are keyed {key!r}")
+                self.duplicates.add(key)
             self.keys[key] = (kind, self.counts[kind])
         return self.counts[kind]
 
@@ -84,7 +85,7 @@ class Numbering:
 
     def restart(self) -> None:
         """Start the next pass: numbers seen so far become the known ones, counters restart."""
-        self.known, self.keys, self.counts = dict(self.keys), {}, {}
+        self.known, self.keys, self.counts, self.duplicates = dict(self.keys), {}, {}, set()
 
 
 def data_uri(path: str | Path) -> str:
@@ -436,6 +437,8 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         template.render(**{**context, **extra})
         numbering.restart()
         page = template.render(**{**context, **extra})
+        if numbering.duplicates:
+            raise ValueError(f"report: several figures or tables are keyed {', '.join(sorted(numbering.duplicates))}")
         numbering.restart()
         missing = re.findall(r'<span class="xref-missing">\[([^]]*)\]</span>', page)
         if missing:
