@@ -157,6 +157,55 @@ def test_pdf_pages_and_figures_are_not_blank(tiny_run, tmp_path):
         assert arr.std() > 5, f"figure {img.name} is blank"
 
 
+def drawn_images(page, reader) -> list[str]:
+    """The image XObjects a PDF page actually draws, in order, also through form XObjects
+    (WeasyPrint lists every image of the document in each page's resources)."""
+    from pypdf.generic import ContentStream
+
+    out = []
+
+    def walk(content, resources, depth=0):
+        xobjects = (resources or {}).get("/XObject", {})
+        xobjects = xobjects.get_object() if hasattr(xobjects, "get_object") else xobjects
+        for operands, op in ContentStream(content, reader).operations:
+            if op == b"Do":
+                xo = xobjects[operands[0]].get_object()
+                if xo.get("/Subtype") == "/Image":
+                    out.append(str(operands[0]))
+                elif xo.get("/Subtype") == "/Form" and depth < 5:
+                    walk(xo, xo.get("/Resources", resources), depth + 1)
+
+    walk(page.get_contents(), page.get("/Resources").get_object())
+    return out
+
+
+def test_pdf_figures_and_table_captions_stay_with_their_content(tiny_run):
+    """Print rules on the generated PDF: every figure's caption is on the page of its image (the
+    n-th image drawn is figure n), and no table caption ends a page without its table's first row."""
+    import re
+
+    from pypdf import PdfReader
+
+    work, _ = tiny_run
+    reader = PdfReader(work / "results/report/report.pdf")
+    image_page, caption_page, problems = {}, {}, []
+    for p, page in enumerate(reader.pages, start=1):
+        for _ in drawn_images(page, reader):
+            image_page[len(image_page) + 1] = p
+        lines = [line.strip() for line in (page.extract_text() or "").splitlines() if line.strip()]
+        body = [line for line in lines if not re.fullmatch(r"Page \d+ of \d+|diffusion-report.*", line)]
+        for k, line in enumerate(body):
+            m = re.match(r"(Figure|Table) (\d+)\. ", line)
+            if m and m.group(1) == "Figure":
+                caption_page[int(m.group(2))] = p
+            elif m and k == len(body) - 1:
+                problems.append(f"Table {m.group(2)}: its caption ends page {p}")
+    assert caption_page and len(caption_page) == len(image_page), (caption_page, image_page)
+    problems += [f"Figure {n}: image on page {image_page[n]}, caption on page {c}"
+                 for n, c in sorted(caption_page.items()) if image_page.get(n) != c]
+    assert problems == []
+
+
 def _dry_run_jobs(work: Path, *configfiles: str) -> dict[str, int]:
     proc = run_snakemake(work, "-n", "--configfile", "presets/tiny.yaml", *configfiles, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
