@@ -172,7 +172,8 @@ def _convergence_figure(df, ref_label: str):
     fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 2.9), dpi=150, squeeze=False)
     for ax, (col, title, logy) in zip(axes[0], cols):
         sub = dd if col != "recognisability" else df[df["sampler"] == "ddim"]
-        ax.plot(sub["steps"], sub[col], "o-", color="C0", label="DDIM (eta from config)")
+        etas = sorted({float(e) for e in sub["eta"]})
+        ax.plot(sub["steps"], sub[col], "o-", color="C0", label="DDIM (\u03b7 = " + ", ".join(f"{e:g}" for e in etas) + ")")
         if len(dp):
             ax.axhline(float(dp[col].iloc[0]), color="C3", ls="--", lw=1, label=f"DDPM {int(dp['steps'].iloc[0])} steps")
         ax.set_xscale("log")
@@ -182,7 +183,8 @@ def _convergence_figure(df, ref_label: str):
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(frameon=False, fontsize=7)
-    fig.suptitle(f"Convergence to the {ref_label.replace('_', ' ')}-step sample from the same x_T", fontsize=9)
+    sampler, _, steps = ref_label.partition("_")
+    fig.suptitle(f"Convergence to the {sampler.upper()} {steps}-step sample from the same $x_T$", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -230,7 +232,7 @@ def ddim_figures(
         clf = digits.train_classifier(int(ref_x.shape[-1]), int(seed))
         log.info("recognisability classifier: accuracy %.4f on %d held-out digits", clf.test_accuracy, clf.n_test)
         write_csv(classifier_csv, pd.DataFrame([{
-            "classifier": "logistic regression on 8x8 average-pooled images",
+            "classifier": f"MLP {tuple(digits.HIDDEN)} on 8x8 average-pooled images",
             "n_train": clf.n_train, "n_test": clf.n_test, "test_accuracy": clf.test_accuracy,
         }]))
         real = digits.digits_split(int(ref_x.shape[-1]), int(seed))["test"][0]  # every run has x_T's shape
