@@ -250,7 +250,9 @@ def load_tensor(path: str | Path) -> tuple[torch.Tensor, dict]:
 
 def tensor_sha256(x: torch.Tensor) -> str:
     """SHA-256 of a tensor's float32 bytes: identifies the x_T a sample was drawn from."""
-    return hashlib.sha256(x.detach().to("cpu", dtype=sys.modules["torch"].float32).contiguous().numpy().tobytes()).hexdigest()
+    import torch
+
+    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
 def safetensors_numel(path: str | Path) -> int:

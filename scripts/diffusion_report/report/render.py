@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from diffusion_report.io import atomic_path, sha256_file, write_text
 
@@ -116,8 +116,6 @@ def fmt(value, digits: int = 4) -> str:
 
 def measured(value) -> Markup:
     """Mark a measured value (a wall time, a speed-up) that differs from run to run."""
-    from markupsafe import escape
-
     return Markup('<span class="measured">') + escape(value) + Markup("</span>")
 
 
@@ -167,17 +165,17 @@ def stage_contexts(files: dict[str, dict[str, str]], config: dict) -> list[dict]
 
 def models_used(config: dict) -> dict:
     """Which models this run used, for the answers up front: per stage, embedded or a pretrained id."""
-    def which(block, embedded):
-        m = config.get(block, {}).get("model", {})
-        return embedded if m.get("source", "train") == "train" else f"the pretrained {m.get('pretrained')}"
-
-    out = {}
-    if config.get("ddim", {}).get("enabled", True):
-        out["DDIM (exercise 4)"] = which("ddim", "a DDPM trained by this workflow on scikit-learn's digits (the embedded default)")
-    if config.get("p2p", {}).get("enabled", True):
-        out["prompt-to-prompt (exercise 5)"] = which(
-            "p2p", "a text-to-image model trained by this workflow on captioned shapes (the embedded default)")
-    return {"models": out, "embedded": any("embedded default" in v for v in out.values())}
+    stages = {"ddim": ("DDIM (exercise 4)", "a DDPM trained by this workflow on scikit-learn's digits"),
+              "p2p": ("prompt-to-prompt (exercise 5)", "a text-to-image model trained by this workflow on captioned shapes")}
+    out, embedded = {}, False
+    for block, (what, ours) in stages.items():
+        if not config.get(block, {}).get("enabled", True):
+            continue
+        m = config[block].get("model", {})
+        trained = m.get("source", "train") == "train"
+        embedded |= trained
+        out[what] = f"{ours} (the embedded default)" if trained else f"the pretrained {m.get('pretrained')}"
+    return {"models": out, "embedded": embedded}
 
 
 def git_state(repo: str | Path) -> dict:

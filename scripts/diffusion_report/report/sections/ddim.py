@@ -10,13 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from diffusion_report.stages import ddim_cells as C
-from diffusion_report.stages.ddim_cells import (
-    CONFIDENT_GOAL,
-    PAPER_FID,
-    PAPER_STEPS,
-    PIXEL_BOUND,
-    RECOG_GAP,
-)
 
 SSIM_SAME = 0.9  # DDIM samples are "nearly the same images" as the reference step count's from this SSIM on
 
@@ -201,7 +194,7 @@ def ordering_claims(df) -> dict:
     for key, s in (("few", steps[0]), ("many", steps[-1])):
         sub = cells[cells["steps"] == s].set_index("variant")
         best = str(sub["fd"].idxmin())
-        paper_col = {v: dict(zip(PAPER_STEPS, vals)).get(s) for v, vals in PAPER_FID.items() if v in sub.index}
+        paper_col = {v: dict(zip(C.PAPER_STEPS, vals)).get(s) for v, vals in C.PAPER_FID.items() if v in sub.index}
         paper_col = {v: x for v, x in paper_col.items() if x is not None}
         paper_best = min(paper_col, key=paper_col.get) if paper_col else None
         if paper_best is None:
@@ -226,10 +219,10 @@ def quality_goals(df, eta_label: str, ddpm_recognisability: float | None) -> dic
     worst_recog = float(sub["recognisability"].min())
     max_pix = float(sub["max_abs_pixel"].max())
     return {
-        "worst_confident": worst_conf, "confident_ok": worst_conf >= CONFIDENT_GOAL, "confident_goal": CONFIDENT_GOAL,
-        "worst_recog": worst_recog, "recog_gap": RECOG_GAP,
-        "recog_ok": None if ddpm_recognisability is None else worst_recog >= ddpm_recognisability - RECOG_GAP,
-        "max_abs_pixel": max_pix, "pixel_bound": PIXEL_BOUND, "pixel_ok": max_pix <= PIXEL_BOUND,
+        "worst_confident": worst_conf, "confident_ok": worst_conf >= C.CONFIDENT_GOAL, "confident_goal": C.CONFIDENT_GOAL,
+        "worst_recog": worst_recog, "recog_gap": C.RECOG_GAP,
+        "recog_ok": None if ddpm_recognisability is None else worst_recog >= ddpm_recognisability - C.RECOG_GAP,
+        "max_abs_pixel": max_pix, "pixel_bound": C.PIXEL_BOUND, "pixel_ok": max_pix <= C.PIXEL_BOUND,
     }
 
 

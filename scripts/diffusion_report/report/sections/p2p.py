@@ -48,9 +48,8 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     model = cfg["model"]
     # over the whole image, for the edits whose prompt changes (a reweight of the same prompt has an
     # identical no-control baseline, so it cannot be compared)
-    new_prompt = [r for r in df.to_dict("records") if by_name.get(r["edit"]) is not None
-                  and next(e for e in cfg["edits"] if e["name"] == r["edit"])["source"]
-                  != next(e for e in cfg["edits"] if e["name"] == r["edit"])["target"]]
+    prompt_changes = {e["name"]: e["source"] != e["target"] for e in cfg["edits"]}
+    new_prompt = [r for r in df.to_dict("records") if prompt_changes.get(r["edit"])]
     whole = {
         "n": len(new_prompt),
         "closer": sum(r["edit_mae"] < r["baseline_mae"] for r in new_prompt),
