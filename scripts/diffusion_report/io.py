@@ -111,11 +111,37 @@ def save_png(path: str | os.PathLike, img: np.ndarray | torch.Tensor | Image.Ima
         img.save(tmp, format="PNG", optimize=False, compress_level=6)
 
 
+def min_font_pt(fig) -> float | None:
+    """The smallest font size (pt, at the figure's own size) of the text a matplotlib figure draws:
+    titles, labels, legends, annotations, and the tick labels of visible axes. None: no text."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # tick labels get their text when drawn
+    axis_texts, drawn = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis_texts.update(id(t) for t in axis.findobj(Text))
+            if ax.axison and axis.get_visible():
+                drawn += [axis.label, *axis.get_majorticklabels(), *axis.get_minorticklabels()]
+    drawn += [t for t in fig.findobj(Text) if id(t) not in axis_texts]
+    sizes = [t.get_fontsize() for t in drawn if t.get_visible() and t.get_text().strip()
+             and (t.axes is None or t.axes.get_visible())]
+    return min(sizes) if sizes else None
+
+
 def save_figure(path: str | os.PathLike, fig) -> None:
-    """Save a matplotlib figure with metadata stripped, so reruns give the same bytes."""
+    """Save a matplotlib figure with metadata stripped, so reruns give the same bytes.
+
+    A PNG records its smallest font (``min-font-pt``, "none" without text) and its dpi
+    (``figure-dpi``), from which the report's print check (:mod:`diffusion_report.report.pagecheck`)
+    computes the printed text size.
+    """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None}
+    if fmt == "png":
+        small = min_font_pt(fig)
+        metadata.update({"min-font-pt": "none" if small is None else f"{small:g}", "figure-dpi": f"{fig.dpi:g}"})
     if fmt == "svg":
         metadata = {"Date": None, "Creator": None}
     with atomic_path(path) as tmp:
