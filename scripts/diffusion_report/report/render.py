@@ -119,6 +119,11 @@ def measured(value) -> Markup:
     return Markup('<span class="measured">') + escape(value) + Markup("</span>")
 
 
+def path_breaks(value) -> Markup:
+    """A path that may wrap after each ``/`` (and only there) in a narrow table cell."""
+    return Markup("/<wbr>").join(escape(part) for part in str(value).split("/"))
+
+
 def pct(value, digits: int = 2) -> str:
     return f"{float(value) * 100:.{digits}g}%"
 
@@ -136,7 +141,7 @@ def environment(templates_dir: str | Path):
     )
     numbering = Numbering()
     env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured)
-    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured)
+    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured, path_breaks=path_breaks)
     env.tests["startingwith"] = lambda value, prefix: str(value).startswith(prefix)
     return env
 
