@@ -86,21 +86,43 @@ def get_ddim_train_input(wildcards):
     )
 
 
+def get_reused_cells(steps):
+    """{variant: sample label} of the cells at ``steps`` that ddim_sample / ddim_ddpm_baseline made."""
+    return reused_cells(
+        DDIM_SAMPLING,
+        int(steps),
+        DDIM["step_counts"],
+        quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]),
+        ddpm_baseline=DDIM["ddpm_baseline"],
+        T=config["schedule"]["T"],
+    )
+
+
 def get_quality_variants(steps):
-    """The Table 1 variants rule ddim_quality_samples draws at ``steps`` (minus the one ddim_sample made)."""
-    reused = reused_variant(DDIM_SAMPLING, int(steps), DDIM["step_counts"])
+    """The Table 1 variants rule ddim_quality_samples draws at ``steps`` (minus those other rules made)."""
+    reused = get_reused_cells(steps)
     return [
         v
         for v in quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"])
-        if v != reused
+        if v not in reused
     ]
 
 
 def get_quality_inputs(wildcards):
-    """{q_<S>: quality samples, r_<S>: ddim_sample's samples reused for the cell it already made}."""
+    """{q_<S>: quality samples, r_<S>_<label>: samples of ddim_sample / ddim_ddpm_baseline reused as cells}."""
     out = {}
     for s in DDIM_QUALITY["step_counts"]:
-        out[f"q_{s}"] = f"results/ddim/quality/samples_{s}.safetensors"
-        if reused_variant(DDIM_SAMPLING, s, DDIM["step_counts"]):
-            out[f"r_{s}"] = f"results/ddim/samples/ddim_{s}.safetensors"
+        if get_quality_variants(s):
+            out[f"q_{s}"] = f"results/ddim/quality/samples_{s}.safetensors"
+        for label in get_reused_cells(s).values():
+            out[f"r_{s}_{label}"] = f"results/ddim/samples/{label}.safetensors"
     return out
+
+
+def get_reused_variants():
+    """{input key r_<S>_<label>: variant} for rule ddim_quality."""
+    return {
+        f"r_{s}_{label}": variant
+        for s in DDIM_QUALITY["step_counts"]
+        for variant, label in get_reused_cells(s).items()
+    }

@@ -14,7 +14,7 @@
 from diffusion_report.models.files import DDIM_WEIGHT_FILES
 from diffusion_report.stages.ddim_cells import (
     quality_variants,
-    reused_variant,
+    reused_cells,
     variant_label,
 )
 from diffusion_report.images import decode_mem_mb
@@ -248,7 +248,7 @@ rule ddim_quality:
         runtime=20,
     params:
         variants=quality_variants(DDIM_QUALITY["etas"], DDIM_QUALITY["sigma_hat"]),
-        reused_variant=variant_label(DDIM["eta"]),
+        reused=get_reused_variants(),
         image_size=DDIM["train"]["image_size"],
         seed=config["seed"],
         bootstrap=DDIM_QUALITY["bootstrap"],

@@ -475,7 +475,7 @@ def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):
                               variants=variants, sampling=sampling, seed=3, device="cpu")
     q = {"quality_csv": tmp_path / "q.csv", "quality_pairs": tmp_path / "p.csv", "quality_png": tmp_path / "q.png"}
     ddim_experiments.ddim_quality({5: str(tmp_path / "q5.safetensors"), 10: str(tmp_path / "q10.safetensors")},
-                        {5: ("eta=0", str(out / "ddim_5.safetensors"))}, out_csv=q["quality_csv"], pairs_csv=q["quality_pairs"],
+                        {5: [("eta=0", str(out / "ddim_5.safetensors"))]}, out_csv=q["quality_csv"], pairs_csv=q["quality_pairs"],
                         out_png=q["quality_png"], variants=["eta=0", "eta=1", "sigma_hat"], image_size=8, seed=3, n_boot=20)
     df = pd.read_csv(q["quality_csv"])
     assert len(df) == 3 * 2 + 1 and (df["fd"] >= 0).all() and (df["fd_boot_std"] > 0).all()

@@ -24,10 +24,24 @@ def quality_variants(etas, sigma_hat: bool) -> list[str]:
     return [variant_label(e) for e in etas] + (["sigma_hat"] if sigma_hat else [])
 
 
-def reused_variant(sampling: dict, steps: int, step_counts) -> str | None:
-    """The variant that rule ``ddim_sample`` already made at ``steps`` (the stage's own eta, when
-    ``steps`` is one of ``ddim.step_counts``), so the quality table reuses it; else None."""
-    return variant_label(sampling["eta"]) if int(steps) in {int(s) for s in step_counts} else None
+def reused_cells(sampling: dict, steps: int, step_counts, variants, *, ddpm_baseline: bool = False,
+                 T: int | None = None) -> dict[str, str]:
+    """The cells at ``steps`` that other rules already drew, so the quality table reuses them:
+    {variant: sample label of results/ddim/samples/<label>.safetensors}.
+
+    * rule ``ddim_sample`` made the stage's own eta at each S of ``ddim.step_counts``;
+    * rule ``ddim_ddpm_baseline`` is DDIM's eta = 1 at S = T with uniform steps: with consecutive
+      timesteps, eq. 16's sigma at eta = 1 is the posterior variance beta-tilde that the baseline
+      uses (same update, same clipping; only the noise draws differ, from their own generator).
+    """
+    out = {}
+    steps = int(steps)
+    own = variant_label(sampling["eta"])
+    if steps in {int(s) for s in step_counts} and own in variants:
+        out[own] = f"ddim_{steps}"
+    if ddpm_baseline and T is not None and steps == int(T) and sampling["skip_type"] == "uniform" and "eta=1" in variants and "eta=1" not in out:
+        out["eta=1"] = "ddpm"
+    return out
 
 
 # The paper's CIFAR-10 FIDs (Table 1, S = 10, 20, 50, 100, 1000) and reconstruction MSEs (Table 2).

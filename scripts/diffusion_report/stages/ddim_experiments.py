@@ -12,8 +12,9 @@
   [0, 1] scale.
 * **Interpolation** (Figure 6): spherical interpolation between pairs of x_T, decoded with DDIM.
 
-Samples of a cell that the stage's ``ddim_sample`` rule already made (eta equal to ``ddim.eta``,
-S in ``ddim.step_counts``) are reused, not drawn again.
+Samples of a cell that another rule already made are reused, not drawn again
+(:func:`~diffusion_report.stages.ddim_cells.reused_cells`): ``ddim_sample``'s (eta equal to
+``ddim.eta``, S in ``ddim.step_counts``) and ``ddim_ddpm_baseline``'s (eta = 1 at S = T).
 """
 
 from __future__ import annotations
@@ -74,25 +75,26 @@ def ddim_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int
     save_tensors(out_path, out, {"steps": int(steps), "variants": list(variants), "x_T_sha256": tensor_sha256(x_T)})
 
 
-def _cells(quality_files: dict[int, str], reused_files: dict[int, tuple[str, str]]) -> dict[tuple[str, int], torch.Tensor]:
+def _cells(quality_files: dict[int, str], reused_files: dict[int, list[tuple[str, str]]]) -> dict[tuple[str, int], torch.Tensor]:
     cells: dict[tuple[str, int], torch.Tensor] = {}
     for steps, path in quality_files.items():
         tensors, _ = load_tensors(path)
         for v, x in tensors.items():
             cells[(v, int(steps))] = x
-    for steps, (variant, path) in reused_files.items():
-        cells[(variant, int(steps))] = load_tensor(path)[0]
+    for steps, reused in reused_files.items():
+        for variant, path in reused:
+            cells[(variant, int(steps))] = load_tensor(path)[0]
     return cells
 
 
-def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, tuple[str, str]], *, out_csv: str,
+def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, list[tuple[str, str]]], *, out_csv: str,
                       pairs_csv: str, out_png: str, variants: list[str], image_size: int, seed: int,
                       n_boot: int) -> None:
     """Rule ``ddim_quality``: Frechet distance, recognisability and pixel range per cell, with
     paired-bootstrap errors, the differences between neighbouring step counts, and a plot.
 
-    ``quality_files``: {S: file of :func:`ddim_quality_samples`}; ``reused_files``: {S: (variant,
-    samples file of rule ddim_sample)}.
+    ``quality_files``: {S: file of :func:`ddim_quality_samples`}; ``reused_files``: {S: [(variant,
+    samples file of rule ddim_sample or ddim_ddpm_baseline)]} (``ddim_cells.reused_cells``).
     """
     import pandas as pd
 

@@ -142,6 +142,11 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
             "eta_label": eta_label,
             "etas": [f"{e:g}" for e in (float(v[4:]) for v in variants if v.startswith("eta="))],
             "sigma_hat": "sigma_hat" in variants,
+            # cells other rules drew (ddim_cells.reused_cells): the grid's own eta at its step counts,
+            # and the DDPM baseline as eta = 1 at S = T
+            "reused": {s_: C.reused_cells({"eta": ctx["eta"], "skip_type": dcfg.get("skip_type", "uniform")}, s_,
+                                          dcfg.get("step_counts", []), variants, ddpm_baseline=bool(dcfg.get("ddpm_baseline")),
+                                          T=config.get("schedule", {}).get("T")) for s_ in steps},
             "real_fd": float(real["fd"].iloc[0]) if len(real) else None,
             "real_err": float(real["fd_boot_std"].iloc[0]) if len(real) else None,
             "conf_rows": [{"sampler": v, **{f"S = {s_}": float(cells[(cells["variant"] == v) & (cells["steps"] == s_)]["confident_fraction"].iloc[0]) for s_ in steps}} for v in variants],
