@@ -115,6 +115,62 @@ rule t2i_eval:
         "../scripts/t2i_eval.py"
 
 
+rule t2i_tradeoff:
+    input:
+        model="results/t2i/model",
+    output:
+        csv="results/t2i/tradeoff.csv",
+        png="results/t2i/tradeoff.png",
+    log:
+        "logs/t2i_tradeoff/t2i_tradeoff.log",
+    benchmark:
+        "benchmarks/t2i_tradeoff/t2i_tradeoff.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "eval", "tradeoff")},
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/t2i_tradeoff.py"
+
+
+# The showcased p2p edits (p2p.edits), read by the attribute reader beside the evaluation's rates.
+SHOWCASE_EDITS = [e["name"] for e in config["p2p"]["edits"]]
+
+
+rule t2i_showcase:
+    input:
+        eval_summary="results/t2i/eval_summary.csv",
+        images=expand(
+            "results/p2p/{edit}/{image}.png",
+            edit=SHOWCASE_EDITS,
+            image=("source", "edit", "baseline"),
+        ),
+    output:
+        csv="results/t2i/showcase.csv",
+    log:
+        "logs/t2i_showcase/t2i_showcase.log",
+    benchmark:
+        "benchmarks/t2i_showcase/t2i_showcase.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    params:
+        edits=config["p2p"]["edits"],
+        t2i={k: T2I[k] for k in ("data", "reader")},
+        seed=config["seed"],
+    script:
+        "../scripts/t2i_showcase.py"
+
+
 if config["p2p"]["enabled"] and config["p2p"]["model"]["source"] == "train":
     REPORT_INPUTS["t2i"] = {
         "summary": "results/t2i/train_summary.csv",
@@ -126,3 +182,6 @@ if config["p2p"]["enabled"] and config["p2p"]["model"]["source"] == "train":
         "eval_summary": "results/t2i/eval_summary.csv",
         "eval_examples": "results/t2i/eval_examples.png",
     }
+    if T2I["tradeoff"]["enabled"]:
+        REPORT_INPUTS["t2i"]["tradeoff"] = "results/t2i/tradeoff.csv"
+        REPORT_INPUTS["t2i"]["tradeoff_png"] = "results/t2i/tradeoff.png"

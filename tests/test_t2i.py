@@ -216,6 +216,134 @@ def test_reader_scores_edits_by_ground_truth(reader):
     assert bad["mask_iou"] < 0.5 and bad["centroid_shift_px"] > 2.0 and bad["radius_change_px"] < -1.5
 
 
+# --------------------------------------------------------------------------- showcased edits
+def test_captions_parse_back_to_their_attributes():
+    spec = default_spec()
+    assert shapes.parse_caption(spec, shapes.caption("red", "circle", "white", "big")) == {
+        "size_word": "big", "colour": "red", "shape": "circle", "background": "white"}
+    assert shapes.parse_caption(spec, "a  Blue square on a gray background")["colour"] == "blue"
+    for bad in ("a purple circle on a white background", "a red circle", "a red circle on the white background", ""):
+        assert shapes.parse_caption(spec, bad) is None, bad
+
+
+def test_configured_edits_map_to_the_evaluation_edit_types():
+    spec = default_spec()
+    cap = shapes.caption
+
+    def kind(src, tgt, mode, **kw):
+        return t2i_stage.edit_type(spec, {"source": src, "target": tgt, "mode": mode, **kw})
+
+    assert kind(cap("red", "circle", "white"), cap("red", "square", "white"), "replace") == ("shape_swap", "")
+    assert kind(cap("red", "circle", "white"), cap("blue", "circle", "white"), "replace")[0] == "colour_swap"
+    assert kind(cap("red", "circle", "white"), cap("red", "circle", "gray"), "replace")[0] == "background_swap"
+    assert kind(cap("red", "circle", "white"), cap("red", "circle", "white", "big"), "refine")[0] == "refine_big"
+    big = cap("red", "circle", "white", "big")
+    assert kind(big, big, "reweight", reweight={"words": ["big"], "scale": 2})[0] == "reweight_big"
+    none, why = kind(cap("red", "circle", "white"), cap("red", "circle", "white"), "reweight", reweight={"words": ["red"], "scale": 2})
+    assert none is None and "not measured" in why
+    none, why = kind(cap("red", "circle", "white"), cap("blue", "square", "white"), "replace")
+    assert none is None and "shape, colour" in why
+
+
+def test_the_reader_judges_drawn_edits(reader):
+    """A drawn shape swap in place succeeds; a colour change, a move or a missed target fails,
+    each with its cause."""
+    spec = default_spec()
+    src_cap = {"size_word": "", "colour": "red", "shape": "circle", "background": "white"}
+    tgt_cap = dict(src_cap, shape="square")
+
+    def draw(shape, colour, cx):
+        return shapes.render(spec, [shape], [colour], ["white"], [cx], [8.0], [5.0])[0][0]
+
+    source = draw("circle", "red", 8.0)
+    ok = t2i_stage.judge(reader, "shape_swap", src_cap, tgt_cap, source, draw("square", "red", 8.0))
+    assert ok["success"] and ok["reached"] and ok["untouched_kept"] and ok["cause"] == "" and ok["centroid_shift_px"] < 0.2
+    recoloured = t2i_stage.judge(reader, "shape_swap", src_cap, tgt_cap, source, draw("square", "green", 8.0))
+    assert not recoloured["success"] and recoloured["reached"] and "colour red -> green" in recoloured["cause"]
+    moved = t2i_stage.judge(reader, "shape_swap", src_cap, tgt_cap, source, draw("square", "red", 11.0))
+    assert not moved["success"] and "moved by 3.0 px" in moved["cause"]
+    missed = t2i_stage.judge(reader, "shape_swap", src_cap, tgt_cap, source, draw("circle", "red", 8.0))
+    assert not missed["success"] and "target shape is not reached (read: circle)" in missed["cause"]
+
+
+def test_showcase_verdicts_are_written_beside_the_evaluation_rates(tmp_path):
+    from diffusion_report.io import save_png, to_uint8
+
+    cfg = {"data": copy.deepcopy(TINY["data"]), "reader": {"train_images": 300, "test_images": 10, "noise": 0.1}}
+    cfg["data"]["image_size"] = 16
+    cfg["data"]["radius"] = [3.0, 6.0]
+    spec = shapes.ShapeSpec.from_config(cfg["data"])
+    files = {}
+    for name, (shape, colour) in {"source": ("circle", "red"), "edit": ("square", "red"), "baseline": ("square", "blue")}.items():
+        img = shapes.render(spec, [shape], [colour], ["white"], [8.0], [8.0], [5.0])[0][0]
+        files[name] = str(tmp_path / f"{name}.png")
+        save_png(files[name], to_uint8(img))
+    pd.DataFrame([{"edit": "shape_swap", "method": "p2p", "n": 24, "success": 0.25},
+                  {"edit": "shape_swap", "method": "baseline", "n": 24, "success": 0.75}]).to_csv(tmp_path / "eval.csv", index=False)
+    edits = [{"name": "s", "mode": "replace", "source": shapes.caption("red", "circle", "white"), "target": shapes.caption("red", "square", "white")},
+             {"name": "r", "mode": "reweight", "source": shapes.caption("red", "circle", "white"), "target": shapes.caption("red", "circle", "white"),
+              "reweight": {"words": ["red"], "scale": 2.0}}]
+    df = t2i_stage.t2i_showcase(edits, {"s": files, "r": files}, str(tmp_path / "eval.csv"), cfg, 0, str(tmp_path / "out.csv"))
+    rows = {(r["edit"], r["method"]): r for r in pd.read_csv(tmp_path / "out.csv").to_dict("records")}
+    assert rows[("s", "p2p")]["success"] and rows[("s", "p2p")]["eval_success"] == 0.25 and rows[("s", "p2p")]["eval_n"] == 24
+    assert not rows[("s", "baseline")]["success"] and "colour red -> blue" in rows[("s", "baseline")]["cause"]
+    assert not rows[("r", "p2p")]["measured"] and "not measured" in rows[("r", "p2p")]["cause"]
+    assert len(df) == 4
+
+
+def test_showcase_sentences_follow_the_verdicts():
+    from diffusion_report.report.sections import p2p as p2p_section
+
+    good = {"edit_type": "shape_swap", "measured": True, "success": True, "centroid_shift_px": 0.3, "cause": "",
+            "eval_n": 24, "eval_success": 0.25, "eval_success_baseline": 0.75}
+    bad = dict(good, success=False, cause="the target shape is not reached (read: circle)")
+    v = p2p_section.verdict({"p2p": good, "baseline": bad})
+    assert v["status"] == "success" and "prompt-to-prompt succeeds" in v["text"] and "an untypical outcome" in v["text"]
+    assert "Without control, the edited prompt fails: the target shape is not reached" in v["text"]
+    assert "25% of them and the no-control baseline in 75%" in v["text"]
+    v = p2p_section.verdict({"p2p": bad, "baseline": good})
+    assert v["status"] == "failure" and "prompt-to-prompt fails: the target shape" in v["text"] and "a typical outcome" in v["text"]
+    v = p2p_section.verdict({"p2p": {"measured": False, "cause": "reweighting 'red' is not measured"}})
+    assert v["status"] == "unmeasured" and "reweighting 'red'" in v["text"]
+    assert p2p_section.verdict(None) is None
+
+
+def test_tradeoff_sweep_on_a_tiny_model(tmp_path):
+    """Rows per edit type: the baseline and one per fraction; with no injection at all (cross 0,
+    self 0) prompt-to-prompt samples what the baseline samples."""
+    from PIL import Image
+
+    cfg = copy.deepcopy(TINY)
+    cfg["tradeoff"] = {"enabled": True, "edits": ["shape_swap", "colour_swap"], "cross_replace_steps": [0.0, 1.0],
+                       "self_replace_steps": 0.0, "seeds": 3}
+    model = t2i.build_model(cfg)
+    t2i.save_model(model, tmp_path / "m", t2i.model_config(cfg))
+    out = {"csv": str(tmp_path / "t.csv"), "png": str(tmp_path / "t.png")}
+    df = t2i_stage.t2i_tradeoff(str(tmp_path / "m"), cfg, 0, out, device="cpu")
+    assert list(df["method"]) == ["baseline", "p2p", "p2p"] * 2 and set(df["n"]) == {3}
+    for edit in ("shape_swap", "colour_swap"):
+        d = df[df["edit"] == edit]
+        base, none = d[d["method"] == "baseline"].iloc[0], d[d["cross_replace_steps"] == 0.0].iloc[0]
+        assert abs(none["success"] - base["success"]) <= 1 / 3 + 1e-9
+        assert none["mask_iou"] == pytest.approx(base["mask_iou"], abs=0.1)
+    assert Image.open(out["png"]).info["min-font-pt"] == "8"
+
+
+def test_goal_and_tradeoff_sentences_follow_the_numbers():
+    assert t2i_section.meets_goals(0.9, 1.0, 0.8, 0.6, 0.5)["all"]
+    assert not t2i_section.meets_goals(0.85, 1.0, 0.8, 0.6, 0.5)["rate"]
+    assert not t2i_section.meets_goals(0.9, 1.0, 0.79, 0.6, 0.5)["layout"]
+    assert not t2i_section.meets_goals(0.9, 1.0, 0.8, 0.6, 1.5)["shift"]
+    rows = [{"edit": "shape_swap", "method": "baseline", "cross_replace_steps": float("nan"), "n": 12, "success": 1.0, "mask_iou": 0.55, "centroid_shift_px": 1.8, "all_kept": 1.0},
+            {"edit": "shape_swap", "method": "p2p", "cross_replace_steps": 0.0, "n": 12, "success": 1.0, "mask_iou": 0.56, "centroid_shift_px": 1.7, "all_kept": 1.0},
+            {"edit": "shape_swap", "method": "p2p", "cross_replace_steps": 1.0, "n": 12, "success": 0.4, "mask_iou": 0.80, "centroid_shift_px": 0.9, "all_kept": 1.0}]
+    (t,) = t2i_section.tradeoff_summary(pd.DataFrame(rows))
+    assert t["iou_rises"] and t["success_falls"] and t["meeting"] == []
+    rows[2].update(success=1.0)  # contrary numbers: the most injection also reaches the target
+    (t,) = t2i_section.tradeoff_summary(pd.DataFrame(rows))
+    assert not t["success_falls"] and t["meeting"] == [1.0]
+
+
 # --------------------------------------------------------------------------- p2p evaluation
 def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
     pytest.importorskip("diffusion_report.core.attention")

@@ -88,6 +88,21 @@ def caption(colour: str, shape: str, background: str, size_word: str = "") -> st
     return f"a {size}{colour} {shape} on a {background} background"
 
 
+def parse_caption(spec: "ShapeSpec", text: str) -> dict | None:
+    """The attributes of a caption in :func:`caption`'s form ({size_word, colour, shape,
+    background}), or None when the text is not such a caption in ``spec``'s vocabulary."""
+    words = " ".join(str(text).lower().split()).split(" ")
+    size = ""
+    if len(words) == 8 and words[1] in spec.size_words:
+        size = words.pop(1)
+    if len(words) != 7 or words[0] != "a" or words[3:5] != ["on", "a"] or words[6] != "background":
+        return None
+    colour, shape, background = words[1], words[2], words[5]
+    if colour not in spec.colours or shape not in spec.shapes or background not in spec.backgrounds:
+        return None
+    return {"size_word": size, "colour": colour, "shape": shape, "background": background}
+
+
 def coverage(shape: str, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor, size: int, supersample: int = 4) -> torch.Tensor:
     """Fraction of each pixel inside the shape. cx, cy, r: (B,) in pixels -> (B, size, size) in [0, 1]."""
     s = supersample

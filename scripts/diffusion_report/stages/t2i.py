@@ -400,3 +400,199 @@ def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: st
     image_grid_figure(outputs["examples"], rows, labels, ["source", "prompt-to-prompt", "no control"], cell=1.0)
     log.info("summary:\n%s", summary.to_string())
     return summary
+
+
+# --------------------------------------------------------------------------- showcased edits
+MAX_SHIFT_PX = 1.0  # "in place": the object's centroid moves at most this far (the issue's layout goal)
+ATTRIBUTE_OF = {"shape_swap": "shape", "colour_swap": "colour", "background_swap": "background",
+                "refine_big": "size", "reweight_big": "size"}
+SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px",
+                    "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline"]
+
+
+def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
+    """The evaluation's edit type of a configured ``p2p.edits`` entry, read from its prompts:
+    (type or None, why not). A word swap of one attribute is ``<attribute>_swap``; adding "big" is
+    ``refine_big``; reweighting "big" in a prompt that says it is ``reweight_big``."""
+    src, tgt = shapes.parse_caption(spec, edit["source"]), shapes.parse_caption(spec, edit["target"])
+    if src is None or tgt is None:
+        return None, "its prompts are not captions of the embedded model's form"
+    changed = [a for a in ("shape", "colour", "background", "size_word") if src[a] != tgt[a]]
+    if edit["mode"] == "reweight" and not changed:
+        words = list((edit.get("reweight") or {}).get("words", []))
+        if words == ["big"] and src["size_word"] == "big":
+            return "reweight_big", ""
+        return None, (f"the reader reads attribute names, not how strongly an attribute shows, so reweighting "
+                      f"{', '.join(repr(w) for w in words)} is not measured")
+    if len(changed) == 1 and changed[0] in ("shape", "colour", "background") and edit["mode"] == "replace":
+        return f"{changed[0]}_swap", ""
+    if changed == ["size_word"] and tgt["size_word"] == "big" and not src["size_word"] and edit["mode"] == "refine":
+        return "refine_big", ""
+    return None, "the evaluation has no edit type that changes " + (", ".join(changed) or "nothing")
+
+
+def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, target_caption: dict,
+          source_img, edited_img) -> dict:
+    """The reader's verdict on one (source, edited) pair of an edit of type ``etype``: whether the
+    source shows its prompt, the target attribute is reached, the untouched attributes are kept and
+    the object stays in place (centroid shift <= :data:`MAX_SHIFT_PX`); ``cause`` names what failed."""
+    attr = ATTRIBUTE_OF[etype]
+    rs, re_ = reader.read(source_img), reader.read(edited_img)
+    source_ok = all(getattr(rs, a) == source_caption[a] for a in ATTRS)
+    if attr == "size":
+        reached = re_.size_word == "big"
+    else:
+        reached = getattr(re_, attr) == target_caption[attr]
+    untouched = [a for a in ATTRS if a != attr]
+    changed = [f"{a} {getattr(rs, a)} -> {getattr(re_, a)}" for a in untouched if getattr(rs, a) != getattr(re_, a)]
+    shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
+    in_place = shift <= MAX_SHIFT_PX
+    cause = []
+    if not source_ok:
+        cause.append("the source does not show its prompt (read: " + ", ".join(str(getattr(rs, a)) for a in ATTRS) + ")")
+    if not reached:
+        got = re_.size_word or "neither small nor big" if attr == "size" else getattr(re_, attr)
+        cause.append(f"the target {attr} is not reached (read: {got})")
+    if changed:
+        cause.append("untouched attributes changed (" + "; ".join(changed) + ")")
+    if not in_place:
+        cause.append("the object moved" + (f" by {shift:.1f} px" if shift == shift else " (no object found)"))
+    return {"measured": True, "source_ok": source_ok, "reached": bool(reached), "untouched_kept": not changed,
+            "centroid_shift_px": shift, "mask_iou": attributes.iou(rs.mask, re_.mask),
+            "success": bool(source_ok and reached and not changed and in_place), "cause": "; ".join(cause)}
+
+
+def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summary: str, t2i_cfg: dict, seed: int,
+                 out_csv: str) -> pd.DataFrame:
+    """Rule t2i_showcase: the attribute reader's verdict on each showcased ``p2p.edits`` image
+    (prompt-to-prompt and the no-control baseline), beside the evaluation's success rate of the
+    same edit type, so that an example cannot stand for more than the evaluation supports.
+
+    ``images``: edit name -> {source, edit, baseline} PNG paths (rule p2p_edit's outputs).
+    """
+    from PIL import Image
+
+    from diffusion_report.io import write_csv
+
+    reader = fit_reader(t2i_cfg, seed)
+    summary = pd.read_csv(eval_summary)
+    rates = {(r["edit"], r["method"]): r for r in summary.to_dict("records")}
+
+    def load(path):
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).transpose(2, 0, 1) / 127.5 - 1.0
+
+    rows = []
+    for edit in edits:
+        etype, why = edit_type(reader.spec, edit)
+        paths = images[edit["name"]]
+        for method, key in (("p2p", "edit"), ("baseline", "baseline")):
+            row = {"edit": edit["name"], "edit_type": etype or "", "method": method}
+            if etype is None:
+                row.update({"measured": False, "cause": why})
+            else:
+                row.update(judge(reader, etype, shapes.parse_caption(reader.spec, edit["source"]),
+                                 shapes.parse_caption(reader.spec, edit["target"]), load(paths["source"]), load(paths[key])))
+                rate_p, rate_b = rates.get((etype, "p2p")), rates.get((etype, "baseline"))
+                if rate_p is not None and rate_b is not None:
+                    row.update({"eval_n": int(rate_p["n"]), "eval_success": float(rate_p["success"]),
+                                "eval_success_baseline": float(rate_b["success"])})
+            rows.append(row)
+    df = pd.DataFrame(rows).reindex(columns=SHOWCASE_COLUMNS)
+    write_csv(out_csv, df)
+    log.info("showcase verdicts:\n%s", df.to_string())
+    return df
+
+
+# --------------------------------------------------------------------------- trade-off sweep
+TRADEOFF_COLUMNS = ["edit", "method", "cross_replace_steps", "n", "success", "mask_iou", "centroid_shift_px", "all_kept"]
+
+
+def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, num_steps: int, guidance: float,
+                    fractions: list[float], self_: float, self_max_tokens: int | None = None) -> pd.DataFrame:
+    """One edit type's trade-off: per fraction of steps with injected cross-attention, the share of
+    cases reaching the target and the layout kept (mean mask IoU and centroid shift between the
+    source and the edited image), plus the no-control baseline (one point, drawn once).
+
+    Every case keeps its x_T across fractions (the evaluation's ``t2i/eval/<edit>/<i>``), so the
+    points differ only by the injection.
+    """
+    from diffusion_report.models.text2image import generate, initial_latents
+
+    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
+    prompts = [p for c in cases for p in (c.source, c.target)]
+    x_T = torch.cat([initial_latents(pipe, seed, f"t2i/eval/{c.edit}/{c.index}") for c in cases]).repeat_interleave(2, dim=0)
+    plain, _ = generate(pipe, prompts, x_T, num_steps, guidance)
+
+    def point(method, frac, images):
+        scores = [score_pair(reader, c, images[2 * i], images[2 * i + 1]) for i, c in enumerate(cases)]
+        return {"edit": edit, "method": method, "cross_replace_steps": frac, "n": len(cases),
+                "success": float(np.mean([s["success"] for s in scores])),
+                "mask_iou": float(np.nanmean([s["mask_iou"] for s in scores])),
+                "centroid_shift_px": float(np.nanmean([s["centroid_shift_px"] for s in scores])),
+                "all_kept": float(np.mean([s["all_kept"] for s in scores]))}
+
+    rows = [point("baseline", float("nan"), plain)]
+    for frac in fractions:
+        ctrls = [make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, float(frac), float(self_), reweight=c.reweight,
+                                 **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases]
+        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(ctrls))
+        rows.append(point("p2p", float(frac), edited))
+    return pd.DataFrame(rows, columns=TRADEOFF_COLUMNS)
+
+
+def tradeoff_figure(path, df: pd.DataFrame) -> None:
+    """Target reached (y) against layout kept (x) per edit type: the p2p curve over the swept
+    fractions (labelled) and the baseline's single point."""
+    import matplotlib
+
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_report.io import save_figure
+
+    edits = list(dict.fromkeys(df["edit"]))
+    fig, axes = plt.subplots(1, len(edits), figsize=(3.3 * len(edits), 3.2), dpi=100, squeeze=False)
+    for ax, edit in zip(axes[0], edits):
+        d = df[df["edit"] == edit]
+        p, b = d[d["method"] == "p2p"].sort_values("cross_replace_steps"), d[d["method"] == "baseline"]
+        ax.plot(p["mask_iou"], p["success"], "o-", color="C0", label="prompt-to-prompt")
+        for _, r in p.iterrows():
+            ax.annotate(f"{r['cross_replace_steps']:g}", (r["mask_iou"], r["success"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8, color="C0")
+        ax.plot(b["mask_iou"], b["success"], "*", ms=12, color="C3", label="no control")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("layout kept (mask IoU with the source)")
+        ax.set_ylabel("target reached (share of seeds)")
+        ax.set_title(edit.replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def t2i_tradeoff(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
+    """Rule t2i_tradeoff: the cross-attention sweep of ``t2i.tradeoff`` (CSV and figure)."""
+    from diffusion_report.io import write_csv
+    from diffusion_report.models.text2image import load_text2image
+
+    tc, ec = t2i_cfg["tradeoff"], t2i_cfg["eval"]
+    pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
+    reader = fit_reader(t2i_cfg, seed)
+    frames = []
+    for edit in tc["edits"]:
+        # the evaluation's cases (drawn as many as it draws, so case i is its case i), the first `seeds`
+        n_eval = max(int(ec["seeds"]), int(tc["seeds"]))
+        cases = edit_cases(reader.spec, edit, n_eval, seed, float(ec["reweight_scale"]))[: int(tc["seeds"])]
+        frames.append(tradeoff_points(pipe, reader, edit, cases, seed, int(ec["num_steps"]), float(ec["guidance_scale"]),
+                                      [float(f) for f in tc["cross_replace_steps"]], float(tc["self_replace_steps"]),
+                                      ec.get("self_max_tokens")))
+        log.info("%s: trade-off done", edit)
+    df = pd.concat(frames, ignore_index=True)
+    write_csv(outputs["csv"], df)
+    tradeoff_figure(outputs["png"], df)
+    log.info("trade-off:\n%s", df.to_string())
+    return df

@@ -7,6 +7,39 @@ import numpy as np
 import pandas as pd
 
 
+# --------------------------------------------------------------------------- goals
+# The goals of a working prompt-to-prompt (the project's issue 16), stated next to the function that checks them.
+GOAL_RATE = 0.9  # p2p reaches the target attribute at >= 0.9x the no-control baseline's rate
+GOAL_IOU_GAIN = 0.2  # and keeps the layout better: mask IoU with the source >= the baseline's + 0.2
+GOAL_SHIFT_PX = 1.0  # with the object's centroid moving at most 1 px on average
+
+
+def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, p_shift: float) -> dict:
+    """Which of the three goals one prompt-to-prompt result meets against its baseline."""
+    rate = bool(p_success >= GOAL_RATE * b_success)
+    layout = bool(p_iou >= b_iou + GOAL_IOU_GAIN)
+    shift = bool(p_shift == p_shift and p_shift <= GOAL_SHIFT_PX)
+    return {"rate": rate, "layout": layout, "shift": shift, "all": rate and layout and shift}
+
+
+def tradeoff_summary(df: pd.DataFrame) -> list[dict]:
+    """Per swept edit type: the baseline's point, the p2p curve's ends (least and most injection)
+    and the fractions whose point meets every goal of :func:`meets_goals`."""
+    out = []
+    for edit, d in df.groupby("edit", sort=False):
+        b = d[d["method"] == "baseline"].iloc[0]
+        p = d[d["method"] == "p2p"].sort_values("cross_replace_steps")
+        points = [dict(r, goals=meets_goals(r["success"], b["success"], r["mask_iou"], b["mask_iou"], r["centroid_shift_px"]))
+                  for r in p.to_dict("records")]
+        lo, hi = points[0], points[-1]
+        out.append({
+            "edit": edit, "n": int(b["n"]), "baseline_success": float(b["success"]), "baseline_iou": float(b["mask_iou"]),
+            "lo": lo, "hi": hi, "meeting": [pt["cross_replace_steps"] for pt in points if pt["goals"]["all"]],
+            "iou_rises": bool(hi["mask_iou"] > lo["mask_iou"]), "success_falls": bool(hi["success"] < lo["success"]),
+        })
+    return out
+
+
 # --------------------------------------------------------------------------- report
 def report_context(files: dict[str, str], config: dict) -> dict:
     """Plain data for the report's t2i section (every number read from the rule outputs)."""
@@ -38,6 +71,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
                 "baseline_kept": b["all_kept"],
                 "p2p_shift": p["centroid_shift_px"],
                 "baseline_shift": b["centroid_shift_px"],
+                "goals": meets_goals(p["success"], b["success"], p["mask_iou"], b["mask_iou"], p["centroid_shift_px"]),
                 "better_iou": bool(p["mask_iou"] > b["mask_iou"]),
                 "better_success": bool(p["success"] > b["success"]),
             }
@@ -83,6 +117,11 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "n_better_success": sum(c["better_success"] for c in comparisons),
         "n_edits": len(comparisons),
         "figures": {k: files[k] for k in ("loss_plot", "samples", "eval_examples")},
+        "n_goals": sum(c["goals"]["all"] for c in comparisons),
+        "goal": {"rate": GOAL_RATE, "iou_gain": GOAL_IOU_GAIN, "shift": GOAL_SHIFT_PX},
+        "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
+        "tradeoff_png": files.get("tradeoff_png"),
+        "tradeoff_cfg": cfg.get("tradeoff"),
     }
 
 
