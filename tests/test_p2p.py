@@ -501,14 +501,22 @@ EDIT = {"name": "shape", "source": "a red circle on a white background", "target
 
 
 @pytest.mark.slow
-def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe, tmp_path):
+def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe, tmp_path, monkeypatch):
+    import numpy as np
     import pandas as pd
     from PIL import Image
 
+    figure_rows = []
+    draw = p2p_stage.attention_figure
+    monkeypatch.setattr(p2p_stage, "attention_figure", lambda path, rows: (figure_rows.extend(rows), draw(path, rows))[1])
     outputs = {k: str(tmp_path / "shape" / (k + (".csv" if k == "metrics" else ".png"))) for k in p2p_stage.ARTIFACTS}
     row = p2p_stage.run_edit(sharpened(pipe), EDIT, outputs, num_steps=STEPS, guidance_scale=5.0, mask_threshold=0.8)
     for k in ("source", "edit", "baseline"):
         assert Image.open(outputs[k]).size == (16, 16)
+    # the attention maps are drawn over each row's own image: source, edited, no control
+    assert [r[0] for r in figure_rows] == ["source", "edited", "no control"]
+    for (_, _, _, image), k in zip(figure_rows, ("source", "edit", "baseline")):
+        np.testing.assert_array_equal(image, np.asarray(Image.open(outputs[k])))
     assert Image.open(outputs["side_by_side"]).size[0] > Image.open(outputs["side_by_side"]).size[1]
     df = pd.read_csv(outputs["metrics"])
     assert list(df.columns) == p2p_stage.METRIC_COLUMNS and df.iloc[0]["mask"] == "local_blend"
@@ -679,3 +687,133 @@ def assert_png_close(a, b, label: str, max_levels: int = 2, max_fraction: float 
         assert (ia.size, ia.mode) == (ib.size, ib.mode), label
         diff = np.abs(np.asarray(ia, np.int16) - np.asarray(ib, np.int16))
     assert float((diff > max_levels).mean()) <= max_fraction, (label, int(diff.max()), float((diff > max_levels).mean()))
+
+
+# --- the attention figure ----------------------------------------------------------------------
+
+
+def _png(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+
+def _in_png(fig, ax, png, inset: int = 3):
+    """The pixels of ``ax`` in the PNG that io.save_figure wrote (bbox_inches="tight" crops the figure
+    to its tight box padded by savefig.pad_inches), less ``inset`` pixels on each side."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    tight = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer()).padded(pad)  # the figure was closed
+    assert png.shape[:2] == (round(tight.height * fig.dpi), round(tight.width * fig.dpi))
+    ext = ax.get_window_extent()
+    x0, x1 = ext.x0 - tight.x0 * fig.dpi, ext.x1 - tight.x0 * fig.dpi
+    y0, y1 = tight.y1 * fig.dpi - ext.y1, tight.y1 * fig.dpi - ext.y0
+    return png[round(y0) + inset : round(y1) - inset, round(x0) + inset : round(x1) - inset]
+
+
+def _luminance(rgb):
+    return rgb[..., :3] @ [0.299, 0.587, 0.114]
+
+
+def _overlay(value, vmax, grey):
+    """The colour the figure should draw: the colour map at ``value / vmax``, ATTENTION_ALPHA over the
+    lightened grey of the image."""
+    import matplotlib
+    import numpy as np
+
+    a = p2p_stage.ATTENTION_ALPHA
+    under = 255 - p2p_stage.ATTENTION_IMAGE_CONTRAST * (255 - grey)
+    return a * 255 * np.asarray(matplotlib.colormaps[p2p_stage.ATTENTION_CMAP](value / vmax)[:3]) + (1 - a) * under
+
+
+def _quadrants(block):
+    h, w = block.shape[0] // 2, block.shape[1] // 2
+    m = 2  # the edges between blocks may be antialiased
+    return [block[:h - m, :w - m], block[:h - m, w + m:], block[h + m:, :w - m], block[h + m:, w + m:]]
+
+
+def test_attention_figure_shares_one_colour_scale_and_shows_it_in_a_colour_bar(tmp_path):
+    """Two rows, the second's maps 4x the first's: one vmin/vmax, so a value has one colour in every
+    panel (the dim map's largest value, 0.2, is drawn as the bright map's smallest); a colour bar
+    from 0 to the largest value with a rising gradient; the same bytes on a rerun."""
+    import numpy as np
+
+    dim = torch.tensor([[0.05, 0.10], [0.15, 0.20]])[..., None]  # (h, w, L=1)
+    image = np.full((16, 16, 3), 100, np.uint8)
+    rows = [("dim", dim, [(0, "x")], image), ("bright", 4 * dim, [(0, "x")], image)]
+    fig = p2p_stage.attention_figure(tmp_path / "a.png", rows)
+    png = _png(tmp_path / "a.png")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+    overlays = [ax.get_images()[-1] for ax in panels]
+    assert [im.get_clim() for im in overlays] == [(0.0, pytest.approx(0.8))] * 2
+    colours = [[q.reshape(-1, 3).mean(0) for q in _quadrants(_in_png(fig, ax, png))] for ax in panels]
+    np.testing.assert_allclose(colours[0][3], colours[1][0], atol=3)  # 0.2 in both panels
+    for k, v in enumerate([0.05, 0.10, 0.15, 0.20]):
+        np.testing.assert_allclose(colours[0][k], _overlay(v, 0.8, 100), atol=3)
+        np.testing.assert_allclose(colours[1][k], _overlay(4 * v, 0.8, 100), atol=3)
+    lum = [_luminance(np.array(c)) for c in colours]
+    assert lum[1].mean() > lum[0].mean() + 40  # the brighter panel's overlay is visibly stronger
+
+    assert bar.get_xlim() == (0.0, pytest.approx(0.8))
+    label = " ".join(bar.get_xlabel().split())
+    assert "cross-attention" in label and "one scale for all panels" in label and "2\u00d72" in label
+    strip = _luminance(_in_png(fig, bar, png, inset=2).mean(0))  # left (0) to right (vmax)
+    assert (np.diff(strip[:: max(1, len(strip) // 12)]) > 0).all() and strip[-1] - strip[0] > 100
+
+    p2p_stage.attention_figure(tmp_path / "b.png", rows)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_attention_figure_upsamples_nearest_to_the_image_and_overlays_it(tmp_path):
+    """A 2x2 map on a 16x16 image: the overlay is the map repeated in 8x8 blocks at the image's size
+    (no interpolation), drawn over the row's image, so the panel shows 4 uniform blocks whose colours
+    are the map's colours over the image's grey."""
+    import numpy as np
+
+    m = torch.tensor([[0.1, 0.4], [0.7, 1.0]])
+    maps = torch.stack([m, m.flip(0)], dim=-1)  # (2, 2, 2): two tokens
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[..., 1] = 200  # green: grey = 0.587 * 200
+    fig = p2p_stage.attention_figure(tmp_path / "a.png", [("source", maps, [(0, "x"), (1, "y")], image)])
+    png = _png(tmp_path / "a.png")
+    ax = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][0]
+    under, overlay = ax.get_images()
+    np.testing.assert_array_equal(overlay.get_array(), np.kron(m.numpy(), np.ones((8, 8))))
+    assert under.get_array().shape == (16, 16)
+    grey = 0.587 * 200
+    for q, v in zip(_quadrants(_in_png(fig, ax, png)), [0.1, 0.4, 0.7, 1.0]):
+        assert q.std(axis=(0, 1)).max() < 1.0  # uniform
+        np.testing.assert_allclose(q.reshape(-1, 3).mean(0), _overlay(v, 1.0, grey), atol=3)
+    np.testing.assert_array_equal(p2p_stage.upsample_nearest(np.arange(6).reshape(2, 3), (4, 3)),
+                                  [[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
+
+
+@pytest.mark.parametrize("target", ["a red square on a white background", "a photo of a house on a mountain at winter",
+                                    "a photo of a red cat and a blue dog on a white house on a mountain at winter"])
+def test_attention_figure_text_prints_at_least_7pt_in_the_report(tok, tmp_path, target):
+    """The report prints a PNG at 0.75 pt per pixel, at most 482 pt wide and 19 cm high: every text of
+    the figure, at its font size times that scale, is at least 7 pt (7, 10 and 18 tokens)."""
+    import numpy as np
+    from matplotlib.text import Text
+
+    source = "a red circle on a white background"
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(8, 8, MAX_LEN + 8, generator=g) / 4
+    image = np.full((16, 16, 3), 255, np.uint8)
+    labels = [attention.token_labels(p, tok) if len(p.split()) < MAX_LEN - 1 else [(i + 1, w) for i, w in enumerate(p.split())]
+              for p in (source, target, target)]
+    rows = [(title, maps, lbl, image) for title, lbl in zip(("source", "edited", "no control"), labels)]
+    fig = p2p_stage.attention_figure(tmp_path / "a.png", rows)
+    h_px, w_px = _png(tmp_path / "a.png").shape[:2]
+    shown_pt = min(482.0, 0.75 * w_px, 0.75 * w_px * (19 / 2.54 * 72) / (0.75 * h_px))  # printed width
+    scale = shown_pt / (w_px / fig.dpi * 72)
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert {lbl for _, lbl in labels[1]} <= {t.get_text() for t in texts}
+    smallest = min(t.get_fontsize() for t in texts) * scale
+    assert smallest >= 7, (w_px, h_px, scale, smallest)

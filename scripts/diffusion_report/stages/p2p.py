@@ -62,32 +62,129 @@ def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
     plt.close(fig)
 
 
-def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[int, str]]]]) -> None:
-    """Per-token cross-attention maps: one row per (title, maps (h, w, L), token labels)."""
+ATTENTION_CMAP = "inferno"
+ATTENTION_ALPHA = 0.7  # opacity of the attention colours over the grey-scale image (and of the colour bar over white)
+ATTENTION_IMAGE_CONTRAST = 0.5  # the grey-scale image under the colours, lightened to [255 * (1 - this), 255]
+ATTENTION_DPI = 150
+ATTENTION_FONT_PT = 8.0  # at the figure's size; the report prints it at >= 8 pt (see attention_figure)
+PRINT_WIDTH_IN = 482 / 72  # the widest the report prints a figure (17 cm)
+PRINT_HEIGHT_IN = 19 / 2.54  # the highest (19 cm)
+
+
+def upsample_nearest(m, size: tuple[int, int]):
+    """A (h, w) map at ``size`` (H, W), nearest neighbour (as ``F.interpolate(mode="nearest")``), float64."""
+    import numpy as np
+
+    m = np.asarray(m, dtype=np.float64)
+    H, W = int(size[0]), int(size[1])
+    rows = np.minimum((np.arange(H) * m.shape[0]) // H, m.shape[0] - 1)
+    cols = np.minimum((np.arange(W) * m.shape[1]) // W, m.shape[1] - 1)
+    return m[rows][:, cols]
+
+
+def _text_width_in(text: str, size: float) -> float:
+    """Width in inches of ``text`` set at ``size`` points in the default font."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    return TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0] / 72
+
+
+def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[int, str]], object]]):
+    """Per-token cross-attention maps over the generated images, one colour scale for the figure.
+
+    One row per (title, maps (h, w, L), token labels [(position, text)], image (H, W, C) uint8):
+    each labelled token's map is upsampled (nearest neighbour) to the image's size and drawn in
+    ``ATTENTION_CMAP`` at ``ATTENTION_ALPHA`` over a grey-scale copy of that row's image. All panels
+    share vmin = 0 and vmax = the largest value shown, and one colour bar. The maps are what
+    :meth:`AttentionStore.average` gives: cross-attention probabilities of the conditional branch,
+    averaged over heads, over the cross-attention layers at the stored resolution and over the steps.
+
+    Sized so that the report prints every text at >= 7 pt: at most ``PRINT_WIDTH_IN`` wide (a prompt
+    with more tokens than fit continues on further lines), fonts ``ATTENTION_FONT_PT``, panels no
+    narrower than their token labels. Returns the (closed) figure;
+    its colour bar is the axes labelled ``"<colorbar>"``.
+    """
+    import textwrap
+
     import matplotlib
+    import numpy as np
 
     from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
     from diffusion_report.io import save_figure
 
-    ncols = max(1, max(len(lbl) for _, _, lbl in rows))
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.15 * ncols + 0.4, 1.35 * len(rows) + 0.3), dpi=100, squeeze=False)
-    for r, (title, maps, labels) in enumerate(rows):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(labels):
-                pos, text = labels[c]
-                m = maps[..., pos]
-                ax.imshow((m / m.max().clamp_min(1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(text, fontsize=8)
-        axes[r, 0].text(-0.15, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
+    if not rows:
+        raise ValueError("attention_figure: no rows")
+    panels = []  # per row: [(text, map at the image size)], grey image
+    for title, maps, labels, image in rows:
+        img = np.asarray(image)
+        if img.ndim == 3:
+            grey = img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        else:
+            grey = img.astype(np.float64)
+        maps = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, dtype=np.float64)
+        grey = 255.0 - ATTENTION_IMAGE_CONTRAST * (255.0 - grey)  # lightened: the attention colours dominate
+        panels.append(([(text, upsample_nearest(maps[..., pos], grey.shape)) for pos, text in labels], grey))
+    values = [m for cells, _ in panels for _, m in cells]
+    vmin = min([0.0] + [float(m.min()) for m in values])  # 0 (a negative reweight scale would go below)
+    vmax = max([0.0] + [float(m.max()) for m in values])
+    norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1.0)
+    h, w = rows[0][1].shape[:2]
+
+    # Layout: square panels of side `cell`, the figure at most PRINT_WIDTH_IN wide and PRINT_HEIGHT_IN
+    # high (so printed at full size), panels wide enough that neighbouring token labels do not touch;
+    # a prompt with more tokens than fit on one line continues on further lines.
+    fs = ATTENTION_FONT_PT
+    ntok = max(1, max(len(cells) for cells, _ in panels))
+    avail = PRINT_WIDTH_IN - 0.3 - 0.45  # less the row titles, the save's padding and the spacing
+    widths = [[_text_width_in(t, fs) for t, _ in cells] for cells, _ in panels]
+    widest = max([(a + b) / 2 for ws in widths for a, b in zip(ws, ws[1:])] + [w / 2 for ws in widths for w in ws])
+    min_cell = min(avail, max(0.45, widest + 0.06))  # neighbouring token labels do not touch
+    lines = -(-ntok // max(1, int(avail // min_cell)))  # ceil
+    ncols = -(-ntok // lines)
+    row_lines = [max(1, -(-len(cells) // ncols)) for cells, _ in panels]
+    bar_in = 0.75 + 0.03 * fs
+    cell = max(0.45, min(0.95, avail / ncols, (PRINT_HEIGHT_IN - 0.3 - bar_in) / sum(row_lines) - 0.12))
+    width = 0.3 + cell * ncols
+    fig = plt.figure(figsize=(width, sum(row_lines) * (cell + 0.12) + bar_in), dpi=ATTENTION_DPI, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    axes = fig.subplots(sum(row_lines), ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    first = 0  # the grid row of the prompt row's first line
+    for (title, *_), (cells, grey), n_lines in zip(rows, panels, row_lines):
+        if _text_width_in(title, fs) > cell - 0.04:  # "no control": one word a line along a small panel
+            title = title.replace(" ", "\n")
+        axes[first, 0].set_ylabel(title, fontsize=fs, labelpad=3)
+        for k in range(n_lines * ncols):
+            ax = axes[first + k // ncols, k % ncols]
+            if k < len(cells):
+                text, m = cells[k]
+                ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                ax.imshow(m, cmap=ATTENTION_CMAP, norm=norm, alpha=ATTENTION_ALPHA, interpolation="nearest")
+                ax.set_title(text, fontsize=fs, pad=2)
+            elif k > 0:
+                ax.set_axis_off()
+        first += n_lines
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=ATTENTION_CMAP), ax=axes, alpha=ATTENTION_ALPHA, orientation="horizontal",
+                       location="bottom", fraction=0.05, shrink=0.9, pad=0.02,
+                       aspect=max(4.0, 0.9 * cell * ncols / 0.12))  # a bar 0.12 in thick
+    label = ["cross-attention probability of the token, one scale for all panels",
+             f"(mean over denoising steps, heads and the {h}\u00d7{w} cross-attention layers)"]
+    chars = max(30, int(width * 72 / (0.5 * fs)))  # narrow figures: wrap rather than widen the figure
+    bar.set_label("\n".join(line for text in label for line in textwrap.wrap(text, chars, break_on_hyphens=False)), fontsize=fs)
+    bar.ax.tick_params(labelsize=fs)
     save_figure(path, fig)
     plt.close(fig)
+    return fig
 
 
 def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale: float, mask_threshold: float = 0.3, seed: int = 0) -> dict:
@@ -122,9 +219,9 @@ def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale:
         f"source: {edit['source']}", f"{edit['mode']}: {edit['target']}", f"no control: {edit['target']}"])
     avg, base_avg = store.average(), base_store.average()
     attention_figure(outputs["attention"], [
-        ("source", avg[0], token_labels(edit["source"], pipe.tokenizer)),
-        ("edited", avg[1], token_labels(edit["target"], pipe.tokenizer)),
-        ("no control", base_avg[0], token_labels(edit["target"], pipe.tokenizer)),
+        ("source", avg[0], token_labels(edit["source"], pipe.tokenizer), src),
+        ("edited", avg[1], token_labels(edit["target"], pipe.tokenizer), edt),
+        ("no control", base_avg[0], token_labels(edit["target"], pipe.tokenizer), base),
     ])
     mask, kind = region_mask(store, edit, pipe.tokenizer, max_len, mask_threshold, tuple(src.shape[:2]))
     outside = (~mask).numpy()
