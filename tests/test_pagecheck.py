@@ -144,3 +144,43 @@ def test_save_figure_records_the_smallest_drawn_font(tmp_path):
     ax.axis("off")
     save_figure(tmp_path / "g.png", fig2)
     assert Image.open(tmp_path / "g.png").info["min-font-pt"] == "none"
+
+
+def test_figures_at_the_default_configs_sizes_print_text_at_7pt(tmp_path):
+    """Each figure function, fed the default config's counts (64 DDIM samples in 7 rows, 16
+    reconstructions, 8x8 text-to-image samples, 10 evaluation examples, 5 forward images at 5
+    timesteps, three prompts side by side), prints its smallest text at >= 7 pt."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from diffusion_report import figures
+    from diffusion_report.io import save_figure
+    from diffusion_report.stages import ddim, ddim_experiments, p2p, t2i
+
+    g = torch.Generator().manual_seed(0)
+    digits = torch.rand(64, 1, 16, 16, generator=g) * 2 - 1
+    rgb16 = [torch.rand(3, 16, 16, generator=g) * 2 - 1 for _ in range(8)]
+    out = {}
+
+    def saved(name, fig):
+        save_figure(tmp_path / name, fig)
+        figures.close(fig)
+        out[name] = tmp_path / name
+
+    saved("ddim_grid.png", ddim._grid_figure([(f"DDIM S = {s}", digits) for s in (5, 10, 20, 50, 100, 1000)] + [("DDPM", digits)]))
+    saved("recon.png", figures.image_grid([list(digits[:16])] + [list(digits[:16])] * 5, row_labels=["input"] + [f"S = {s}" for s in (10, 20, 50, 100, 1000)], cell_inches=0.55))
+    saved("interp.png", figures.image_grid([list(digits[:9])] * 4, col_labels=[f"{a:.2g}" for a in np.linspace(0, 1, 9)], cell_inches=0.55))
+    saved("fwd_grid.png", figures.image_grid([list(torch.rand(5, 3, 128, 128, generator=g))] * 5, row_labels=["astronaut"] * 5, col_labels=[f"t = {t}" for t in (0, 10, 50, 100, 500)]))
+    rows = [{"variant": v, "steps": s, "fd": 10.0 + s / 100, "fd_boot_std": 1.0} for v in ("eta=0", "eta=0.2", "eta=0.5", "eta=1", "sigma_hat") for s in (10, 20, 50, 100, 1000)]
+    saved("quality.png", ddim_experiments.quality_figure(pd.DataFrame(rows + [{"variant": "real digits", "steps": 0, "fd": 9.0, "fd_boot_std": 1.0}]),
+                                                          ["eta=0", "eta=0.2", "eta=0.5", "eta=1", "sigma_hat"]))
+    caption = "a big yellow triangle on a black background"
+    t2i.image_grid_figure(tmp_path / "samples.png", [rgb16] * 8, [caption] * 8)
+    t2i.image_grid_figure(tmp_path / "examples.png", [rgb16[:3]] * 10, [f"refine_big #1\n{caption}\n-> {caption}"] * 10,
+                          ["source", "prompt-to-prompt", "no control"], cell=1.0)
+    img = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    p2p.side_by_side_figure(tmp_path / "side.png", [img] * 3, [f"source: {caption}", f"replace: {caption}", f"no control: {caption}"])
+    out.update({n: tmp_path / n for n in ("samples.png", "examples.png", "side.png")})
+    small = {name: round(pagecheck.printed_font_pt(path), 2) for name, path in out.items()}
+    assert all(v >= pagecheck.MIN_FIGURE_FONT_PT for v in small.values()), small

@@ -13,6 +13,20 @@ from diffusion_report.io import to_uint8  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "diffusion-report", "figure.dpi": 100, "font.size": 9})
 
+# The report prints a figure at most PAGE_WIDTH_IN wide and PAGE_HEIGHT_IN high (report/style.css: the
+# A4 text column, and 19 cm); a figure drawn within them prints at its own size or larger (a PNG pixel
+# is 0.75 pt, i.e. 96 dpi), so its text keeps its point size. Figures are sized to fit, and their
+# smallest text is MIN_FONT_PT, above the 7 pt the print check asks (report.pagecheck).
+PAGE_WIDTH_IN = 6.6
+PAGE_HEIGHT_IN = 7.3
+MIN_FONT_PT = 7.5
+
+
+def fit_cell(cell: float, rows: int, cols: int, extra_w: float, extra_h: float) -> float:
+    """The largest cell size (inches) up to ``cell`` for which ``cols`` cells plus ``extra_w`` and
+    ``rows`` cells plus ``extra_h`` fit the printed page."""
+    return min(cell, (PAGE_WIDTH_IN - extra_w) / max(cols, 1), (PAGE_HEIGHT_IN - extra_h) / max(rows, 1))
+
 
 def image_grid(
     images: list[list[torch.Tensor | np.ndarray]],
@@ -23,6 +37,7 @@ def image_grid(
 ):
     """A rows x cols grid of images (tensors in [-1, 1] (C, H, W) or uint8 arrays), with labels."""
     rows, cols = len(images), max(len(r) for r in images)
+    cell_inches = fit_cell(cell_inches, rows, cols, 0.6, 0.4)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_inches + 0.6, rows * cell_inches + 0.4), squeeze=False)
     for r in range(rows):
         for c in range(cols):

@@ -130,6 +130,23 @@ def _figure_fonts(html: str) -> list[tuple[float | None, float, int] | None]:
     return out
 
 
+def printed_font_pt(png: str | Path, body_width_pt: float = 482.0, max_height_pt: float = 19 * CM) -> float | None:
+    """The smallest text of a figure PNG (saved by ``io.save_figure``) as the report prints it: a
+    pixel is 0.75 pt (96 dpi), shrunk to at most the text column's width and 19 cm high
+    (``report/style.css``). None: the figure has no text."""
+    from PIL import Image
+
+    im = Image.open(png)
+    rec = im.info.get("min-font-pt")
+    if rec is None:
+        raise ValueError(f"{png}: no font record (not saved by io.save_figure)")
+    if rec == "none":
+        return None
+    dpi = float(im.info.get("figure-dpi", 100))
+    shown_w = min(im.width * 0.75, body_width_pt, max_height_pt * im.width / im.height)
+    return float(rec) * shown_w / (im.width / dpi * 72)
+
+
 def check(pdf_path: str | Path, html_path: str | Path | None = None, css_path: str | Path | None = None) -> list[str]:
     """Problems with the print rules of the module docstring (empty list: all hold)."""
     import pdfplumber

@@ -129,7 +129,7 @@ def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
     """Rows = samplers, columns = samples (same x_T per column). Images (N, C, H, W) in [-1, 1]."""
     import matplotlib
 
-    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+    from diffusion_report import figures  # the project's matplotlib style and page size
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,20 +138,21 @@ def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
 
     n = min(max_cols, rows[0][1].shape[0])
     h = rows[0][1].shape[-1]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(0.55 * n + 1.0, 0.6 * len(rows) + 0.3), dpi=150, squeeze=False)
+    cell = figures.fit_cell(0.55, len(rows), n, 1.0, 0.5)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(cell * n + 1.0, (cell + 0.05) * len(rows) + 0.5), dpi=150, squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], rows):
         tiles = [to_uint8(img) for img in x[:n]]
         pad = np.full((tiles[0].shape[0], 1) + tiles[0].shape[2:], 255, dtype=np.uint8)
         strip = np.concatenate([t for tile in tiles for t in (tile, pad)][:-1], axis=1)
         ax.imshow(strip, cmap="gray" if strip.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         ax.set_xticks([(h + 1) * i + (h - 1) / 2 for i in range(n)])
-        ax.set_xticklabels([str(i) for i in range(n)] if ax is axes[-1, 0] else [], fontsize=6)
+        ax.set_xticklabels([str(i) for i in range(n)] if ax is axes[-1, 0] else [], fontsize=figures.MIN_FONT_PT)
         ax.tick_params(length=0)
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
         for s in ax.spines.values():
             s.set_visible(False)
-    axes[-1, 0].set_xlabel("sample (same x_T in every row)", fontsize=7)
+    axes[-1, 0].set_xlabel("sample (same $x_T$ in every row)", fontsize=8)
     fig.tight_layout(h_pad=0.2)
     return fig
 

@@ -151,7 +151,7 @@ def quality_figure(df, variants: list[str]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0), dpi=150)
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.2), dpi=150)
     for i, v in enumerate(variants):
         sub = df[df.variant == v].sort_values("steps")
         name = v.replace("sigma_hat", r"$\hat\sigma$").replace("eta=", r"$\eta$ = ")
@@ -171,9 +171,9 @@ def quality_figure(df, variants: list[str]):
         ax.set_xticks(list(ticks), [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("sampling steps S", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=6.5, frameon=False)
+    axes[0].legend(fontsize=7.5, frameon=False)
     fig.tight_layout()
     return fig
 

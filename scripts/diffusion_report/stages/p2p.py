@@ -52,10 +52,10 @@ def side_by_side_figure(path, images: Sequence, titles: Sequence[str]) -> None:
 
     from diffusion_report.io import save_figure
 
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.9), dpi=100)
+    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.9), dpi=100)  # prints at its own size
     for ax, img, title in zip(axes, images, titles):
         ax.imshow(img, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(title, 30)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, 24)), fontsize=8.5)
         ax.axis("off")
     fig.tight_layout()
     save_figure(path, fig)

@@ -194,10 +194,11 @@ def t2i_reader(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- figures
 def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str] | None = None, cell: float = 0.9) -> None:
-    """A grid of small images (each (3, H, W) in [-1, 1]) drawn with nearest-neighbour upscaling."""
+    """A grid of small images (each (3, H, W) in [-1, 1]) drawn with nearest-neighbour upscaling,
+    cells shrunk (``figures.fit_cell``) so that the grid prints at its own size."""
     import matplotlib
 
-    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+    from diffusion_report import figures  # the project's matplotlib style and page size
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,6 +206,7 @@ def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[s
     from diffusion_report.io import save_figure, to_uint8
 
     rows, cols = len(images), max(len(r) for r in images)
+    cell = figures.fit_cell(cell, rows, cols, 2.6, 0.4)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + 2.6, rows * cell + 0.4), dpi=100, squeeze=False)
     for i, row in enumerate(images):
         for j in range(cols):
@@ -216,8 +218,8 @@ def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[s
             else:
                 ax.axis("off")
             if i == 0 and col_labels:
-                ax.set_title(col_labels[j], fontsize=7)
-        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
+                ax.set_title(col_labels[j], fontsize=figures.MIN_FONT_PT)
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=figures.MIN_FONT_PT)
     fig.tight_layout(pad=0.3)
     save_figure(path, fig)
     plt.close(fig)
