@@ -1,10 +1,11 @@
-r"""LaTeX to HTML for the report (rule ``theory_render``): :func:`render_fragment` turns ``report/theory.tex`` into an HTML fragment with
+r"""LaTeX to HTML for the report (rule ``theory_render``): :func:`render_theory` turns ``report/theory.tex`` into an HTML fragment with
   pandoc (LaTeX reader -> JSON AST, with citeproc for the reference list), then walks the AST:
   every ``Math`` node becomes an inline SVG drawn by ziamath (vector glyph outlines, no fonts, no
   JavaScript, the same in a browser and in WeasyPrint; ``role="img"`` with the TeX source as its
   ``aria-label`` and ``<title>``, the text alternative), numbered display equations get an anchor
   and a number, and ``\eqref``/``\ref`` links get that number. Unknown LaTeX commands are errors,
-  never silently dropped or drawn as raw TeX.
+  never silently dropped or drawn as raw TeX. The reference list comes back apart from the body, so that
+  the report can print it as its own last section; the citations in the body link to its entries.
 
 The numerical checks of the derivation are :mod:`diffusion_report.stages.theory`.
 """
@@ -62,13 +63,32 @@ def run_pandoc(args: list[str], stdin: str, cwd: str | Path | None = None) -> st
 
 
 def latex_to_ast(tex_path: str | Path, bib_path: str | Path | None) -> dict:
-    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended)."""
+    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended as
+    the last block, a Div with id ``refs`` and no heading: the report gives it one, see :func:`split_references`)."""
     tex_path = Path(tex_path)
     args = ["-f", "latex", "-t", "json"]
     if bib_path is not None:
-        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true",
-                 "-M", "reference-section-title=References"]
+        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true"]
     return json.loads(run_pandoc(args, tex_path.read_text(encoding="utf-8"), cwd=tex_path.parent))
+
+
+REFS_DIV = "refs"  # citeproc's id of the reference list (pandoc's --id-prefix makes it theory-refs in HTML)
+
+
+def split_references(ast: dict) -> tuple[dict, dict | None]:
+    """(the AST without its reference list, an AST of the list alone, or None when nothing is cited).
+
+    Both keep pandoc's metadata, so rendered with :func:`ast_to_html` (same ``--id-prefix``) the
+    citations of the body link to the entries of the list, wherever the report puts it.
+    """
+    blocks = ast["blocks"]
+    found = [i for i, b in enumerate(blocks) if b.get("t") == "Div" and b["c"][0][0] == REFS_DIV]
+    if not found:
+        return ast, None
+    if len(found) > 1:
+        raise TheoryRenderError("more than one reference list in the document")
+    body = {**ast, "blocks": blocks[:found[0]] + blocks[found[0] + 1:]}
+    return body, {**ast, "blocks": [blocks[found[0]]]}
 
 
 def ast_to_html(ast: dict) -> str:
@@ -271,11 +291,10 @@ def math_to_svg_ast(ast: dict) -> dict:
     return ast
 
 
-def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
-    """theory.tex (+ .bib) -> HTML fragment: sections as <h3>, math as SVG, numbered equations."""
-    ast = latex_to_ast(tex_path, bib_path)
+def _check_rendered(ast: dict, parts: list[str]) -> None:
+    """Every Math node of ``ast`` became one SVG in ``parts``, and no raw TeX is left in their text."""
     n_math = json.dumps(ast).count('{"t": "Math"')
-    html_out = ast_to_html(math_to_svg_ast(ast))
+    html_out = "".join(parts)
     n_svg = html_out.count('<span class="math ')
     if n_svg != n_math or html_out.count("<svg") != n_math:
         raise TheoryRenderError(f"{n_math} math spans in theory.tex but {n_svg} rendered as SVG")
@@ -284,17 +303,39 @@ def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) ->
     leftover = re.findall(r"\\[A-Za-z]+|\$", visible)
     if leftover:
         raise TheoryRenderError(f"raw TeX left in the rendered theory section: {sorted(set(leftover))}")
-    return html_out
 
 
-def theory_render(tex_path: str, out_html: str, bib_path: str | None = None) -> None:
-    """Rule theory_render: write the HTML fragment atomically."""
+def render_theory(tex_path: str | Path, bib_path: str | Path | None = None) -> tuple[str, str]:
+    """theory.tex (+ .bib) -> (HTML fragment of the body, HTML of its reference list or "").
+
+    The body has sections as <h3>, math as SVG and numbered equations; its citations link to the
+    entries of the list (ids ``theory-ref-<key>``), which has no heading of its own.
+    """
+    ast = latex_to_ast(tex_path, bib_path)
+    body, refs = split_references(math_to_svg_ast(ast))
+    parts = [ast_to_html(body), ast_to_html(refs) if refs is not None else ""]
+    _check_rendered(ast, parts)
+    return parts[0], parts[1]
+
+
+def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
+    """theory.tex (+ .bib) as one HTML fragment: the body of :func:`render_theory` followed by its reference list."""
+    body, refs = render_theory(tex_path, bib_path)
+    return body + refs
+
+
+def theory_render(tex_path: str, out_html: str, bib_path: str | None = None, out_refs: str | None = None) -> None:
+    """Rule theory_render: write the HTML fragment and, to ``out_refs``, its reference list (both atomically)."""
     from diffusion_report.io import write_text
 
-    fragment = render_fragment(tex_path, bib_path)
-    log.info("rendered %s: %d math spans, %d numbered equations", tex_path, fragment.count('class="math '),
-             fragment.count('class="eqno"'))
+    fragment, refs = render_theory(tex_path, bib_path)
+    log.info("rendered %s: %d math spans, %d numbered equations, %d references", tex_path, fragment.count('class="math '),
+             fragment.count('class="eqno"'), refs.count('class="csl-entry"'))
+    if out_refs is None and refs:
+        raise TheoryRenderError("theory.tex cites references but no file was given for the reference list")
     write_text(out_html, fragment)
+    if out_refs is not None:
+        write_text(out_refs, refs)
 
 
 def equation_numbers(fragment: str) -> dict[str, str]:

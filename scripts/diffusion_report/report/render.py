@@ -405,6 +405,18 @@ def glyph_label(ch: str) -> str:
     return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
 
 
+def broken_links(page: str) -> list[str]:
+    """The targets of in-page links (``href="#..."``) that no element of the page has as its id, sorted."""
+    ids = set(re.findall(r'\sid="([^"]+)"', page))
+    return sorted({target for target in re.findall(r'\shref="#([^"]*)"', page) if target not in ids})
+
+
+def references_html(sections: list[dict]) -> Markup:
+    """The reference lists the sections' contexts carry (``references``: citeproc's HTML, from the theory
+    section), for the report's own last section "References"; empty when nothing is cited."""
+    return Markup("".join(s["ctx"].get("references") or "" for s in sections))
+
+
 def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
                 out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks",
                 now: datetime | None = None) -> str:
@@ -414,12 +426,15 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
     are marked measured, so two renders differ only inside those marks. Characters that no
     installed font can draw (an emoji, a script without a font) would print as blank boxes in the
     PDF with only a WeasyPrint warning in a log; they are listed in a visible note at the top of
-    the report instead (and logged)."""
+    the report instead (and logged). The sections' reference lists make one section "References"
+    after the last exercise; an in-page link without its target (a citation, a figure) stops the render."""
     files = split_inputs(flat_inputs)
     env = environment(templates_dir)
+    sections = stage_contexts(files, config)
     context = dict(
         title=config.get("report", {}).get("title", "Diffusion models"),
-        sections=stage_contexts(files, config),
+        sections=sections,
+        references=references_html(sections),
         models=models_used(config),
         config=config,
         css=Path(css_path).read_text(encoding="utf-8"),
@@ -441,6 +456,9 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         missing = re.findall(r'<span class="xref-missing">\[([^]]*)\]</span>', page)
         if missing:
             raise ValueError(f"report: the text refers to figures or tables that are not in it: {', '.join(sorted(set(missing)))}")
+        broken = broken_links(page)
+        if broken:
+            raise ValueError(f"report: links to anchors that are not in it: {', '.join(broken)}")
         return page
 
     page = render()

@@ -1,4 +1,4 @@
-"""The report's theory section: the rendered fragment and the checks table (no torch).
+"""The report's theory section: the rendered fragment, its reference list and the checks table (no torch).
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ def summarise(df: pd.DataFrame) -> list[dict]:
 def report_context(files: dict[str, str], config: dict) -> dict:
     """Plain data for report/templates/sections/theory.html.j2.
 
-    files: {"html": theory.html fragment, "checks": checks.csv, "params": what the checks ran with}.
+    files: {"html": theory.html fragment, "refs": its reference list (references.html), "checks": checks.csv,
+    "params": what the checks ran with}. The reference list is returned as ``references``: the report
+    prints it as its own last section (:func:`diffusion_report.report.render.report_html`).
     """
     fragment = Path(files["html"]).read_text(encoding="utf-8")
+    references = Path(files["refs"]).read_text(encoding="utf-8")
     df = pd.read_csv(files["checks"])
     params = json.loads(Path(files["params"]).read_text(encoding="utf-8"))
     numbers = equation_numbers(fragment)
@@ -41,6 +44,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     mc = df[df["method"].str.startswith("Monte Carlo")]
     return {
         "html": fragment,
+        "references": references,
         "summary_rows": summary,
         "rows": df.to_dict(orient="records"),
         "n_checks": int(len(df)),
