@@ -193,6 +193,10 @@ def test_fmt():
     assert report.fmt(3) == "3"
     assert report.fmt(float("nan")) == "n/a"
     assert report.fmt(123456.0) == "1.235e+05"
+    from markupsafe import Markup
+
+    cell = Markup('<span class="math inline"><svg></svg></span>')
+    assert report.fmt(cell) is cell  # typeset notation in a table cell stays markup
 
 
 UNICORN = "\N{UNICORN FACE}"
@@ -425,3 +429,20 @@ def test_a_dangling_link_stops_the_report(tmp_path, fixture_results):
     assert not (tmp_path / "r.html").exists()
     assert report.broken_links('<a href="#a">a</a><p id="a"></p><a href="#b">') == ["b"]
 
+
+def test_theory_table_cells_are_typeset_math(tmp_path, theory_results):
+    """The checks table writes identities like the body: inline SVG with the TeX as text alternative,
+    no ASCII sqrt( or abar; the same bytes twice."""
+    cfg, flat, bench = theory_results
+    a, html = render(tmp_path, cfg, flat, bench, "a.html")
+    b, _ = render(tmp_path, cfg, flat, bench, "b.html")
+    assert a.read_bytes() == b.read_bytes()
+    theory = html[html.index('<h3 id="theory-checks">'):html.index('<section id="forward">')]
+    cells = re.findall(r"<tr><td>(.*?)</td>", theory, re.S)
+    assert len(cells) > 15
+    for cell in cells:
+        assert '<span class="math inline"><svg role="img" aria-label="' in cell and "<title>" in cell
+        text = re.sub(r"<[^>]+>", "", re.sub(r"<svg.*?</svg>", "", cell, flags=re.S))
+        assert "sqrt(" not in text and "abar" not in text and "x0" not in text and "_t" not in text, text
+    assert r'aria-label="= \sqrt{\bar\alpha_t}"' in theory
+    assert "<img" not in theory  # inline vector math, nothing fetched

@@ -476,6 +476,18 @@ def test_no_citation_no_reference_list(tmp_path):
     assert out.read_text() == body and out_refs.read_text() == ""
 
 
+def test_inline_tex_typesets_math_and_escapes_text():
+    out = latex.inline_tex(r"chain $x_0$ coefficient $= \sqrt{\bar\alpha_t}$ of `ddim_step` <b> & co")
+    assert out.count('<span class="math inline"><svg role="img"') == 2
+    assert 'aria-label="x_0"' in out and "<title>= \\sqrt{\\bar\\alpha_t}</title>" in out
+    assert "<code>ddim_step</code>" in out and "&lt;b&gt; &amp; co" in out and "<b>" not in out
+    assert latex.inline_tex("no math") == "no math"
+    with pytest.raises(latex.TheoryRenderError, match="unpaired"):
+        latex.inline_tex("costs $5")
+    with pytest.raises(latex.TheoryRenderError, match=r"\\foo"):
+        latex.inline_tex(r"$\foo$")
+
+
 def test_render_rejects_what_it_cannot_render(tmp_path):
     def render(body: str):
         tex = tmp_path / "t.tex"
@@ -588,7 +600,56 @@ def test_report_context_and_section_template(tmp_path, parts, config):
     out = env.get_template("sections/theory.html.j2").render(ctx=ctx, config=config)
     assert out.lstrip().startswith('<section id="theory">') and "<h2>" in out
     assert ctx["references"] == refs and 'id="theory-refs"' not in out  # the report prints the list at its end
-    assert out.count("<svg") == fragment.count("<svg")  # the fragment is inserted unescaped
+    assert out.count("<svg") >= fragment.count("<svg")  # the fragment is inserted unescaped
     assert "&lt;svg" not in out and "Table 1." in out
     assert f"{ctx['n_passed']} of {ctx['n_checks']} checks" in out
 
+
+ASCII_NOTATION = re.compile(r"sqrt\(|abar|alpha_bar|\bx0\b|x_[0-9tT]|eps|mu_|beta_|sigma|_theta|\^2|floor\(|\|")
+
+
+def _visible(cell: str) -> str:
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<svg.*?</svg>", "", cell, flags=re.S)))
+
+
+def test_checks_table_typesets_the_identities(tmp_path, parts, config):
+    """The checks table writes each identity like the derivation: math as SVG with its TeX as text
+    alternative, no ASCII notation (sqrt(abar_t), x0, |mu_tilde - mu_theta|^2) in its visible text."""
+    from diffusion_report.report import render as report
+
+    fragment, refs = parts
+    (tmp_path / "theory.html").write_text(fragment)
+    (tmp_path / "references.html").write_text(refs)
+    schedule = Schedule.from_config(config["schedule"])
+    theory.run_checks(schedule, [1, 100], 200, seed=0).to_csv(tmp_path / "checks.csv", index=False)
+    (tmp_path / "params.json").write_text(json.dumps(theory.check_parameters(schedule, config["schedule"], {"mc_samples": 200})))
+    ctx = theory_section.report_context({k: str(tmp_path / f) for k, f in [("html", "theory.html"), ("refs", "references.html"),
+                                         ("checks", "checks.csv"), ("params", "params.json")]}, config)
+    out = report.environment(ROOT / "report" / "templates").get_template("sections/theory.html.j2").render(ctx=ctx, config=config)
+    table = out[out.index('<table id="tab-1">'):]
+    cells = re.findall(r"<tr><td>(.*?)</td>", table, re.S)  # the identity column
+    assert len(cells) == ctx["n_identities"] > 15
+    labels = []
+    for cell in cells:
+        parser = _SvgAlternatives()
+        parser.feed(cell)
+        assert parser.found, cell[:200]  # every identity has some notation, typeset
+        assert all(s["role"] == "img" and s["label"] and s["label"] == s["title"] for s in parser.found)
+        assert not ASCII_NOTATION.search(_visible(cell)), _visible(cell)
+        labels += [s["label"] for s in parser.found]
+    assert out.count("<svg") == fragment.count("<svg") + table.count("<svg") + 1  # + abar_T in the prose
+    labels = " ".join(labels)
+    assert r"\sqrt{\bar\alpha_t}" in labels and r"\lVert \tilde\mu_t - \mu_\theta \rVert^2" in labels
+
+
+def test_every_check_has_a_typeset_name(schedule):
+    """Every identity the checks write (all DDIM etas, the forward stage's) has a form in IDENTITY_TEX."""
+    df = theory.run_checks(schedule, [1, 10], 100, seed=0)
+    names = set(df["identity"]) | {"E[MSE(x_t, x_0)]: forward stage's images"}
+    for name in sorted(names):
+        tex = theory_section.identity_tex(name)
+        assert tex is not None, f"no typeset form of {name!r}: add it to IDENTITY_TEX"
+        assert not ASCII_NOTATION.search(re.sub(r"\$[^$]*\$|`[^`]*`", "", tex)), tex
+        latex.inline_tex(tex)  # renders (every command known to the SVG renderer)
+    assert theory_section.identity_tex("a new check") is None
+    assert str(theory_section.identity_markup("a <new> check")) == "a &lt;new&gt; check"

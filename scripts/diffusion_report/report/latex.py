@@ -7,12 +7,16 @@ r"""LaTeX to HTML for the report (rule ``theory_render``): :func:`render_theory`
   never silently dropped or drawn as raw TeX. The reference list comes back apart from the body, so that
   the report can print it as its own last section; the citations in the body link to its entries.
 
+:func:`inline_tex` typesets short notation outside the theory section (table cells, captions) with the
+same renderer: ``$...$`` spans as inline SVG, everything else as escaped text.
+
 The numerical checks of the derivation are :mod:`diffusion_report.stages.theory`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import json
 import logging
@@ -105,6 +109,7 @@ def _svg_viewbox(svg: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
+@functools.lru_cache(maxsize=4096)
 def tex_to_svg(tex: str, display: bool = False) -> str:
     """One TeX math string -> an inline <svg> of glyph outlines (ziamath, STIX Two Math).
 
@@ -146,6 +151,30 @@ def tex_to_svg(tex: str, display: bool = False) -> str:
 def math_label(tex: str) -> str:
     """The text alternative of a math element: its TeX source with runs of white space made one space."""
     return " ".join(tex.split())
+
+
+_INLINE = re.compile(r"(\$[^$]+\$|`[^`]+`)")
+
+
+def inline_tex(text: str) -> str:
+    r"""Short notation with TeX math -> HTML, typeset like the theory section.
+
+    ``$...$`` spans become ``<span class="math inline">`` with the SVG of :func:`tex_to_svg` (its TeX
+    as the text alternative), ```...``` spans ``<code>``, the rest escaped text. For table cells,
+    captions and headings, e.g. ``inline_tex(r"chain $x_0$ coefficient $= \sqrt{\bar\alpha_t}$")``.
+    An unpaired ``$`` or backtick is an error (it would otherwise print as raw TeX).
+    """
+    out = []
+    for part in _INLINE.split(text):
+        if len(part) > 1 and part[0] == part[-1] == "$":
+            out.append(f'<span class="math inline">{tex_to_svg(part[1:-1].strip())}</span>')
+        elif len(part) > 1 and part[0] == part[-1] == "`":
+            out.append(f"<code>{html.escape(part[1:-1], quote=False)}</code>")
+        elif "$" in part or "`" in part:
+            raise TheoryRenderError(f"unpaired $ or ` in {text!r}")
+        else:
+            out.append(html.escape(part, quote=False))
+    return "".join(out)
 
 
 def parse_display(tex: str) -> tuple[str, bool, str | None]:

@@ -29,6 +29,7 @@ import yaml
 from markupsafe import Markup, escape
 
 from diffusion_report.io import atomic_path, sha256_file, write_text
+from diffusion_report.report.latex import inline_tex
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def data_uri(path: str | Path) -> str:
 
 
 def fmt(value, digits: int = 4) -> str:
-    """A number for prose and tables: ``digits`` significant digits, integers as they are."""
+    """A number for prose and tables: ``digits`` significant digits, integers as they are; markup
+    (typeset notation, :class:`markupsafe.Markup`) as it is."""
+    if isinstance(value, Markup):
+        return value
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
@@ -119,6 +123,17 @@ def measured(value) -> Markup:
     return Markup('<span class="measured">') + escape(value) + Markup("</span>")
 
 
+def math_markup(tex: str) -> Markup:
+    r"""One inline formula typeset like the theory section (SVG, its TeX as text alternative); in
+    templates ``{{ math("\\bar\\alpha_T") }}`` (jinja reads backslash escapes in string literals)."""
+    return Markup(inline_tex(f"${tex}$"))
+
+
+def tex_markup(text: str) -> Markup:
+    """Text with ``$...$`` math (and ```code```), typeset like the theory section; escaped otherwise."""
+    return Markup(inline_tex(str(text)))
+
+
 def pct(value, digits: int = 2) -> str:
     return f"{float(value) * 100:.{digits}g}%"
 
@@ -135,8 +150,9 @@ def environment(templates_dir: str | Path):
         keep_trailing_newline=True,
     )
     numbering = Numbering()
-    env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured)
-    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured)
+    env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured,
+                       math=math_markup)
+    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured, tex=tex_markup)
     env.tests["startingwith"] = lambda value, prefix: str(value).startswith(prefix)
     return env
 
