@@ -446,3 +446,14 @@ def test_theory_table_cells_are_typeset_math(tmp_path, theory_results):
         assert "sqrt(" not in text and "abar" not in text and "x0" not in text and "_t" not in text, text
     assert r'aria-label="= \sqrt{\bar\alpha_t}"' in theory
     assert "<img" not in theory  # inline vector math, nothing fetched
+
+
+def test_forward_formulas_are_typeset_math(tmp_path, fixture_results):
+    """Roots and bars go through the math renderer (SVG with its TeX), not HTML entities (a Latin ā, a bare √)."""
+    _, cfg, flat, bench = fixture_results
+    _, html = render(tmp_path, cfg, flat, bench)
+    fwd = html[html.index('<section id="forward">'):html.index('<section id="provenance"')]
+    text = report.visible_text(re.sub(r"<svg.*?</svg>", "", fwd, flags=re.S))
+    assert "\u221a" not in text and "\u0101" not in text and "sqrt" not in text
+    assert r'aria-label="x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \varepsilon"' in fwd
+    assert fwd.count('<span class="math inline"><svg role="img"') == 2
