@@ -18,6 +18,8 @@ rule theory_render:
         bib=workflow_file("report/references.bib"),
     output:
         html="results/theory/theory.html",
+        # the reference list, apart: the report prints it as its own last section
+        refs="results/theory/references.html",
     log:
         "logs/theory_render/theory_render.log",
     benchmark:
@@ -60,6 +62,7 @@ rule theory_checks:
 if TH["enabled"]:
     REPORT_INPUTS["theory"] = {
         "html": "results/theory/theory.html",
+        "refs": "results/theory/references.html",
         "checks": "results/theory/checks.csv",
         "params": "results/theory/parameters.json",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -497,6 +498,10 @@ def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):
     env = report.environment(ROOT_TEMPLATES)
     html = env.get_template("sections/ddim.html.j2").render(ctx=ddim_section.report_context(files, cfg), config=cfg)
     assert "falls with every added step count" in html and "The DDIM paper's Table 1" in html
+    # sampler variants are typeset like the theory section (eta = 0, sigma-hat as SVG math), not eta=0 / sigma_hat
+    visible = re.sub(r"<[^>]+>", "", re.sub(r"<svg.*?</svg>", "", html, flags=re.S))
+    assert "eta=" not in visible and "sigma_hat" not in visible and "\u0302" not in visible
+    assert 'aria-label="\\hat\\sigma"' in html and 'aria-label="\\eta = 0"' in html
     rec.loc[:, "mse"] = rec["mse"].iloc[::-1].values  # contrary numbers: the error grows with S
     rec.to_csv(r["recon_csv"], index=False)
     html = env.get_template("sections/ddim.html.j2").render(ctx=ddim_section.report_context(files, cfg), config=cfg)

@@ -17,9 +17,11 @@ from conftest import ROOT, load_yaml
 from test_determinism import strip_measurements
 
 from diffusion_report.core.schedules import Schedule
+from diffusion_report.report import latex
 from diffusion_report.report import render as report
 from diffusion_report.report.sections import forward as forward_section
 from diffusion_report.stages import forward as forward_stage
+from diffusion_report.stages import theory as theory_stage
 
 TEMPLATES = ROOT / "report" / "templates"
 CSS = ROOT / "report" / "style.css"
@@ -191,6 +193,10 @@ def test_fmt():
     assert report.fmt(3) == "3"
     assert report.fmt(float("nan")) == "n/a"
     assert report.fmt(123456.0) == "1.235e+05"
+    from markupsafe import Markup
+
+    cell = Markup('<span class="math inline"><svg></svg></span>')
+    assert report.fmt(cell) is cell  # typeset notation in a table cell stays markup
 
 
 UNICORN = "\N{UNICORN FACE}"
@@ -344,3 +350,110 @@ def test_a_reference_to_a_missing_figure_stops_the_report(tmp_path, fixture_resu
     with pytest.raises(ValueError, match="not in it: no-such-figure"):
         report.report_html(flat, cfg, templates, CSS, tmp_path / "r.html", repo=ROOT, bench_dir=bench, now=NOW)
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.fixture(scope="module")
+def theory_results(tmp_path_factory, fixture_results):
+    """The forward fixture plus a theory section: theory.tex rendered by the theory_render rule's function
+    (body and reference list), a small run of the checks and their parameters."""
+    _, cfg, flat, bench = fixture_results
+    out = tmp_path_factory.mktemp("theory")
+    latex.theory_render(str(ROOT / "report" / "theory.tex"), str(out / "theory.html"),
+                        str(ROOT / "report" / "references.bib"), str(out / "references.html"))
+    schedule = Schedule.from_config(cfg["schedule"])
+    theory_stage.run_checks(schedule, [1, 100], 200, seed=0).to_csv(out / "checks.csv", index=False)
+    params = theory_stage.check_parameters(schedule, cfg["schedule"], {"mc_samples": 200})
+    (out / "params.json").write_text(__import__("json").dumps(params))
+    files = {"html": "theory.html", "refs": "references.html", "checks": "checks.csv", "params": "params.json"}
+    return cfg, {**{f"theory__{k}": str(out / v) for k, v in files.items()}, **flat}, bench
+
+
+def main_sections(html: str) -> list[str]:
+    """The ids of the report's top-level sections, in order."""
+    main = html[html.index("<main>"):html.index("</main>")]
+    return re.findall(r'^<section id="([^"]+)"', main, re.M)
+
+
+def test_references_are_the_last_section_in_the_contents_and_citations_resolve(tmp_path, theory_results):
+    cfg, flat, bench = theory_results
+    _, html = render(tmp_path, cfg, flat, bench)
+    # its own section after the last exercise, before the provenance appendix; listed in the contents
+    assert main_sections(html) == ["theory", "forward", "references", "provenance"]
+    toc = re.findall(r'<li><a href="#([^"]+)">', html[html.index('<nav class="toc">'):html.index("</nav>")])
+    assert toc == ["theory", "forward", "references", "provenance"]
+    refs = html[html.index('<section id="references">'):html.index('<section id="provenance"')]
+    assert "<h2>References</h2>" in refs and refs.count('class="csl-entry"') == 5
+    theory = html[html.index('<section id="theory">'):html.index('<section id="forward">')]
+    assert "csl-entry" not in theory and ">References<" not in theory  # no longer in the middle
+    # every citation links to an entry of the list, and no in-page link of the report dangles
+    cited = re.findall(r'<a href="#([^"]+)" role="doc-biblioref">', theory)
+    entries = set(re.findall(r'<div id="([^"]+)" class="csl-entry"', refs))
+    assert len(cited) >= 10 and set(cited) == entries
+    assert report.broken_links(html) == []
+    # the theory section without citations (or disabled): no References section, no entry in the contents
+    _, plain = render(tmp_path, cfg, {k: v for k, v in flat.items() if not k.startswith("theory__")}, bench, "plain.html")
+    assert 'id="references"' not in plain and 'href="#references"' not in plain
+
+
+def test_citation_links_work_in_the_pdf(tmp_path, theory_results):
+    """WeasyPrint turns each citation into a link annotation to a named destination on the References page."""
+    from pypdf import PdfReader
+
+    cfg, flat, bench = theory_results
+    out, html = render(tmp_path, cfg, flat, bench)
+    report.report_pdf(out, tmp_path / "report.pdf")
+    reader = PdfReader(tmp_path / "report.pdf")
+    dests = {name: reader.get_destination_page_number(d) for name, d in reader.named_destinations.items()}
+    text = [" ".join(p.extract_text().split()) for p in reader.pages]
+    refs_page = next(i for i, t in enumerate(text) if t.startswith("References") or " References Hertz" in t)
+    links = []
+    for page in reader.pages:
+        for annot in page.get("/Annots") or []:
+            a = annot.get_object()
+            if a.get("/Subtype") == "/Link" and "/Dest" in a:
+                links.append(str(a["/Dest"]))
+    cites = [d for d in links if d.startswith("theory-ref-")]
+    assert len(cites) >= 10 and set(cites) == set(re.findall(r'<div id="(theory-ref-[^"]+)" class="csl-entry"', html))
+    assert all(dests[d] == refs_page for d in cites)
+    assert all(d in dests for d in links)  # every internal link of the PDF has its destination
+
+
+def test_a_dangling_link_stops_the_report(tmp_path, fixture_results):
+    _, cfg, flat, bench = fixture_results
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    forward = templates / "sections" / "forward.html.j2"
+    forward.write_text(forward.read_text().replace("</section>", '<a href="#nowhere">x</a></section>', 1))
+    with pytest.raises(ValueError, match="links to anchors that are not in it: nowhere"):
+        report.report_html(flat, cfg, templates, CSS, tmp_path / "r.html", repo=ROOT, bench_dir=bench, now=NOW)
+    assert not (tmp_path / "r.html").exists()
+    assert report.broken_links('<a href="#a">a</a><p id="a"></p><a href="#b">') == ["b"]
+
+
+def test_theory_table_cells_are_typeset_math(tmp_path, theory_results):
+    """The checks table writes identities like the body: inline SVG with the TeX as text alternative,
+    no ASCII sqrt( or abar; the same bytes twice."""
+    cfg, flat, bench = theory_results
+    a, html = render(tmp_path, cfg, flat, bench, "a.html")
+    b, _ = render(tmp_path, cfg, flat, bench, "b.html")
+    assert a.read_bytes() == b.read_bytes()
+    theory = html[html.index('<h3 id="theory-checks">'):html.index('<section id="forward">')]
+    cells = re.findall(r"<tr><td>(.*?)</td>", theory, re.S)
+    assert len(cells) > 15
+    for cell in cells:
+        assert '<span class="math inline"><svg role="img" aria-label="' in cell and "<title>" in cell
+        text = re.sub(r"<[^>]+>", "", re.sub(r"<svg.*?</svg>", "", cell, flags=re.S))
+        assert "sqrt(" not in text and "abar" not in text and "x0" not in text and "_t" not in text, text
+    assert r'aria-label="= \sqrt{\bar\alpha_t}"' in theory
+    assert "<img" not in theory  # inline vector math, nothing fetched
+
+
+def test_forward_formulas_are_typeset_math(tmp_path, fixture_results):
+    """Roots and bars go through the math renderer (SVG with its TeX), not HTML entities (a Latin ā, a bare √)."""
+    _, cfg, flat, bench = fixture_results
+    _, html = render(tmp_path, cfg, flat, bench)
+    fwd = html[html.index('<section id="forward">'):html.index('<section id="provenance"')]
+    text = report.visible_text(re.sub(r"<svg.*?</svg>", "", fwd, flags=re.S))
+    assert "\u221a" not in text and "\u0101" not in text and "sqrt" not in text
+    assert r'aria-label="x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \varepsilon"' in fwd
+    assert fwd.count('<span class="math inline"><svg role="img"') == 2

@@ -354,8 +354,14 @@ def test_write_checks_writes_only_when_every_check_passes(tmp_path, config, monk
 
 
 @pytest.fixture(scope="module")
-def fragment():
-    return latex.render_fragment(TEX, BIB)
+def parts():
+    """(body, reference list) of theory.tex, as the theory_render rule writes them."""
+    return latex.render_theory(TEX, BIB)
+
+
+@pytest.fixture(scope="module")
+def fragment(parts):
+    return "".join(parts)  # what latex.render_fragment returns
 
 
 def visible_text(fragment: str) -> str:
@@ -444,13 +450,42 @@ def test_equations_are_numbered_and_cross_references_resolve(fragment):
         assert latex.anchor_id(label) in ids, label
 
 
-def test_reference_list_and_citation_links(fragment):
+def test_reference_list_and_citation_links(parts):
+    """The reference list comes apart from the body, without a heading (the report gives it its own
+    section); every citation of the body links to an entry of the list."""
+    body, refs = parts
     for key, author in [("ho2020ddpm", "Ho"), ("song2021ddim", "Song"), ("nichol2021improved", "Nichol"),
                         ("hertz2022p2p", "Hertz")]:
-        assert f'id="{latex.ID_PREFIX}ref-{key}"' in fragment
-        assert f'href="#{latex.ID_PREFIX}ref-{key}"' in fragment
-        assert author in visible_text(fragment)
-    assert re.search(r"<h3[^>]*>References</h3>", fragment)
+        assert f'id="{latex.ID_PREFIX}ref-{key}"' in refs and f'id="{latex.ID_PREFIX}ref-{key}"' not in body
+        assert f'href="#{latex.ID_PREFIX}ref-{key}"' in body
+        assert author in visible_text(refs)
+    assert refs.lstrip().startswith(f'<div id="{latex.ID_PREFIX}refs" class="references')
+    assert "References" not in visible_text(body) and "csl-entry" not in body and "<h" not in refs
+    cited = set(re.findall(r'href="#([^"]+)" role="doc-biblioref"', body))
+    assert len(cited) >= 5 and cited <= set(re.findall(r'\sid="([^"]+)"', refs))
+    assert latex.render_fragment(TEX, BIB) == body + refs
+
+
+def test_no_citation_no_reference_list(tmp_path):
+    tex = tmp_path / "t.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\nNo citation, $x_0$.\n\\end{document}\n")
+    body, refs = latex.render_theory(tex, BIB)
+    assert refs == "" and body.count("<svg") == 1
+    out, out_refs = tmp_path / "theory.html", tmp_path / "references.html"
+    latex.theory_render(str(tex), str(out), str(BIB), str(out_refs))
+    assert out.read_text() == body and out_refs.read_text() == ""
+
+
+def test_inline_tex_typesets_math_and_escapes_text():
+    out = latex.inline_tex(r"chain $x_0$ coefficient $= \sqrt{\bar\alpha_t}$ of `ddim_step` <b> & co")
+    assert out.count('<span class="math inline"><svg role="img"') == 2
+    assert 'aria-label="x_0"' in out and "<title>= \\sqrt{\\bar\\alpha_t}</title>" in out
+    assert "<code>ddim_step</code>" in out and "&lt;b&gt; &amp; co" in out and "<b>" not in out
+    assert latex.inline_tex("no math") == "no math"
+    with pytest.raises(latex.TheoryRenderError, match="unpaired"):
+        latex.inline_tex("costs $5")
+    with pytest.raises(latex.TheoryRenderError, match=r"\\foo"):
+        latex.inline_tex(r"$\foo$")
 
 
 def test_render_rejects_what_it_cannot_render(tmp_path):
@@ -535,7 +570,7 @@ def test_pdf_text_layer_has_the_prose_and_no_tex(pdf_bytes, tmp_path):
     out = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
     text = " ".join(out.split())
     assert "Exercise 1: the forward process in one step" in text
-    assert "References" in text and "Denoising Diffusion Implicit Models" in text
+    assert "Denoising Diffusion Implicit Models" in text  # the reference list, printed after the body
     assert "\\frac" not in text and "\\sqrt" not in text and "$" not in text
 
 
@@ -544,17 +579,19 @@ def test_pdf_text_layer_has_the_prose_and_no_tex(pdf_bytes, tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def test_report_context_and_section_template(tmp_path, fragment, config):
+def test_report_context_and_section_template(tmp_path, parts, config):
     from diffusion_report.report import render as report
 
+    fragment, refs = parts
     (tmp_path / "theory.html").write_text(fragment)
+    (tmp_path / "references.html").write_text(refs)
     df = theory.run_checks(Schedule.from_config(config["schedule"]), [1, 100], 1000, seed=0)
     df.to_csv(tmp_path / "checks.csv", index=False)
     schedule = Schedule.from_config(config["schedule"])
     params = theory.check_parameters(schedule, config["schedule"], {"mc_samples": 1000})
     (tmp_path / "params.json").write_text(json.dumps(params))
-    ctx = theory_section.report_context({"html": str(tmp_path / "theory.html"), "checks": str(tmp_path / "checks.csv"),
-                                         "params": str(tmp_path / "params.json")}, config)
+    ctx = theory_section.report_context({"html": str(tmp_path / "theory.html"), "refs": str(tmp_path / "references.html"),
+                                         "checks": str(tmp_path / "checks.csv"), "params": str(tmp_path / "params.json")}, config)
     assert ctx["alpha_bar_T"] == float(schedule.alpha_bars[-1]) and ctx["mc_samples"] == 1000
     assert ctx["z_score"] == theory.Z_SCORE and ctx["ddim_etas"] == ["0", "0.5", "1"]
     assert ctx["n_checks"] == len(df) == ctx["n_passed"] and ctx["timesteps"] == [1, 100]
@@ -562,6 +599,57 @@ def test_report_context_and_section_template(tmp_path, fragment, config):
     env = report.environment(ROOT / "report" / "templates")
     out = env.get_template("sections/theory.html.j2").render(ctx=ctx, config=config)
     assert out.lstrip().startswith('<section id="theory">') and "<h2>" in out
-    assert out.count("<svg") == fragment.count("<svg")  # the fragment is inserted unescaped
+    assert ctx["references"] == refs and 'id="theory-refs"' not in out  # the report prints the list at its end
+    assert out.count("<svg") >= fragment.count("<svg")  # the fragment is inserted unescaped
     assert "&lt;svg" not in out and "Table 1." in out
     assert f"{ctx['n_passed']} of {ctx['n_checks']} checks" in out
+
+
+ASCII_NOTATION = re.compile(r"sqrt\(|abar|alpha_bar|\bx0\b|x_[0-9tT]|eps|mu_|beta_|sigma|_theta|\^2|floor\(|\|")
+
+
+def _visible(cell: str) -> str:
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<svg.*?</svg>", "", cell, flags=re.S)))
+
+
+def test_checks_table_typesets_the_identities(tmp_path, parts, config):
+    """The checks table writes each identity like the derivation: math as SVG with its TeX as text
+    alternative, no ASCII notation (sqrt(abar_t), x0, |mu_tilde - mu_theta|^2) in its visible text."""
+    from diffusion_report.report import render as report
+
+    fragment, refs = parts
+    (tmp_path / "theory.html").write_text(fragment)
+    (tmp_path / "references.html").write_text(refs)
+    schedule = Schedule.from_config(config["schedule"])
+    theory.run_checks(schedule, [1, 100], 200, seed=0).to_csv(tmp_path / "checks.csv", index=False)
+    (tmp_path / "params.json").write_text(json.dumps(theory.check_parameters(schedule, config["schedule"], {"mc_samples": 200})))
+    ctx = theory_section.report_context({k: str(tmp_path / f) for k, f in [("html", "theory.html"), ("refs", "references.html"),
+                                         ("checks", "checks.csv"), ("params", "params.json")]}, config)
+    out = report.environment(ROOT / "report" / "templates").get_template("sections/theory.html.j2").render(ctx=ctx, config=config)
+    table = out[out.index('<table id="tab-1">'):]
+    cells = re.findall(r"<tr><td>(.*?)</td>", table, re.S)  # the identity column
+    assert len(cells) == ctx["n_identities"] > 15
+    labels = []
+    for cell in cells:
+        parser = _SvgAlternatives()
+        parser.feed(cell)
+        assert parser.found, cell[:200]  # every identity has some notation, typeset
+        assert all(s["role"] == "img" and s["label"] and s["label"] == s["title"] for s in parser.found)
+        assert not ASCII_NOTATION.search(_visible(cell)), _visible(cell)
+        labels += [s["label"] for s in parser.found]
+    assert out.count("<svg") == fragment.count("<svg") + table.count("<svg") + 1  # + abar_T in the prose
+    labels = " ".join(labels)
+    assert r"\sqrt{\bar\alpha_t}" in labels and r"\lVert \tilde\mu_t - \mu_\theta \rVert^2" in labels
+
+
+def test_every_check_has_a_typeset_name(schedule):
+    """Every identity the checks write (all DDIM etas, the forward stage's) has a form in IDENTITY_TEX."""
+    df = theory.run_checks(schedule, [1, 10], 100, seed=0)
+    names = set(df["identity"]) | {"E[MSE(x_t, x_0)]: forward stage's images"}
+    for name in sorted(names):
+        tex = theory_section.identity_tex(name)
+        assert tex is not None, f"no typeset form of {name!r}: add it to IDENTITY_TEX"
+        assert not ASCII_NOTATION.search(re.sub(r"\$[^$]*\$|`[^`]*`", "", tex)), tex
+        latex.inline_tex(tex)  # renders (every command known to the SVG renderer)
+    assert theory_section.identity_tex("a new check") is None
+    assert str(theory_section.identity_markup("a <new> check")) == "a &lt;new&gt; check"

@@ -1,10 +1,14 @@
-r"""LaTeX to HTML for the report (rule ``theory_render``): :func:`render_fragment` turns ``report/theory.tex`` into an HTML fragment with
+r"""LaTeX to HTML for the report (rule ``theory_render``): :func:`render_theory` turns ``report/theory.tex`` into an HTML fragment with
   pandoc (LaTeX reader -> JSON AST, with citeproc for the reference list), then walks the AST:
   every ``Math`` node becomes an inline SVG drawn by ziamath (vector glyph outlines, no fonts, no
   JavaScript, the same in a browser and in WeasyPrint; ``role="img"`` with the TeX source as its
   ``aria-label`` and ``<title>``, the text alternative), numbered display equations get an anchor
   and a number, and ``\eqref``/``\ref`` links get that number. Unknown LaTeX commands are errors,
-  never silently dropped or drawn as raw TeX.
+  never silently dropped or drawn as raw TeX. The reference list comes back apart from the body, so that
+  the report can print it as its own last section; the citations in the body link to its entries.
+
+:func:`inline_tex` typesets short notation outside the theory section (table cells, captions) with the
+same renderer: ``$...$`` spans as inline SVG, everything else as escaped text.
 
 The numerical checks of the derivation are :mod:`diffusion_report.stages.theory`.
 """
@@ -12,6 +16,7 @@ The numerical checks of the derivation are :mod:`diffusion_report.stages.theory`
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import json
 import logging
@@ -62,13 +67,32 @@ def run_pandoc(args: list[str], stdin: str, cwd: str | Path | None = None) -> st
 
 
 def latex_to_ast(tex_path: str | Path, bib_path: str | Path | None) -> dict:
-    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended)."""
+    """Pandoc's JSON AST of a LaTeX file, citations resolved by citeproc (reference list appended as
+    the last block, a Div with id ``refs`` and no heading: the report gives it one, see :func:`split_references`)."""
     tex_path = Path(tex_path)
     args = ["-f", "latex", "-t", "json"]
     if bib_path is not None:
-        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true",
-                 "-M", "reference-section-title=References"]
+        args += ["--citeproc", f"--bibliography={Path(bib_path).resolve()}", "-M", "link-citations=true"]
     return json.loads(run_pandoc(args, tex_path.read_text(encoding="utf-8"), cwd=tex_path.parent))
+
+
+REFS_DIV = "refs"  # citeproc's id of the reference list (pandoc's --id-prefix makes it theory-refs in HTML)
+
+
+def split_references(ast: dict) -> tuple[dict, dict | None]:
+    """(the AST without its reference list, an AST of the list alone, or None when nothing is cited).
+
+    Both keep pandoc's metadata, so rendered with :func:`ast_to_html` (same ``--id-prefix``) the
+    citations of the body link to the entries of the list, wherever the report puts it.
+    """
+    blocks = ast["blocks"]
+    found = [i for i, b in enumerate(blocks) if b.get("t") == "Div" and b["c"][0][0] == REFS_DIV]
+    if not found:
+        return ast, None
+    if len(found) > 1:
+        raise TheoryRenderError("more than one reference list in the document")
+    body = {**ast, "blocks": blocks[:found[0]] + blocks[found[0] + 1:]}
+    return body, {**ast, "blocks": [blocks[found[0]]]}
 
 
 def ast_to_html(ast: dict) -> str:
@@ -85,6 +109,7 @@ def _svg_viewbox(svg: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
+@functools.lru_cache(maxsize=4096)
 def tex_to_svg(tex: str, display: bool = False) -> str:
     """One TeX math string -> an inline <svg> of glyph outlines (ziamath, STIX Two Math).
 
@@ -126,6 +151,30 @@ def tex_to_svg(tex: str, display: bool = False) -> str:
 def math_label(tex: str) -> str:
     """The text alternative of a math element: its TeX source with runs of white space made one space."""
     return " ".join(tex.split())
+
+
+_INLINE = re.compile(r"(\$[^$]+\$|`[^`]+`)")
+
+
+def inline_tex(text: str) -> str:
+    r"""Short notation with TeX math -> HTML, typeset like the theory section.
+
+    ``$...$`` spans become ``<span class="math inline">`` with the SVG of :func:`tex_to_svg` (its TeX
+    as the text alternative), ```...``` spans ``<code>``, the rest escaped text. For table cells,
+    captions and headings, e.g. ``inline_tex(r"chain $x_0$ coefficient $= \sqrt{\bar\alpha_t}$")``.
+    An unpaired ``$`` or backtick is an error (it would otherwise print as raw TeX).
+    """
+    out = []
+    for part in _INLINE.split(text):
+        if len(part) > 1 and part[0] == part[-1] == "$":
+            out.append(f'<span class="math inline">{tex_to_svg(part[1:-1].strip())}</span>')
+        elif len(part) > 1 and part[0] == part[-1] == "`":
+            out.append(f"<code>{html.escape(part[1:-1], quote=False)}</code>")
+        elif "$" in part or "`" in part:
+            raise TheoryRenderError(f"unpaired $ or ` in {text!r}")
+        else:
+            out.append(html.escape(part, quote=False))
+    return "".join(out)
 
 
 def parse_display(tex: str) -> tuple[str, bool, str | None]:
@@ -271,11 +320,10 @@ def math_to_svg_ast(ast: dict) -> dict:
     return ast
 
 
-def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
-    """theory.tex (+ .bib) -> HTML fragment: sections as <h3>, math as SVG, numbered equations."""
-    ast = latex_to_ast(tex_path, bib_path)
+def _check_rendered(ast: dict, parts: list[str]) -> None:
+    """Every Math node of ``ast`` became one SVG in ``parts``, and no raw TeX is left in their text."""
     n_math = json.dumps(ast).count('{"t": "Math"')
-    html_out = ast_to_html(math_to_svg_ast(ast))
+    html_out = "".join(parts)
     n_svg = html_out.count('<span class="math ')
     if n_svg != n_math or html_out.count("<svg") != n_math:
         raise TheoryRenderError(f"{n_math} math spans in theory.tex but {n_svg} rendered as SVG")
@@ -284,17 +332,39 @@ def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) ->
     leftover = re.findall(r"\\[A-Za-z]+|\$", visible)
     if leftover:
         raise TheoryRenderError(f"raw TeX left in the rendered theory section: {sorted(set(leftover))}")
-    return html_out
 
 
-def theory_render(tex_path: str, out_html: str, bib_path: str | None = None) -> None:
-    """Rule theory_render: write the HTML fragment atomically."""
+def render_theory(tex_path: str | Path, bib_path: str | Path | None = None) -> tuple[str, str]:
+    """theory.tex (+ .bib) -> (HTML fragment of the body, HTML of its reference list or "").
+
+    The body has sections as <h3>, math as SVG and numbered equations; its citations link to the
+    entries of the list (ids ``theory-ref-<key>``), which has no heading of its own.
+    """
+    ast = latex_to_ast(tex_path, bib_path)
+    body, refs = split_references(math_to_svg_ast(ast))
+    parts = [ast_to_html(body), ast_to_html(refs) if refs is not None else ""]
+    _check_rendered(ast, parts)
+    return parts[0], parts[1]
+
+
+def render_fragment(tex_path: str | Path, bib_path: str | Path | None = None) -> str:
+    """theory.tex (+ .bib) as one HTML fragment: the body of :func:`render_theory` followed by its reference list."""
+    body, refs = render_theory(tex_path, bib_path)
+    return body + refs
+
+
+def theory_render(tex_path: str, out_html: str, bib_path: str | None = None, out_refs: str | None = None) -> None:
+    """Rule theory_render: write the HTML fragment and, to ``out_refs``, its reference list (both atomically)."""
     from diffusion_report.io import write_text
 
-    fragment = render_fragment(tex_path, bib_path)
-    log.info("rendered %s: %d math spans, %d numbered equations", tex_path, fragment.count('class="math '),
-             fragment.count('class="eqno"'))
+    fragment, refs = render_theory(tex_path, bib_path)
+    log.info("rendered %s: %d math spans, %d numbered equations, %d references", tex_path, fragment.count('class="math '),
+             fragment.count('class="eqno"'), refs.count('class="csl-entry"'))
+    if out_refs is None and refs:
+        raise TheoryRenderError("theory.tex cites references but no file was given for the reference list")
     write_text(out_html, fragment)
+    if out_refs is not None:
+        write_text(out_refs, refs)
 
 
 def equation_numbers(fragment: str) -> dict[str, str]:

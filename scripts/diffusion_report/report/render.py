@@ -29,6 +29,7 @@ import yaml
 from markupsafe import Markup, escape
 
 from diffusion_report.io import atomic_path, sha256_file, write_text
+from diffusion_report.report.latex import inline_tex
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def data_uri(path: str | Path) -> str:
 
 
 def fmt(value, digits: int = 4) -> str:
-    """A number for prose and tables: ``digits`` significant digits, integers as they are."""
+    """A number for prose and tables: ``digits`` significant digits, integers as they are; markup
+    (typeset notation, :class:`markupsafe.Markup`) as it is."""
+    if isinstance(value, Markup):
+        return value
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
@@ -124,6 +128,17 @@ def path_breaks(value) -> Markup:
     return Markup("/<wbr>").join(escape(part) for part in str(value).split("/"))
 
 
+def math_markup(tex: str) -> Markup:
+    r"""One inline formula typeset like the theory section (SVG, its TeX as text alternative); in
+    templates ``{{ math("\\bar\\alpha_T") }}`` (jinja reads backslash escapes in string literals)."""
+    return Markup(inline_tex(f"${tex}$"))
+
+
+def tex_markup(text: str) -> Markup:
+    """Text with ``$...$`` math (and ```code```), typeset like the theory section; escaped otherwise."""
+    return Markup(inline_tex(str(text)))
+
+
 def pct(value, digits: int = 2) -> str:
     return f"{float(value) * 100:.{digits}g}%"
 
@@ -140,8 +155,9 @@ def environment(templates_dir: str | Path):
         keep_trailing_newline=True,
     )
     numbering = Numbering()
-    env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured)
-    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured, path_breaks=path_breaks)
+    env.globals.update(data_uri=data_uri, numbering=numbering, ref=numbering.ref, fmt=fmt, pct=pct, measured=measured,
+                       math=math_markup)
+    env.filters.update(fmt=fmt, pct=pct, data_uri=data_uri, measured=measured, tex=tex_markup, path_breaks=path_breaks)
     env.tests["startingwith"] = lambda value, prefix: str(value).startswith(prefix)
     return env
 
@@ -410,6 +426,18 @@ def glyph_label(ch: str) -> str:
     return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
 
 
+def broken_links(page: str) -> list[str]:
+    """The targets of in-page links (``href="#..."``) that no element of the page has as its id, sorted."""
+    ids = set(re.findall(r'\sid="([^"]+)"', page))
+    return sorted({target for target in re.findall(r'\shref="#([^"]*)"', page) if target not in ids})
+
+
+def references_html(sections: list[dict]) -> Markup:
+    """The reference lists the sections' contexts carry (``references``: citeproc's HTML, from the theory
+    section), for the report's own last section "References"; empty when nothing is cited."""
+    return Markup("".join(s["ctx"].get("references") or "" for s in sections))
+
+
 def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | Path, css_path: str | Path,
                 out_html: str | Path, repo: str | Path = ".", bench_dir: str | Path = "benchmarks",
                 now: datetime | None = None) -> str:
@@ -419,12 +447,15 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
     are marked measured, so two renders differ only inside those marks. Characters that no
     installed font can draw (an emoji, a script without a font) would print as blank boxes in the
     PDF with only a WeasyPrint warning in a log; they are listed in a visible note at the top of
-    the report instead (and logged)."""
+    the report instead (and logged). The sections' reference lists make one section "References"
+    after the last exercise; an in-page link without its target (a citation, a figure) stops the render."""
     files = split_inputs(flat_inputs)
     env = environment(templates_dir)
+    sections = stage_contexts(files, config)
     context = dict(
         title=config.get("report", {}).get("title", "Diffusion models"),
-        sections=stage_contexts(files, config),
+        sections=sections,
+        references=references_html(sections),
         models=models_used(config),
         config=config,
         css=Path(css_path).read_text(encoding="utf-8"),
@@ -446,6 +477,9 @@ def report_html(flat_inputs: dict[str, str], config: dict, templates_dir: str | 
         missing = re.findall(r'<span class="xref-missing">\[([^]]*)\]</span>', page)
         if missing:
             raise ValueError(f"report: the text refers to figures or tables that are not in it: {', '.join(sorted(set(missing)))}")
+        broken = broken_links(page)
+        if broken:
+            raise ValueError(f"report: links to anchors that are not in it: {', '.join(broken)}")
         return page
 
     page = render()

@@ -8,8 +8,21 @@ whether neighbouring cells are resolved by the bootstrap, the goals of the embed
 from __future__ import annotations
 
 import numpy as np
+from markupsafe import Markup, escape
 
+from diffusion_report.report.latex import inline_tex
 from diffusion_report.stages import ddim_cells as C
+
+
+def variant_markup(variant: str) -> Markup:
+    r"""A sampler variant of the quality table (:func:`ddim_cells.variant_label`) as the text writes it,
+    typeset like the theory section: ``eta=0.2`` -> $\eta = 0.2$, ``sigma_hat`` -> $\hat\sigma$."""
+    if variant == "sigma_hat":
+        return Markup(inline_tex(r"$\hat\sigma$"))
+    if variant.startswith("eta="):
+        return Markup(inline_tex(f"$\\eta = {float(variant[4:]):g}$"))
+    return escape(variant)
+
 
 SSIM_SAME = 0.9  # DDIM samples are "nearly the same images" as the reference step count's from this SSIM on
 
@@ -121,7 +134,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
         steps = sorted(int(s) for s in cells["steps"].unique())
         rows = []
         for v in variants:
-            row = {"sampler": v}
+            row = {"sampler": variant_markup(v)}
             for s_ in steps:
                 c = cells[(cells["variant"] == v) & (cells["steps"] == s_)].iloc[0]
                 row[f"S = {s_}"] = f"{fmt(c['fd'], 3)} ± {fmt(c['fd_boot_std'], 2)}"
@@ -131,7 +144,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
             pv = C.PAPER_FID.get(v)
             if pv:
                 d = dict(zip(C.PAPER_STEPS, pv))
-                paper_rows.append({"sampler": v, **{f"S = {s_}": (d[s_] if s_ in d else "n/a") for s_ in steps}})
+                paper_rows.append({"sampler": variant_markup(v), **{f"S = {s_}": (d[s_] if s_ in d else "n/a") for s_ in steps}})
         real = q[q["variant"] == "real digits"]
         ddpm_recog = ctx["ddpm"]["recognisability"] if ctx.get("ddpm") else None
         eta_label = C.variant_label(ctx["eta"])
@@ -140,6 +153,8 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
             "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q),
             "resolved": neighbours_resolved(pairs), "goals": quality_goals(q, eta_label, ddpm_recog),
             "eta_label": eta_label,
+            # each variant as the prose names it (the claims and goals name variants by their labels)
+            "names": {v: variant_markup(v) for v in dict.fromkeys([*variants, *C.PAPER_FID, eta_label])},
             "etas": [f"{e:g}" for e in (float(v[4:]) for v in variants if v.startswith("eta="))],
             "sigma_hat": "sigma_hat" in variants,
             # cells other rules drew (ddim_cells.reused_cells): the grid's own eta at its step counts,
@@ -149,7 +164,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
                                           T=config.get("schedule", {}).get("T")) for s_ in steps},
             "real_fd": float(real["fd"].iloc[0]) if len(real) else None,
             "real_err": float(real["fd_boot_std"].iloc[0]) if len(real) else None,
-            "conf_rows": [{"sampler": v, **{f"S = {s_}": float(cells[(cells["variant"] == v) & (cells["steps"] == s_)]["confident_fraction"].iloc[0]) for s_ in steps}} for v in variants],
+            "conf_rows": [{"sampler": variant_markup(v), **{f"S = {s_}": float(cells[(cells["variant"] == v) & (cells["steps"] == s_)]["confident_fraction"].iloc[0]) for s_ in steps}} for v in variants],
         }
     if files.get("recon_csv"):
         r = pd.read_csv(files["recon_csv"]).sort_values("steps")
