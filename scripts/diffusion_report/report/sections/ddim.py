@@ -115,6 +115,13 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     ctx["max_abs_pixel"] = float(m.loc[m["sampler"] == "ddim", "max_abs_pixel"].max()) if "max_abs_pixel" in m.columns else None
     ctx["pixel_bound"] = C.PIXEL_BOUND
     ctx.update(experiments_context(files, ctx))
+    if ctx.get("quality"):
+        # cells other rules drew (ddim_cells.reused_cells): the grid's own eta at its step counts,
+        # and the DDPM baseline as eta = 1 at S = T
+        q = ctx["quality"]
+        q["reused"] = {s_: C.reused_cells({"eta": ctx["eta"], "skip_type": dcfg.get("skip_type", "uniform")}, s_,
+                                          dcfg.get("step_counts", []), q["variants"], ddpm_baseline=bool(dcfg.get("ddpm_baseline")),
+                                          T=config.get("schedule", {}).get("T")) for s_ in q["steps"]}
     return ctx
 
 
@@ -152,16 +159,11 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
             "png": files["quality_png"], "rows": rows, "paper_rows": paper_rows, "steps": steps,
             "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q),
             "resolved": neighbours_resolved(pairs), "goals": quality_goals(q, eta_label, ddpm_recog),
-            "eta_label": eta_label,
+            "eta_label": eta_label, "variants": variants,
             # each variant as the prose names it (the claims and goals name variants by their labels)
             "names": {v: variant_markup(v) for v in dict.fromkeys([*variants, *C.PAPER_FID, eta_label])},
             "etas": [f"{e:g}" for e in (float(v[4:]) for v in variants if v.startswith("eta="))],
             "sigma_hat": "sigma_hat" in variants,
-            # cells other rules drew (ddim_cells.reused_cells): the grid's own eta at its step counts,
-            # and the DDPM baseline as eta = 1 at S = T
-            "reused": {s_: C.reused_cells({"eta": ctx["eta"], "skip_type": dcfg.get("skip_type", "uniform")}, s_,
-                                          dcfg.get("step_counts", []), variants, ddpm_baseline=bool(dcfg.get("ddpm_baseline")),
-                                          T=config.get("schedule", {}).get("T")) for s_ in steps},
             "real_fd": float(real["fd"].iloc[0]) if len(real) else None,
             "real_err": float(real["fd_boot_std"].iloc[0]) if len(real) else None,
             "conf_rows": [{"sampler": variant_markup(v), **{f"S = {s_}": float(cells[(cells["variant"] == v) & (cells["steps"] == s_)]["confident_fraction"].iloc[0]) for s_ in steps}} for v in variants],

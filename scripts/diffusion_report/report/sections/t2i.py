@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
 # --------------------------------------------------------------------------- goals
 # The goals of a working prompt-to-prompt (the project's issue 16), stated next to the function that checks them.
 GOAL_RATE = 0.9  # p2p reaches the target attribute at >= 0.9x the no-control baseline's rate
