@@ -581,9 +581,18 @@ def tradeoff_figure(path, df: pd.DataFrame) -> None:
         d = df[df["edit"] == edit]
         p, b = d[d["method"] == "p2p"].sort_values("cross_replace_steps"), d[d["method"] == "baseline"]
         ax.plot(p["mask_iou"], p["success"], "o-", color="C0", label="prompt-to-prompt")
+        # one label per group of points that lie together ("0-0.6"), so that labels never overlap
+        groups: list[list] = []
         for _, r in p.iterrows():
-            ax.annotate(f"{r['cross_replace_steps']:g}", (r["mask_iou"], r["success"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8, color="C0")
+            if groups and abs(r["mask_iou"] - groups[-1][0]["mask_iou"]) < 0.06 and abs(r["success"] - groups[-1][0]["success"]) < 0.06:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        for k, grp in enumerate(groups):
+            first, last = grp[0]["cross_replace_steps"], grp[-1]["cross_replace_steps"]
+            text = f"{first:g}" if len(grp) == 1 else f"{first:g}-{last:g}"
+            ax.annotate(text, (grp[0]["mask_iou"], grp[0]["success"]), textcoords="offset points",
+                        xytext=(5, 5 if k % 2 == 0 else -11), fontsize=8, color="C0")
         ax.plot(b["mask_iou"], b["success"], "*", ms=12, color="C3", label="no control")
         ax.set_xlim(0, 1.02)
         ax.set_ylim(-0.03, 1.05)
