@@ -45,7 +45,7 @@ def digests(results: Path) -> dict[str, str]:
 def strip_measurements(html: str) -> str:
     """Blank the values the report marks as measured (wall times, speed-ups, memory)."""
     html = re.sub(r'<span class="measured">[^<]*</span>', '<span class="measured"></span>', html)
-    return re.sub(r'<td class="(num )?measured">[^<]*</td>', '<td class="measured"></td>', html)
+    return re.sub(r'<td class="(num |breakable )?measured">(?:[^<]|<wbr>)*</td>', '<td class="measured"></td>', html)
 
 
 def scripts_running(pattern: str) -> list[int]:

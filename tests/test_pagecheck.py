@@ -9,10 +9,21 @@ import io
 import pytest
 
 pytest.importorskip("pdfplumber")
-weasyprint = pytest.importorskip("weasyprint")
 
 from diffusion_report.report import pagecheck  # noqa: E402
 from diffusion_report.testing import ROOT  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _pil_truncation_flag():
+    """Importing WeasyPrint sets PIL's global ImageFile.LOAD_TRUNCATED_IMAGES = True, which would
+    let later tests' cut-off images load: WeasyPrint is imported only inside these tests, and the
+    flag is put back after each."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    yield
+    ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 CSS = (ROOT / "report" / "style.css").read_text()
 
@@ -50,6 +61,7 @@ PARA = "<p>" + "Text of a paragraph that fills lines on the page. " * 12 + "</p>
 
 
 def check(tmp_path, html_body: str, css: str = CSS) -> list[str]:
+    weasyprint = pytest.importorskip("weasyprint")
     html = f"<!doctype html><html><head><style>{css}</style></head><body><main>{html_body}</main></body></html>"
     (tmp_path / "r.html").write_text(html)
     weasyprint.HTML(string=html, base_url=str(tmp_path)).write_pdf(tmp_path / "r.pdf")

@@ -97,13 +97,14 @@ def test_provenance_lists_every_rule_that_ran_before_the_report(tiny_run):
 
 
 # Words of table cells that the browser wrapped onto two lines (cells marked .breakable hold
-# hashes, which may wrap anywhere): one range per word, whose boxes must share one line.
+# hashes, which may wrap anywhere): one range per word, whose boxes must share one line. A line
+# may end after a hyphen ("|src-" / "edit|"), as in print, so a word here runs up to one.
 CUT_WORDS_JS = """() => {
   const cut = [];
   for (const cell of document.querySelectorAll('td:not(.breakable), th')) {
     const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      for (const m of node.data.matchAll(/\\S+/g)) {
+      for (const m of node.data.matchAll(/[^\\s-]+-?/g)) {
         const r = document.createRange();
         r.setStart(node, m.index);
         r.setEnd(node, m.index + m[0].length);
