@@ -71,6 +71,7 @@ rule p2p_real_edit:
             labels={"image": "{name}", "figure": "inversion and edits"},
         ),
         metrics="results/p2p/real/{name}/metrics.csv",
+        timing="results/p2p/real/{name}/timing.csv",
     log:
         "logs/p2p_real_edit/{name}.log",
     benchmark:
@@ -79,7 +80,8 @@ rule p2p_real_edit:
         name="|".join(P2P_REAL) or "(?!)",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # one thread: the embedded model's ops are too small to share; two images run side by side
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
@@ -129,6 +131,9 @@ if P2P["enabled"]:
         REPORT_INPUTS["p2p"][
             f"real_{_name}_metrics"
         ] = f"results/p2p/real/{_name}/metrics.csv"
+        REPORT_INPUTS["p2p"][
+            f"real_{_name}_timing"
+        ] = f"results/p2p/real/{_name}/timing.csv"
     for _name in P2P_EDITS:
         REPORT_INPUTS["p2p"][
             f"{_name}_figure"

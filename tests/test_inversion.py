@@ -22,6 +22,16 @@ SMOOTH = 0.1  # the UNet's output layer is scaled by this (see the module docstr
 PROMPT = "a red circle on a white background"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to share between threads; on a busy 2-core machine two
+    threads wait on each other (a step takes 100x longer), one does not."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def _template():
     pipe = tiny_pipe()
@@ -163,3 +173,183 @@ def test_timesteps_must_be_in_sampling_order(pipe, image):
     cond, _ = embeddings(pipe, PROMPT)
     with pytest.raises(ValueError, match="strictly decreasing"):
         inversion.ddim_invert(pipe.unet, image, cond, sched["timesteps"].flip(0), sched["alphas_cumprod"], **kw)
+
+
+# --- the stage (rule p2p_real_edit) on the tiny model ---------------------------------------------
+
+SPEC_DATA = {"image_size": 16, "shapes": ["circle", "square", "triangle"],
+             "colours": {"red": "#e02020", "green": "#20b020", "blue": "#2040e0", "yellow": "#f0d020"},
+             "backgrounds": {"white": "#ffffff", "black": "#000000", "gray": "#808080"},
+             "radius": [3.0, 6.0], "small_below": 3.8, "big_above": 5.2, "size_word_prob": 0.5}
+ENTRY = {"name": "red_circle", "image": {"draw": {"shape": "circle", "colour": "red", "background": "white", "cx": 7.5, "cy": 8.5, "radius": 4.5}},
+         "prompt": PROMPT, "guidance_scale": 3.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1},
+         "edits": [{"name": "shape_swap", "target": "a red square on a white background", "mode": "replace"},
+                   {"name": "same", "target": PROMPT, "mode": "replace"}]}
+
+
+@pytest.fixture(scope="module")
+def reader():
+    from diffusion_report.models import attributes, shapes
+
+    return attributes.AttributeReader(shapes.ShapeSpec.from_config(SPEC_DATA)).fit(200, 0, 0.1)
+
+
+def real_outputs(folder):
+    from diffusion_report.stages import p2p
+
+    names = {"inversion": "inversion.safetensors", "metrics": "metrics.csv", "timing": "timing.csv", "edits": "edits"}
+    return {k: str(folder / names.get(k, f"{k}.png")) for k in p2p.REAL_ARTIFACTS}
+
+
+def test_the_stage_writes_inversion_reconstructions_edits_figure_and_metrics(pipe, reader, tmp_path):
+    from PIL import Image
+
+    from diffusion_report.io import load_tensors
+    from diffusion_report.report import pagecheck
+    from diffusion_report.stages import p2p
+
+    image, truth, source = p2p.real_input(ENTRY, SPEC_DATA)
+    assert image.shape == (3, 16, 16) and source == "drawn"
+    assert truth == {"shape": "circle", "colour": "red", "background": "white", "size_word": ""}
+    out = real_outputs(tmp_path)
+    df, timing = p2p.real_edit(pipe, reader, ENTRY, truth, source, image, out)
+    assert list(df.columns) == p2p.REAL_COLUMNS and "seconds" not in df  # metrics.csv: the same bytes on every run
+    assert timing["step"].tolist() == ["ddim_inversion", "null_text_inversion", "edit", "edit"] and (timing["seconds"] > 0).all()
+    assert df["method"].tolist() == ["ddim_inversion", "null_text_inversion", "shape_swap", "same"]
+    rec = df[df["kind"] == "reconstruction"]
+    assert rec["psnr"].notna().all() and rec["ssim"].between(-1, 1).all()
+    edits = df[df["kind"] == "edit"].set_index("method")
+    assert edits.loc["shape_swap", "edit_type"] == "shape_swap" and edits.loc["shape_swap", "measured"] in (True, "True")
+    assert edits.loc["same", "measured"] in (False, "False")  # no edit type changes nothing
+    tensors, meta = load_tensors(out["inversion"])
+    assert tensors["x_T"].shape == (3, 16, 16) and tensors["null_embeddings"].shape == (3, MAX_LEN, 32)
+    assert meta["prompt"] == PROMPT and meta["num_steps"] == 3
+    # the edit whose target is the prompt shows the null-text reconstruction
+    import numpy as np
+
+    same = np.asarray(Image.open(tmp_path / "edits" / "same.png"), dtype=np.int16)
+    assert np.abs(same - np.asarray(Image.open(out["reconstruction_null_text"]), dtype=np.int16)).max() <= 1
+    assert pagecheck.printed_font_pt(out["figure"]) >= pagecheck.MIN_FIGURE_FONT_PT
+    assert float(Image.open(out["figure"]).info["min-font-pt"]) >= 7.5
+
+
+def test_the_figure_prints_its_text_at_7pt_with_many_edits(tmp_path):
+    import numpy as np
+
+    from diffusion_report.report import pagecheck
+    from diffusion_report.stages import p2p
+
+    img = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    titles = ["input", "DDIM inversion\nPSNR 30.5 dB\nSSIM 0.985", "null-text inversion\nPSNR 52.5 dB\nSSIM 1.000"]
+    titles += [f"edit_{i}:\na big yellow triangle on a black background\nreader: failure" for i in range(7)]
+    p2p.real_edit_figure(tmp_path / "f.png", [img] * len(titles), titles)
+    assert pagecheck.printed_font_pt(tmp_path / "f.png") >= pagecheck.MIN_FIGURE_FONT_PT
+
+
+def test_an_image_file_is_read_like_the_forward_stage_and_judged_by_its_prompt(tmp_path):
+    from diffusion_report.io import save_png
+    from diffusion_report.models import shapes
+    from diffusion_report.stages import p2p
+
+    spec = shapes.ShapeSpec.from_config(SPEC_DATA)
+    drawn, _ = shapes.render(spec, ["square"], ["blue"], ["gray"], [8.0], [8.0], [4.0])
+    big = torch.nn.functional.interpolate(drawn, scale_factor=4, mode="nearest")[0]  # 64 x 64, resized back to 16
+    save_png(tmp_path / "square.png", big)
+    entry = dict(ENTRY, image=str(tmp_path / "square.png"), prompt="a blue square on a gray background")
+    image, truth, source = p2p.real_input(entry, SPEC_DATA)
+    assert image.shape == (3, 16, 16) and source == "prompt"
+    assert truth == {"size_word": "", "colour": "blue", "shape": "square", "background": "gray"}
+    assert float((image - drawn[0]).abs().mean()) < 0.05
+
+
+# --- config errors (before any job) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    import yaml
+
+    from diffusion_report.testing import ROOT
+
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def config_errors(cfg) -> str:
+    from diffusion_report.config import ConfigError, validate_config
+    from diffusion_report.testing import ROOT
+
+    try:
+        validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT, workflow_dir=ROOT)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def _broken_png(folder) -> str:
+    (folder / "broken.png").write_bytes(b"this is text, not a PNG")
+    return str(folder / "broken.png")
+
+
+def test_the_default_config_has_real_edits_and_passes(default_config):
+    cfg = copy.deepcopy(default_config)
+    assert len(cfg["p2p"]["real_edits"]) >= 2
+    assert config_errors(cfg) == ""
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda e, tmp: e.update(image=str(tmp / "missing.png")), ["p2p.real_edits[0] (red_circle).image: ", "missing.png", "neither an existing file"]),
+    (lambda e, tmp: e.update(image=_broken_png(tmp)),
+     ["p2p.real_edits[0] (red_circle).image: ", "is not a readable image"]),
+    (lambda e, tmp: e.update(prompt="a red dog on a white background"),
+     ["p2p.real_edits[0] (red_circle).prompt: 'dog' not in the embedded model's vocabulary"]),
+    (lambda e, tmp: e["edits"][1].update(target="a purple circle on a white background"),
+     ["p2p.real_edits[0] (red_circle).edits[1] (colour_swap).target: 'purple' not in the embedded model's vocabulary"]),
+    (lambda e, tmp: e["edits"][0].update(target="a red square on a white background today"),
+     ["p2p.real_edits[0] (red_circle).edits[0] (shape_swap): mode replace needs prompts with the same number of words"]),
+    (lambda e, tmp: e["edits"][1].update(name="shape_swap"), ["p2p.real_edits[0] (red_circle).edits[1] (shape_swap): duplicate name"]),
+    (lambda e, tmp: e["image"]["draw"].update(shape="hexagon"), ["p2p.real_edits[0] (red_circle).image.draw.shape: 'hexagon' is not in t2i.data"]),
+    (lambda e, tmp: e["image"]["draw"].update(cx=15.0), ["p2p.real_edits[0] (red_circle).image.draw.cx: 15 puts the shape"]),
+    (lambda e, tmp: e["image"]["draw"].pop("colour"), ["p2p.real_edits[0].image: must be an image file (a path) or {draw:", "'colour' is a required property"]),
+    (lambda e, tmp: e.update(num_inversion_steps=500), ["p2p.real_edits[0] (red_circle).num_inversion_steps: 500 is above", "t2i.schedule.T"]),
+    (lambda e, tmp: e.update(guidance_scale=0), ["p2p.real_edits[0].guidance_scale: 0 is out of range"]),
+    (lambda e, tmp: e["null_text"].update(learning_rate=-1.0), ["p2p.real_edits[0].null_text.learning_rate: -1.0 is out of range"]),
+], ids=["missing image", "unreadable image", "prompt word", "edit word", "word count", "duplicate edit", "drawn shape", "drawn outside",
+        "drawing incomplete", "steps above T", "guidance", "learning rate"])
+def test_bad_real_edits_fail_before_any_job_naming_the_key(default_config, tmp_path, change, fragments):
+    cfg = copy.deepcopy(default_config)
+    change(cfg["p2p"]["real_edits"][0], tmp_path)
+    msg = config_errors(cfg)
+    for f in fragments:
+        assert f in msg, msg
+
+
+def test_duplicate_real_edit_names_are_an_error(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["p2p"]["real_edits"][1]["name"] = cfg["p2p"]["real_edits"][0]["name"]
+    assert "p2p.real_edits[1] (red_circle): duplicate name 'red_circle' (also p2p.real_edits[0])" in config_errors(cfg)
+
+
+# --- the rule, end to end on the tiny preset --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rule_p2p_real_edit_end_to_end(tmp_path):
+    import pandas as pd
+
+    from diffusion_report.testing import copy_workflow, job_stats, run_snakemake
+
+    work = copy_workflow(tmp_path / "wf")
+    targets = [f"results/p2p/real/{n}/metrics.csv" for n in ("red_circle", "blue_square")]
+    proc = run_snakemake(work, *targets, "--configfile", "presets/tiny.yaml", timeout=600)  # targets first: --configfile takes several
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert job_stats(proc.stdout + proc.stderr).get("p2p_real_edit") == 2
+    for name in ("red_circle", "blue_square"):
+        folder = work / "results" / "p2p" / "real" / name
+        df = pd.read_csv(folder / "metrics.csv")
+        rec = df[df["kind"] == "reconstruction"].set_index("method")
+        assert rec.loc["null_text_inversion", "psnr"] > rec.loc["ddim_inversion", "psnr"]
+        for f in ("inversion.safetensors", "input.png", "reconstruction_ddim.png", "reconstruction_null_text.png", "figure.png", "timing.csv"):
+            assert (folder / f).is_file()
+        assert sorted(p.name for p in (folder / "edits").glob("*.png")) == ["colour_swap.png", "shape_swap.png"]
+    again = run_snakemake(work, *targets, "-n", "--configfile", "presets/tiny.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -269,10 +269,15 @@ def p2p_metrics(paths: Sequence[str], out_csv: str) -> None:
 
 # --------------------------------------------------------------------------- editing given images
 # Rule p2p_real_edit (Mokady et al. 2023): DDIM inversion, null-text inversion, then prompt-to-prompt.
-REAL_ARTIFACTS = ("inversion", "input", "reconstruction_ddim", "reconstruction_null_text", "edits", "figure", "metrics")
+REAL_ARTIFACTS = ("inversion", "input", "reconstruction_ddim", "reconstruction_null_text", "edits", "figure", "metrics", "timing")
 REAL_METHODS = ("ddim_inversion", "null_text_inversion")
-REAL_COLUMNS = ["image", "kind", "method", "prompt", "mode", "guidance_scale", "num_steps", "psnr", "ssim", "seconds", "truth",
+REAL_COLUMNS = ["image", "kind", "method", "prompt", "mode", "guidance_scale", "num_steps", "psnr", "ssim", "truth",
                 "edit_type", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px", "mask_iou", "success", "cause"]
+# Wall times (measured: they differ from run to run, so they live in their own timing.csv and
+# metrics.csv stays the same bytes on every run). ``step``: ddim_inversion (the DDIM inversion),
+# null_text_inversion (DDIM plus null-text inversion: the time per image before any edit), edit
+# (sampling one edit, ``method`` names it); ``threads``: torch's intra-op threads.
+TIMING_COLUMNS = ["image", "step", "method", "seconds", "threads", "device"]
 
 
 def real_input(entry: dict, data_cfg: dict, base_dir: str = ".", image_file: str | None = None):
@@ -316,15 +321,16 @@ def real_edit_figure(path, images: Sequence, titles: Sequence[str], cell: float 
     from diffusion_report.io import save_figure
 
     n = len(images)
-    lines = 4  # title lines at most
+    cell = figures.fit_cell(cell, 1, n, 0.15 * n, 0.9)  # the width decides; titles are wrapped to it
+    chars = max(10, int(cell * 72 / (0.55 * figures.MIN_FONT_PT)))
+    wrapped = ["\n".join(w for part in str(t).split("\n") for w in (textwrap.wrap(part, chars) or [""])) for t in titles]
+    lines = max(t.count("\n") + 1 for t in wrapped)
     title_h = lines * figures.MIN_FONT_PT * 1.25 / 72
     cell = figures.fit_cell(cell, 1, n, 0.15 * n, title_h + 0.2)
-    chars = max(10, int(cell * 72 / (0.55 * figures.MIN_FONT_PT)))
     fig, axes = plt.subplots(1, n, figsize=(n * (cell + 0.15), cell + title_h + 0.2), dpi=100, squeeze=False)
-    for ax, img, title in zip(axes[0], images, titles):
+    for ax, img, title in zip(axes[0], images, wrapped):
         ax.imshow(img, interpolation="nearest")
-        wrapped = [w for part in str(title).split("\n") for w in (textwrap.wrap(part, chars) or [""])]
-        ax.set_title("\n".join(wrapped[:lines]), fontsize=figures.MIN_FONT_PT)
+        ax.set_title(title, fontsize=figures.MIN_FONT_PT)
         ax.axis("off")
     fig.tight_layout(pad=0.3)
     save_figure(path, fig)
@@ -353,11 +359,12 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     4. each edit: source and target sampled together from x_T with the per-step null embeddings under
        the edit's prompt-to-prompt controller (:func:`core.inversion.sample_with_nulls`).
 
-    PSNR and SSIM compare each reconstruction (float, clamped to [-1, 1]) with the input; ``seconds``
-    is measured: DDIM inversion alone, DDIM plus null-text inversion (the time per image before any
-    edit), and the sampling of each edit. Each edit of a measurable type is judged by the attribute
-    reader (:func:`stages.t2i.judge`) against ``truth`` (the input's attributes), its result against the input.
-    Returns the metrics table (pandas DataFrame, :data:`REAL_COLUMNS`).
+    PSNR and SSIM compare each reconstruction (float, clamped to [-1, 1]) with the input. Wall times
+    go to ``timing`` (:data:`TIMING_COLUMNS`): DDIM inversion alone, DDIM plus null-text inversion
+    (the time per image before any edit), and the sampling of each edit. Each edit of a measurable
+    type is judged by the attribute reader (:func:`stages.t2i.judge`) against ``truth`` (the input's
+    attributes), its result against the input.
+    Returns (metrics :data:`REAL_COLUMNS`, timing :data:`TIMING_COLUMNS`) as pandas DataFrames.
     """
     import time
     from pathlib import Path
@@ -403,14 +410,16 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     log.info("%s: inverted in %.1f s (DDIM %.1f s); null-text losses per step %s", entry["name"], t_null, t_ddim,
              ", ".join(f"{v:.1e}" for v in losses.tolist()))
 
-    rows, shown, titles = [], [to_uint8(image)], ["input"]
+    rows, times, shown, titles = [], [], [to_uint8(image)], ["input"]
+    where = {"threads": torch.get_num_threads(), "device": str(pipe.device)}
     meta = {"prompt": prompt, "guidance_scale": g, "num_steps": steps, "timesteps": ts}
     for method, rec, secs in (("ddim_inversion", rec_ddim, t_ddim), ("null_text_inversion", rec_null, t_null)):
         psnr, ssim = _image_scores(image, rec[0].float().clamp(-1, 1).cpu())
         rows.append({"image": entry["name"], "kind": "reconstruction", "method": method, "prompt": prompt, "mode": "",
-                     "guidance_scale": g, "num_steps": steps, "psnr": psnr, "ssim": ssim, "seconds": secs, "truth": truth_from})
+                     "guidance_scale": g, "num_steps": steps, "psnr": psnr, "ssim": ssim, "truth": truth_from})
+        times.append({"image": entry["name"], "step": method, "method": method, "seconds": secs, **where})
         shown.append(to_uint8(rec[0].float().clamp(-1, 1).cpu()))
-        titles.append(f"{'DDIM inversion' if method == 'ddim_inversion' else 'null-text inversion'}\nPSNR {psnr:.1f} dB, SSIM {ssim:.3f}")
+        titles.append(f"{'DDIM inversion' if method == 'ddim_inversion' else 'null-text inversion'}\nPSNR {psnr:.1f} dB\nSSIM {ssim:.3f}")
 
     spec = reader.spec
     edited = {}
@@ -422,7 +431,8 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
         img = out[1].float().clamp(-1, 1).cpu()
         edited[e["name"]] = img
         row = {"image": entry["name"], "kind": "edit", "method": e["name"], "prompt": e["target"], "mode": e["mode"],
-               "guidance_scale": g, "num_steps": steps, "seconds": secs, "truth": truth_from}
+               "guidance_scale": g, "num_steps": steps, "truth": truth_from}
+        times.append({"image": entry["name"], "step": "edit", "method": e["name"], "seconds": secs, **where})
         etype, why = edit_type(spec, e)
         if etype is None or truth is None:
             row.update({"measured": False, "cause": why if etype is None else "the prompt is not a caption, so the input's attributes are unknown"})
@@ -431,7 +441,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
         rows.append(row)
         shown.append(to_uint8(img))
         verdict = "" if not row.get("measured") else ("\nreader: success" if row["success"] else "\nreader: failure")
-        titles.append(f"{e['name']} ({e['mode']}): {e['target']}{verdict}")
+        titles.append(f"{e['name']}:\n{e['target']}{verdict}")
         log.info("%s/%s: %s", entry["name"], e["name"], {k: row.get(k) for k in ("edit_type", "success", "cause")})
 
     save_tensors(outputs["inversion"], {"x_T": pivot[-1][0], "null_embeddings": nulls, "losses": losses}, meta)
@@ -444,9 +454,11 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
             save_png(Path(tmp) / f"{name}.png", to_uint8(img))
     real_edit_figure(outputs["figure"], shown, titles)
     df = pd.DataFrame(rows).reindex(columns=REAL_COLUMNS)
+    timing = pd.DataFrame(times, columns=TIMING_COLUMNS)
     write_csv(outputs["metrics"], df)
-    log.info("%s:\n%s", entry["name"], df.drop(columns=["cause"]).to_string())
-    return df
+    write_csv(outputs["timing"], timing)
+    log.info("%s:\n%s\n%s", entry["name"], df.drop(columns=["cause"]).to_string(), timing.to_string())
+    return df, timing
 
 
 def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
