@@ -262,6 +262,74 @@ def test_an_image_file_is_read_like_the_forward_stage_and_judged_by_its_prompt(t
     assert float((image - drawn[0]).abs().mean()) < 0.05
 
 
+# --- the report's subsection (no torch: it reads the artifacts) ------------------------------------
+
+
+def test_gain_sentence_states_the_goal_from_the_numbers():
+    from diffusion_report.report.sections import p2p as section
+
+    met = section.gain_sentence(30.5, 52.5)
+    assert met["met"] and "22 dB better, so the goal of at least 5 dB is met" in met["text"] and "at most 1%" in met["text"]
+    short = section.gain_sentence(38.0, 41.0)
+    assert not short["met"] and "3 dB better, so the goal of at least 5 dB is not met" in short["text"]
+    worse = section.gain_sentence(38.0, 35.0)
+    assert "3 dB worse" in worse["text"] and "more than 1%" in worse["text"]
+    assert section.gain_sentence(30.0, 30.0 + section.NULL_TEXT_GAIN_DB)["met"]  # the threshold itself counts
+
+
+def render_p2p(ctx, config) -> str:
+    """The p2p section rendered as the report does: twice, the second pass resolving ref(key)."""
+    from diffusion_report.report import render as report
+    from diffusion_report.testing import ROOT
+
+    env = report.environment(ROOT / "report" / "templates")
+    template = env.get_template("sections/p2p.html.j2")
+    template.render(ctx=ctx, config=config)
+    env.globals["numbering"].restart()
+    return template.render(ctx=ctx, config=config)
+
+
+def test_the_report_subsection_shows_each_image_with_its_figure_table_and_verdicts(pipe, reader, tmp_path):
+    import re
+
+    import pandas as pd
+
+    from diffusion_report.report.sections import p2p as section
+    from diffusion_report.stages import p2p
+
+    image, truth, source = p2p.real_input(ENTRY, SPEC_DATA)
+    out = real_outputs(tmp_path)
+    df, _ = p2p.real_edit(pipe, reader, ENTRY, truth, source, image, out)
+    edits = [{"name": "e", "mode": "replace", "source": PROMPT, "target": "a blue circle on a white background"}]
+    pd.DataFrame([{"edit": "e", "mode": "replace", "mask": "attention", "mask_fraction": 1.0, "edit_mae": 0.1, "baseline_mae": 0.2,
+                   "edit_mae_outside": float("nan"), "baseline_mae_outside": float("nan")}]).to_csv(tmp_path / "m.csv", index=False)
+    config = {"p2p": {"model": {"source": "train", "pretrained": ""}, "scheduler": "ddim", "num_inference_steps": 3, "guidance_scale": 3.0,
+                      "edits": edits, "real_edits": [ENTRY]}}
+    files = {"metrics": str(tmp_path / "m.csv"), "real_red_circle_figure": out["figure"], "real_red_circle_metrics": out["metrics"],
+             "real_red_circle_timing": out["timing"]}
+    ctx = section.report_context(files, config)
+    (r,) = ctx["real"]
+    rec = df[df["kind"] == "reconstruction"].set_index("method")
+    psnr = [row["PSNR (dB)"] for row in r["rows"]]
+    assert psnr == pytest.approx([rec.loc["ddim_inversion", "psnr"], rec.loc["null_text_inversion", "psnr"]], rel=1e-7)  # the CSV's 8 digits
+    assert r["gain"]["text"] == section.gain_sentence(*psnr)["text"]
+    assert [e["verdict"]["status"] for e in r["edits"]][1] == "unmeasured"
+    html = render_p2p(ctx, config)
+    text = " ".join(html.split())
+    assert '<h3 id="p2p-real">' in html and "Prompt &#8220;a red circle on a white background&#8221;" in text
+    assert r["gain"]["text"].replace("'", "&#39;") in text
+    # every figure and table of the section is referenced from its text
+    ids = re.findall(r'<(?:figure|table) id="((?:fig|tab)-\d+)"', html)
+    refs = set(re.findall(r'<a class="xref" href="#((?:fig|tab)-\d+)">', html))
+    assert len(ids) == 3 and [i for i in ids if i not in refs] == []
+    assert re.search(r'inverting the image took <span class="measured">[0-9.]+</span> s', text)
+    assert "Editing given images: null-text inversion reconstructs" in " ".join(section.answer(ctx, config)["sentences"])
+    # without results (or with a pretrained model) there is no subsection
+    assert section.report_context({"metrics": files["metrics"]}, config)["real"] == []
+    pretrained = {"p2p": dict(config["p2p"], model={"source": "pretrained", "pretrained": "x"})}
+    assert section.report_context(files, pretrained)["real"] == []
+
+
 # --- config errors (before any job) ----------------------------------------------------------------
 
 
