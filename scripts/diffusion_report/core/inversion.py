@@ -20,13 +20,16 @@ The DDIM step (DDIM eq. 12 with sigma = 0, via eq. 9) between abar_a (current) a
     x0_hat = (x - sqrt(1 - abar_a) eps) / sqrt(abar_a),
     x'     = sqrt(abar_b) x0_hat + sqrt(1 - abar_b) eps,
 
-used backwards for inversion (Mokady et al. eq. 3 / DDIM sec. 4.3: abar_b > abar_a would be
-sampling, abar_b < abar_a inversion, with eps taken at the current point and the noisier
+used backwards for inversion (Mokady et al. sec. 3, "DDIM inversion"; DDIM sec. 4.3, eq. 14's ODE
+run from x_0: abar_b > abar_a is sampling, abar_b < abar_a inversion, with eps taken at the current point and the noisier
 timestep) and forwards for sampling. No clipping of x0_hat anywhere: a clipped step cannot be
 inverted (the reference implementation also sets ``clip_sample=False``), so the sampler here is
 not bit-for-bit the model's own scheduler when its config clips.
 
-Guidance (classifier-free, Mokady et al. eq. 2): eps = eps(x, k, null) + w (eps(x, k, cond) - eps(x, k, null)).
+Guidance (classifier-free, Ho & Salimans 2022; Mokady et al. sec. 3, with w the guidance scale and
+the unconditional embedding in place of the empty prompt's):
+
+    eps = eps(x, k, null) + w (eps(x, k, cond) - eps(x, k, null))   (= w eps(cond) + (1 - w) eps(null)).
 
 Everything is deterministic: no random draws at all (Adam starts from the given embedding).
 """
@@ -80,8 +83,9 @@ def ddim_invert(unet, x0: torch.Tensor, cond_emb: torch.Tensor, timesteps, alpha
     """DDIM inversion at guidance 1 under the source prompt: the pivot [x_0, ..., x_T] (S + 1 latents).
 
     x0 (B, C, h, w) (pixel space: the image in [-1, 1]); cond_emb (L, D) or (B, L, D). For the
-    sampling steps taken backwards, i = S-1 .. 0 (Mokady et al. sec. 3.2, "DDIM inversion"; the
-    reverse of DDIM eq. 12, DDIM sec. 4.3 eq. 14 discretised as in the reference code):
+    sampling steps taken backwards, i = S-1 .. 0 (Mokady et al. sec. 3, "DDIM inversion", the pivot of
+    their pivotal tuning; the reverse of DDIM eq. 12, DDIM sec. 4.3 eq. 14 discretised as in the
+    reference code):
 
     1. eps = eps_theta(x, k_{i+1}, C): the network at the noisier timestep and the current point
        (it is not defined at the clean end; diffusers' ``DDIMInverseScheduler`` does the same);
@@ -103,7 +107,7 @@ def ddim_invert(unet, x0: torch.Tensor, cond_emb: torch.Tensor, timesteps, alpha
 
 def guided_step(unet, x: torch.Tensor, k: int, a_t: float, a_prev: float, cond: torch.Tensor, null: torch.Tensor,
                 guidance: float, eps_cond: torch.Tensor | None = None) -> torch.Tensor:
-    """One guided DDIM sampling step x_{k} -> x_{prev} (Mokady et al. eq. 2 then DDIM eq. 12).
+    """One guided DDIM sampling step x_{k} -> x_{prev}: the guidance of the module docstring, then DDIM eq. 12.
 
     cond, null (B, L, D). ``eps_cond`` reuses the conditional prediction (it does not depend on
     the null embedding). Differentiable in ``null``.
@@ -129,9 +133,8 @@ def null_text_invert(unet, pivot: Sequence[torch.Tensor], cond_emb: torch.Tensor
     2. up to ``inner_steps`` Adam steps (learning rate ``lr * (1 - i / (2 S))``: the reference's
        ``lr * (1 - i / 100)`` for its S = 50, for any S) on
        loss = || pivot[S-i-1] - guided_step(x_cur, k_{i+1}, C, null_i) ||^2 (mean squared error,
-       Algorithm 1's objective; eq. 2 inside), leaving early once the loss (before the step) is
-       below ``early_stop + i * 2e-5`` (the reference's threshold, growing with i since later
-       pivots are harder to reach exactly);
+       Algorithm 1's objective, with the guided step inside), leaving early once the loss (before the step) is
+       below ``early_stop + i * 2e-5`` (the reference implementation's threshold, looser at each step);
     3. x_cur <- guided_step(x_cur, k_{i+1}, C, null_i) with the optimised null_i (not the pivot:
        the next step starts where sampling will actually be).
 
