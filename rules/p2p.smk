@@ -1,8 +1,6 @@
 # Exercise 5: prompt-to-prompt editing by controlling attention (per edit: source, edited and
 # no-control images from one x_T, attention maps, pixel distances), and a table of all edits.
 
-from diffusion_report.images import resolve_image
-
 P2P = config["p2p"]
 P2P_EDITS = {e["name"]: e for e in P2P["edits"]}
 P2P_PRETRAINED = P2P["model"]["source"] == "pretrained"
@@ -46,12 +44,6 @@ rule p2p_edit:
         device=config["device"],
     script:
         "../scripts/p2p_edit.py"
-
-
-def get_real_image(wildcards):
-    """The file a p2p.real_edits image resolves to (an input: replacing it reruns the job); none when drawn."""
-    image = P2P_REAL[wildcards.name]["image"]
-    return {"image": str(resolve_image(image))} if isinstance(image, str) else {}
 
 
 rule p2p_real_edit:

@@ -421,3 +421,20 @@ def test_rule_p2p_real_edit_end_to_end(tmp_path):
         assert sorted(p.name for p in (folder / "edits").glob("*.png")) == ["colour_swap.png", "shape_swap.png"]
     again = run_snakemake(work, *targets, "-n", "--configfile", "presets/tiny.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # an image file: an input of its job (a file given relative to the working directory)
+    import shutil
+
+    import yaml
+
+    shutil.copy(work / "results/p2p/real/blue_square/input.png", work / "square.png")
+    entries = yaml.safe_load((work / "config.yaml").read_text())["p2p"]["real_edits"]
+    entries.append(dict(entries[1], name="from_file", image="square.png"))
+    (work / "file.yaml").write_text(yaml.safe_dump({"p2p": {"real_edits": entries}}))
+    target = "results/p2p/real/from_file/metrics.csv"
+    proc = run_snakemake(work, target, "--configfile", "presets/tiny.yaml", "file.yaml", timeout=600)
+    assert proc.returncode == 0 and job_stats(proc.stdout + proc.stderr) == {"p2p_real_edit": 1}, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(work / target)
+    assert df["truth"].eq("prompt").all() and df[df["kind"] == "edit"]["measured"].all()
+    shutil.copy(work / "results/p2p/real/red_circle/input.png", work / "square.png")  # another image reruns the job
+    again = run_snakemake(work, target, "-n", "--configfile", "presets/tiny.yaml", "file.yaml")
+    assert job_stats(again.stdout + again.stderr).get("p2p_real_edit") == 1, again.stdout[-3000:]
