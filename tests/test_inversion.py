@@ -224,6 +224,18 @@ def test_the_stage_writes_inversion_reconstructions_edits_figure_and_metrics(pip
     tensors, meta = load_tensors(out["inversion"])
     assert tensors["x_T"].shape == (3, 16, 16) and tensors["null_embeddings"].shape == (3, MAX_LEN, 32)
     assert meta["prompt"] == PROMPT and meta["num_steps"] == 3
+    # a later job reuses the saved x_T and null embeddings: the same reconstruction, byte for byte
+    from diffusers import DDIMScheduler
+
+    from diffusion_report.io import to_uint8
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(meta["num_steps"])
+    assert sched.timesteps.tolist() == meta["timesteps"]
+    again = inversion.sample_with_nulls(pipe.unet, tensors["x_T"][None], encode_prompts(pipe, [PROMPT]), tensors["null_embeddings"],
+                                        sched.timesteps, sched.alphas_cumprod, meta["guidance_scale"],
+                                        final_alpha_cumprod=float(sched.final_alpha_cumprod))
+    assert to_uint8(again[0].clamp(-1, 1)).tobytes() == Image.open(out["reconstruction_null_text"]).tobytes()
     # the edit whose target is the prompt shows the null-text reconstruction
     import numpy as np
 
