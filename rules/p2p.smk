@@ -108,9 +108,8 @@ rule p2p_metrics:
 
 if P2P["enabled"]:
     REPORT_INPUTS["p2p"] = {"metrics": "results/p2p/metrics.csv"}
-    if (
-        not P2P_PRETRAINED
-    ):  # the attribute reader's verdict on each edit (rule t2i_showcase)
+    # the attribute reader's verdict on each edit (rule t2i_showcase)
+    if not P2P_PRETRAINED:
         REPORT_INPUTS["p2p"]["showcase"] = "results/t2i/showcase.csv"
     for (
         _name

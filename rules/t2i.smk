@@ -165,7 +165,8 @@ rule t2i_showcase:
         runtime=10,
     params:
         edits=config["p2p"]["edits"],
-        t2i={k: T2I[k] for k in ("data", "reader")},
+        p2p={k: config["p2p"][k] for k in ("num_inference_steps", "guidance_scale")},
+        t2i={k: T2I[k] for k in ("data", "reader", "eval")},
         seed=config["seed"],
     script:
         "../scripts/t2i_showcase.py"

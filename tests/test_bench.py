@@ -79,7 +79,8 @@ def test_bench_pipeline_on_a_finished_run(tiny_run, tmp_path):
           "--out-dir", str(tmp_path))
     summary = pd.read_csv(tmp_path / "pipeline_summary.csv").iloc[0]
     assert summary["noop_rerun_jobs"] == 0
-    assert summary["edit_change_jobs"] == "all:1 p2p_edit:1 p2p_metrics:1 report_html:1 report_pdf:1"
+    # the edit, the table of edits, the reader's verdict on the showcased edits, the report
+    assert summary["edit_change_jobs"] == "all:1 p2p_edit:1 p2p_metrics:1 report_html:1 report_pdf:1 t2i_showcase:1"
     rules = pd.read_csv(tmp_path / "pipeline.csv").set_index("rule")
     assert {"forward_mse", "ddim_train", "p2p_edit", "report_html"} <= set(rules.index)
     assert rules.loc["p2p_edit", "jobs"] == 3 and (rules["max_rss_mib"] > 0).all()

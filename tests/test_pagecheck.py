@@ -49,8 +49,8 @@ def section(title: str, inner: str) -> str:
 PARA = "<p>" + "Text of a paragraph that fills lines on the page. " * 12 + "</p>"
 
 
-def check(tmp_path, html_body: str) -> list[str]:
-    html = f"<!doctype html><html><head><style>{CSS}</style></head><body><main>{html_body}</main></body></html>"
+def check(tmp_path, html_body: str, css: str = CSS) -> list[str]:
+    html = f"<!doctype html><html><head><style>{css}</style></head><body><main>{html_body}</main></body></html>"
     (tmp_path / "r.html").write_text(html)
     weasyprint.HTML(string=html, base_url=str(tmp_path)).write_pdf(tmp_path / "r.pdf")
     (tmp_path / "style.css").write_text(CSS)
@@ -93,12 +93,16 @@ def _rows_per_page(tmp_path) -> list[int]:
         return [len({round(ln["top"]) for ln in page.lines if ln["linewidth"] < 1.2}) for page in pdf.pages]
 
 
+# the report's stylesheet without its rules against lone rows, to make some
+ROWS_MAY_BE_ALONE = CSS + "\ntbody tr:first-child, tbody tr:last-child { break-after: auto; break-before: auto; }\n"
+
+
 def test_a_table_split_with_a_lone_row(tmp_path):
     """More and more rows after half a page of text: the first count that leaves exactly one row
     on page 2 is flagged; one that leaves several on each page is not."""
     lone, fine = None, None
     for rows in range(5, 60):
-        problems = check(tmp_path, section("1. One", PARA * 3 + table(1, rows)))
+        problems = check(tmp_path, section("1. One", PARA * 3 + table(1, rows)), css=ROWS_MAY_BE_ALONE)
         per_page = _rows_per_page(tmp_path)
         if len(per_page) == 2 and per_page[0] >= 2 and per_page[1] == 1 and lone is None:
             lone = problems
@@ -108,6 +112,15 @@ def test_a_table_split_with_a_lone_row(tmp_path):
     assert lone is not None and fine is not None
     assert any("page 2: a table split over pages 1-2 keeps 1 body row(s)" in p for p in lone), lone
     assert not any("body row" in p for p in fine), fine
+
+
+def test_the_reports_stylesheet_leaves_no_lone_row(tmp_path):
+    """With report/style.css, no row count leaves a table's first or last row alone on a page."""
+    counts = []
+    for rows in range(14, 24):
+        assert not any("body row" in p for p in check(tmp_path, section("1. One", PARA * 3 + table(1, rows)))), rows
+        counts.append(tuple(_rows_per_page(tmp_path)))
+    assert any(len(c) == 2 for c in counts)  # some of them do split the table
 
 
 def test_figure_text_too_small_when_printed(tmp_path):
@@ -175,6 +188,10 @@ def test_figures_at_the_default_configs_sizes_print_text_at_7pt(tmp_path):
     rows = [{"variant": v, "steps": s, "fd": 10.0 + s / 100, "fd_boot_std": 1.0} for v in ("eta=0", "eta=0.2", "eta=0.5", "eta=1", "sigma_hat") for s in (10, 20, 50, 100, 1000)]
     saved("quality.png", ddim_experiments.quality_figure(pd.DataFrame(rows + [{"variant": "real digits", "steps": 0, "fd": 9.0, "fd_boot_std": 1.0}]),
                                                           ["eta=0", "eta=0.2", "eta=0.5", "eta=1", "sigma_hat"]))
+    conv = pd.DataFrame([{"sampler": "ddim", "label": f"ddim_{s}", "steps": s, "eta": 0.0, "mse": 1 / s, "ssim": 1 - 1 / s,
+                          "recognisability": 0.9} for s in (5, 10, 20, 50, 100, 1000)]
+                        + [{"sampler": "ddpm", "label": "ddpm", "steps": 1000, "eta": 1.0, "mse": 0.1, "ssim": 0.5, "recognisability": 0.95}])
+    saved("convergence.png", ddim._convergence_figure(conv, "ddim_1000"))
     caption = "a big yellow triangle on a black background"
     t2i.image_grid_figure(tmp_path / "samples.png", [rgb16] * 8, [caption] * 8)
     t2i.image_grid_figure(tmp_path / "examples.png", [rgb16[:3]] * 10, [f"refine_big #1\n{caption}\n-> {caption}"] * 10,

@@ -289,6 +289,12 @@ def test_showcase_verdicts_are_written_beside_the_evaluation_rates(tmp_path):
     assert not rows[("s", "baseline")]["success"] and "colour red -> blue" in rows[("s", "baseline")]["cause"]
     assert not rows[("r", "p2p")]["measured"] and "not measured" in rows[("r", "p2p")]["cause"]
     assert len(df) == 4
+    # where the showcased edit's settings differ from the evaluation's, the row says which
+    ev = {"num_steps": 20, "guidance_scale": 2.0, "cross_replace_steps": 0.8, "self_replace_steps": 0.4, "self_max_tokens": None}
+    same = {"num_inference_steps": 20, "guidance_scale": 2}
+    assert t2i_stage.settings_differ({"cross_replace_steps": 0.8, "self_replace_steps": 0.4}, same, ev) == ""
+    differ = t2i_stage.settings_differ({"cross_replace_steps": 0.6}, same, dict(ev, self_max_tokens=256))
+    assert differ == "cross_replace_steps 0.6 here, 0.8 in the evaluation; self_max_tokens default here, 256 in the evaluation"
 
 
 def test_showcase_sentences_follow_the_verdicts():
@@ -301,6 +307,9 @@ def test_showcase_sentences_follow_the_verdicts():
     assert v["status"] == "success" and "prompt-to-prompt succeeds" in v["text"] and "an untypical outcome" in v["text"]
     assert "Without control, the edited prompt fails: the target shape is not reached" in v["text"]
     assert "25% of them and the no-control baseline in 75%" in v["text"]
+    assert "The evaluation used this edit's settings." in v["text"]
+    v = p2p_section.verdict({"p2p": dict(good, settings_differ="guidance 3 here, 2 in the evaluation"), "baseline": bad})
+    assert "The evaluation's settings differ from this edit's (guidance 3 here, 2 in the evaluation)." in v["text"]
     v = p2p_section.verdict({"p2p": bad, "baseline": good})
     assert v["status"] == "failure" and "prompt-to-prompt fails: the target shape" in v["text"] and "a typical outcome" in v["text"]
     v = p2p_section.verdict({"p2p": {"measured": False, "cause": "reweighting 'red' is not measured"}})
@@ -339,7 +348,7 @@ def test_goal_and_tradeoff_sentences_follow_the_numbers():
             {"edit": "shape_swap", "method": "p2p", "cross_replace_steps": 1.0, "n": 12, "success": 0.4, "mask_iou": 0.80, "centroid_shift_px": 0.9, "all_kept": 1.0}]
     (t,) = t2i_section.tradeoff_summary(pd.DataFrame(rows))
     assert t["iou_rises"] and t["success_falls"] and t["meeting"] == []
-    rows[2].update(success=1.0)  # contrary numbers: the most injection also reaches the target
+    rows[2].update(success=0.95)  # contrary numbers: the most injection loses less than the threshold
     (t,) = t2i_section.tradeoff_summary(pd.DataFrame(rows))
     assert not t["success_falls"] and t["meeting"] == [1.0]
 

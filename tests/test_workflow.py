@@ -213,7 +213,8 @@ def test_changing_one_edit_reruns_only_that_edit_and_the_report(tiny_run, tmp_pa
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}, sort_keys=False))
     jobs = _dry_run_jobs(work, str(overlay))
-    assert jobs == {"p2p_edit": 1, "p2p_metrics": 1, "report_html": 1, "report_pdf": 1, "all": 1}
+    # and the attribute reader's verdict on the showcased edits (rule t2i_showcase)
+    assert jobs == {"p2p_edit": 1, "p2p_metrics": 1, "t2i_showcase": 1, "report_html": 1, "report_pdf": 1, "all": 1}
 
 
 def test_changing_ddim_clipping_reruns_sampling_not_training(tiny_run, tmp_path):

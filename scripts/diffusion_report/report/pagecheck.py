@@ -35,7 +35,7 @@ MIN_FIGURE_FONT_PT = 7.0  # smallest text in a figure at its printed size
 TOL = 1.0  # pt: rounding of positions in the PDF
 
 RUNNING = re.compile(r"Page \d+ of \d+|diffusion-report.*")
-CAPTION = re.compile(r"(Figure|Table) (\d+)\. ")
+CAPTION = re.compile(r"(Figure|Table) (\d+)\.")  # a caption's label (bold: see _caption)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Body:
 def _lines(page) -> list[dict]:
     """Text lines of the page body (running header and footer left out), top to bottom, each
     with its text, top, bottom and largest font size."""
-    words = page.extract_words(extra_attrs=["size"], keep_blank_chars=False, use_text_flow=True)
+    words = page.extract_words(extra_attrs=["size", "fontname"], keep_blank_chars=False, use_text_flow=True)
     rows: list[dict] = []
     for w in sorted(words, key=lambda w: (round(w["top"]), w["x0"])):
         if rows and abs(rows[-1]["top"] - w["top"]) < 2:
@@ -69,8 +69,14 @@ def _lines(page) -> list[dict]:
             r["bottom"] = max(r["bottom"], w["bottom"])
             r["size"] = max(r["size"], w["size"])
         else:
-            rows.append({"text": w["text"], "top": w["top"], "bottom": w["bottom"], "size": w["size"]})
+            rows.append({"text": w["text"], "top": w["top"], "bottom": w["bottom"], "size": w["size"],
+                         "bold": "bold" in str(w.get("fontname", "")).lower()})
     return [r for r in rows if not RUNNING.fullmatch(r["text"].strip())]
+
+
+def _caption(line: dict) -> re.Match | None:
+    """The label of a figure or table caption ("Figure 3." in bold at the start of a line)."""
+    return CAPTION.match(line["text"]) if line.get("bold") else None
 
 
 def _rules(page, body: Body) -> list[tuple[float, float]]:
@@ -99,10 +105,10 @@ def _table_parts(lines: list[dict], rules: list[tuple[float, float]]) -> list[di
     table_size = min((ln["size"] for ln in lines), default=0)
     for y, width in rules:
         between = [ln for ln in lines if parts and parts[-1]["bottom"] < ln["top"] < y]
-        breaks = any(CAPTION.match(ln["text"]) or ln["size"] > table_size + 1.5 for ln in between)
+        breaks = any(_caption(ln) or ln["size"] > table_size + 1.5 for ln in between)
         if not parts or breaks:
             above = [ln for ln in lines if ln["bottom"] <= y]
-            captioned = bool(above) and any(CAPTION.match(ln["text"]) and ln["text"].startswith("Table") for ln in above[-4:])
+            captioned = bool(above) and any(_caption(ln) and ln["text"].startswith("Table") for ln in above[-4:])
             parts.append({"top": y, "bottom": y, "rows": 0, "header": False, "captioned": captioned})
         part = parts[-1]
         part["bottom"] = y
@@ -178,10 +184,10 @@ def check(pdf_path: str | Path, html_path: str | Path | None = None, css_path: s
                             problems.append(f"figure {n} (page {p}): its smallest text prints at {printed:.1f} pt "
                                             f"({rec[0]:g} pt shrunk {natural_pt:.0f} -> {im['x1'] - im['x0']:.0f} pt wide); at least {MIN_FIGURE_FONT_PT:g} pt")
             for ln in lines:
-                m = CAPTION.match(ln["text"])
+                m = _caption(ln)
                 if m and m.group(1) == "Figure":
                     caption_page[int(m.group(2))] = p
-            if lines and CAPTION.match(lines[-1]["text"]) and lines[-1]["text"].startswith("Table") and not images:
+            if lines and _caption(lines[-1]) and lines[-1]["text"].startswith("Table") and not images:
                 problems.append(f"page {p}: the caption of {lines[-1]['text'].split('.')[0]} ends the page")
             parts = _table_parts(lines, _rules(page, body))
             content_bottom = max([ln["bottom"] for ln in lines] + [im["bottom"] for im in images] + [body.top])

@@ -160,7 +160,7 @@ def _grid_figure(rows: list[tuple[str, torch.Tensor]], max_cols: int = 16):
 def _convergence_figure(df, ref_label: str):
     import matplotlib
 
-    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+    from diffusion_report import figures  # the project's matplotlib style and page size
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,7 +170,7 @@ def _convergence_figure(df, ref_label: str):
     cols = [("mse", "MSE to reference", True), ("ssim", "SSIM to reference", False)]
     if "recognisability" in df.columns:
         cols.append(("recognisability", "recognisability (mean top-class p)", False))
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 2.9), dpi=150, squeeze=False)
+    fig, axes = plt.subplots(1, len(cols), figsize=(min(3.3 * len(cols), figures.PAGE_WIDTH_IN), 2.7), dpi=150, squeeze=False)
     for ax, (col, title, logy) in zip(axes[0], cols):
         sub = dd if col != "recognisability" else df[df["sampler"] == "ddim"]
         etas = sorted({float(e) for e in sub["eta"]})
@@ -180,10 +180,11 @@ def _convergence_figure(df, ref_label: str):
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        ax.set_xlabel("sampling steps")
-        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("sampling steps", fontsize=8)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=figures.MIN_FONT_PT)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].legend(frameon=False, fontsize=7)
+    axes[0, 0].legend(frameon=False, fontsize=figures.MIN_FONT_PT)
     sampler, _, steps = ref_label.partition("_")
     fig.suptitle(f"Convergence to the {sampler.upper()} {steps}-step sample from the same $x_T$", fontsize=9)
     fig.tight_layout()

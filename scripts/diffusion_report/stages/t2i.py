@@ -409,7 +409,25 @@ MAX_SHIFT_PX = 1.0  # "in place": the object's centroid moves at most this far (
 ATTRIBUTE_OF = {"shape_swap": "shape", "colour_swap": "colour", "background_swap": "background",
                 "refine_big": "size", "reweight_big": "size"}
 SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px",
-                    "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline"]
+                    "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline", "settings_differ"]
+
+
+def settings_differ(edit: dict, p2p_cfg: dict, eval_cfg: dict) -> str:
+    """The settings in which a showcased edit differs from the evaluation ("" when none): steps,
+    guidance, cross/self injection fractions, the largest map with injected self-attention."""
+    pairs = {
+        "steps": (p2p_cfg.get("num_inference_steps"), eval_cfg.get("num_steps")),
+        "guidance": (p2p_cfg.get("guidance_scale"), eval_cfg.get("guidance_scale")),
+        "cross_replace_steps": (edit.get("cross_replace_steps", 0.8), eval_cfg.get("cross_replace_steps")),
+        "self_replace_steps": (edit.get("self_replace_steps", 0.4), eval_cfg.get("self_replace_steps")),
+        "self_max_tokens": (None, eval_cfg.get("self_max_tokens")),
+    }
+    out = []
+    for key, (shown, evaluated) in pairs.items():
+        same = shown == evaluated or (isinstance(shown, (int, float)) and isinstance(evaluated, (int, float)) and float(shown) == float(evaluated))
+        if not same:
+            out.append(f"{key} {shown if shown is not None else 'default'} here, {evaluated if evaluated is not None else 'default'} in the evaluation")
+    return "; ".join(out)
 
 
 def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
@@ -465,12 +483,14 @@ def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, 
 
 
 def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summary: str, t2i_cfg: dict, seed: int,
-                 out_csv: str) -> pd.DataFrame:
+                 out_csv: str, p2p_cfg: dict | None = None) -> pd.DataFrame:
     """Rule t2i_showcase: the attribute reader's verdict on each showcased ``p2p.edits`` image
     (prompt-to-prompt and the no-control baseline), beside the evaluation's success rate of the
     same edit type, so that an example cannot stand for more than the evaluation supports.
 
-    ``images``: edit name -> {source, edit, baseline} PNG paths (rule p2p_edit's outputs).
+    ``images``: edit name -> {source, edit, baseline} PNG paths (rule p2p_edit's outputs);
+    ``p2p_cfg``: the p2p block (steps, guidance), to say where the edit's settings differ from the
+    evaluation's (``settings_differ``).
     """
     from PIL import Image
 
@@ -488,7 +508,8 @@ def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summ
         etype, why = edit_type(reader.spec, edit)
         paths = images[edit["name"]]
         for method, key in (("p2p", "edit"), ("baseline", "baseline")):
-            row = {"edit": edit["name"], "edit_type": etype or "", "method": method}
+            row = {"edit": edit["name"], "edit_type": etype or "", "method": method,
+                   "settings_differ": settings_differ(edit, p2p_cfg, t2i_cfg["eval"]) if p2p_cfg is not None and "eval" in t2i_cfg else ""}
             if etype is None:
                 row.update({"measured": False, "cause": why})
             else:
@@ -560,9 +581,18 @@ def tradeoff_figure(path, df: pd.DataFrame) -> None:
         d = df[df["edit"] == edit]
         p, b = d[d["method"] == "p2p"].sort_values("cross_replace_steps"), d[d["method"] == "baseline"]
         ax.plot(p["mask_iou"], p["success"], "o-", color="C0", label="prompt-to-prompt")
+        # one label per group of points that lie together ("0-0.6"), so that labels never overlap
+        groups: list[list] = []
         for _, r in p.iterrows():
-            ax.annotate(f"{r['cross_replace_steps']:g}", (r["mask_iou"], r["success"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8, color="C0")
+            if groups and abs(r["mask_iou"] - groups[-1][0]["mask_iou"]) < 0.06 and abs(r["success"] - groups[-1][0]["success"]) < 0.06:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        for k, grp in enumerate(groups):
+            first, last = grp[0]["cross_replace_steps"], grp[-1]["cross_replace_steps"]
+            text = f"{first:g}" if len(grp) == 1 else f"{first:g}-{last:g}"
+            ax.annotate(text, (grp[0]["mask_iou"], grp[0]["success"]), textcoords="offset points",
+                        xytext=(5, 5 if k % 2 == 0 else -11), fontsize=8, color="C0")
         ax.plot(b["mask_iou"], b["success"], "*", ms=12, color="C3", label="no control")
         ax.set_xlim(0, 1.02)
         ax.set_ylim(-0.03, 1.05)

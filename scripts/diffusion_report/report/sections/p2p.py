@@ -63,6 +63,9 @@ def verdict(v: dict | None) -> dict | None:
                  f"{pct(p['eval_success'], 3)} of them and the no-control baseline in {pct(p['eval_success_baseline'], 3)}, "
                  "so this one image shows " + ("a typical" if (p["success"] and p["eval_success"] >= 0.5) or (not p["success"] and p["eval_success"] < 0.5)
                                                 else "an untypical") + " outcome (typical: the outcome of most seeds).")
+        differ = p.get("settings_differ")
+        text += (f" The evaluation's settings differ from this edit's ({differ})." if differ
+                 else " The evaluation used this edit's settings.")
     return {"status": "success" if p.get("success") else "failure", "text": text}
 
 

@@ -21,9 +21,15 @@ def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, 
     return {"rate": rate, "layout": layout, "shift": shift, "all": rate and layout and shift}
 
 
+TRADEOFF_MIN_RATE = 0.1  # a change of the target rate along the sweep counts from this share of seeds (> 1 of 12)
+TRADEOFF_MIN_IOU = 0.05  # a change of the mean mask IoU along the sweep counts from this
+
+
 def tradeoff_summary(df: pd.DataFrame) -> list[dict]:
-    """Per swept edit type: the baseline's point, the p2p curve's ends (least and most injection)
-    and the fractions whose point meets every goal of :func:`meets_goals`."""
+    """Per swept edit type: the baseline's point, the p2p curve's ends (least and most injection),
+    whether the IoU rises and the target rate falls between them (by at least
+    :data:`TRADEOFF_MIN_IOU` / :data:`TRADEOFF_MIN_RATE`), and the fractions whose point meets every
+    goal of :func:`meets_goals`."""
     out = []
     for edit, d in df.groupby("edit", sort=False):
         b = d[d["method"] == "baseline"].iloc[0]
@@ -34,7 +40,9 @@ def tradeoff_summary(df: pd.DataFrame) -> list[dict]:
         out.append({
             "edit": edit, "n": int(b["n"]), "baseline_success": float(b["success"]), "baseline_iou": float(b["mask_iou"]),
             "lo": lo, "hi": hi, "meeting": [pt["cross_replace_steps"] for pt in points if pt["goals"]["all"]],
-            "iou_rises": bool(hi["mask_iou"] > lo["mask_iou"]), "success_falls": bool(hi["success"] < lo["success"]),
+            "iou_rises": bool(hi["mask_iou"] >= lo["mask_iou"] + TRADEOFF_MIN_IOU),
+            "success_falls": bool(hi["success"] <= lo["success"] - TRADEOFF_MIN_RATE),
+            "min_rate": TRADEOFF_MIN_RATE, "min_iou": TRADEOFF_MIN_IOU,
         })
     return out
 
