@@ -126,3 +126,12 @@ def get_reused_variants():
         for s in DDIM_QUALITY["step_counts"]
         for variant, label in get_reused_cells(s).items()
     }
+
+
+# ---- prompt-to-prompt stage (rules/p2p.smk); P2P_REAL is set there.
+def get_real_image(wildcards):
+    """The file a p2p.real_edits image resolves to (an input: replacing it reruns the job); none when drawn."""
+    from diffusion_report.images import resolve_image
+
+    image = P2P_REAL[wildcards.name]["image"]
+    return {"image": str(resolve_image(image))} if isinstance(image, str) else {}

@@ -6,6 +6,8 @@ P2P_EDITS = {e["name"]: e for e in P2P["edits"]}
 P2P_PRETRAINED = P2P["model"]["source"] == "pretrained"
 # The trained model folder (rule t2i_train's output) when p2p.model.source is train.
 P2P_MODEL_INPUT = {} if P2P_PRETRAINED else {"model": "results/t2i/model"}
+# Given images to invert and edit (p2p.real_edits): the embedded model only.
+P2P_REAL = {} if P2P_PRETRAINED else {e["name"]: e for e in P2P.get("real_edits") or []}
 
 
 rule p2p_edit:
@@ -44,6 +46,53 @@ rule p2p_edit:
         "../scripts/p2p_edit.py"
 
 
+rule p2p_real_edit:
+    input:
+        unpack(get_real_image),
+        model="results/t2i/model",
+    output:
+        inversion="results/p2p/real/{name}/inversion.safetensors",
+        input="results/p2p/real/{name}/input.png",
+        reconstruction_ddim="results/p2p/real/{name}/reconstruction_ddim.png",
+        reconstruction_null_text="results/p2p/real/{name}/reconstruction_null_text.png",
+        edits=directory("results/p2p/real/{name}/edits"),
+        figure=report(
+            "results/p2p/real/{name}/figure.png",
+            caption="../report/captions/p2p_real.rst",
+            category="Prompt-to-prompt",
+            labels={"image": "{name}", "figure": "inversion and edits"},
+        ),
+        metrics="results/p2p/real/{name}/metrics.csv",
+        timing="results/p2p/real/{name}/timing.csv",
+    log:
+        "logs/p2p_real_edit/{name}.log",
+    benchmark:
+        "benchmarks/p2p_real_edit/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(P2P_REAL) or "(?!)",
+    conda:
+        "../envs/torch.yaml"
+    # one thread: the embedded model's ops are too small to share; two images run side by side
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        # what loading the model and the edits' controllers read (a change to p2p.edits or to
+        # p2p.guidance_scale or p2p.scheduler does not rerun it: each image has its own guidance, and DDIM)
+        p2p={
+            k: P2P[k]
+            for k in ("model", "fp16", "mask_threshold")
+            if k in P2P
+        },
+        entry=lambda wildcards: P2P_REAL[wildcards.name],
+        t2i={k: config["t2i"][k] for k in ("data", "reader")},
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/p2p_real_edit.py"
+
+
 rule p2p_metrics:
     input:
         metrics=expand("results/p2p/{edit}/metrics.csv", edit=list(P2P_EDITS)),
@@ -68,6 +117,20 @@ if P2P["enabled"]:
     # the attribute reader's verdict on each edit (rule t2i_showcase)
     if not P2P_PRETRAINED:
         REPORT_INPUTS["p2p"]["showcase"] = "results/t2i/showcase.csv"
+    for (
+        _name
+    ) in (
+        P2P_REAL
+    ):  # given images: inverted, reconstructed and edited (rule p2p_real_edit)
+        REPORT_INPUTS["p2p"][
+            f"real_{_name}_figure"
+        ] = f"results/p2p/real/{_name}/figure.png"
+        REPORT_INPUTS["p2p"][
+            f"real_{_name}_metrics"
+        ] = f"results/p2p/real/{_name}/metrics.csv"
+        REPORT_INPUTS["p2p"][
+            f"real_{_name}_timing"
+        ] = f"results/p2p/real/{_name}/timing.csv"
     for _name in P2P_EDITS:
         REPORT_INPUTS["p2p"][
             f"{_name}_figure"

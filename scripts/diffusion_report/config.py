@@ -76,6 +76,15 @@ def _format_schema_error(error) -> str:
         hi = f"{sch['maximum']}]" if "maximum" in sch else f"{sch['exclusiveMaximum']})" if "exclusiveMaximum" in sch else "inf)"
         kind = "an integer" if sch.get("type") == "integer" else "a number"
         return f"{key}: {error.instance!r} is out of range; allowed: {kind} in {lo}, {hi}"
+    if error.validator == "oneOf" and key.endswith(".image"):
+        detail = ""
+        if isinstance(error.instance, dict):  # the drawing branch: say what is wrong inside it
+            import jsonschema
+
+            inner = [e for e in error.context if e.validator != "type" or e.absolute_path != error.absolute_path]
+            if inner:
+                detail = "; " + _format_schema_error(jsonschema.exceptions.best_match(inner))
+        return f"{key}: must be an image file (a path) or {{draw: {{shape, colour, background, cx, cy, radius}}}}{detail}"
     if error.validator == "oneOf":
         return f"{key}: {error.instance!r} must be a fraction in [0, 1] or a mapping of words to such fractions"
     if error.validator in ("pattern", "minLength") and isinstance(error.instance, str) and not error.instance.strip():
@@ -280,27 +289,90 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
     both = sorted(set(data["colours"]) & set(data["backgrounds"]))
     if both:
         out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")
-    vocab = {"a", "on", "background", "small", "big", ""} | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
-    from diffusion_report.core.prompts import normalize_word
-
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
-            unknown = sorted({w for w in edit[label].split() if normalize_word(w) not in vocab})
-            if unknown:
-                out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {', '.join(map(repr, unknown))} not in the embedded model's "
-                           f"vocabulary ({', '.join(sorted(vocab - {''}))}); use p2p.model.source: pretrained for free text")
-    window = int(t2i["model"]["max_length"])
+            out += vocabulary_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i,
+                                     "; use p2p.model.source: pretrained for free text")
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
-            n = len(embedded_tokens(edit[label]))
-            if n > window - 2:
-                out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {n} tokens; at most {window - 2} fit the embedded "
-                           f"model's text window (t2i.model.max_length = {window}, the start and end tokens included); "
-                           "shorten the prompt")
+            out += window_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i)
     if not t2i["train"]:
         folder = Path(base_dir, workflow_path(t2i["weights"], base_dir, workflow_dir))
         if not (folder / "SHA256SUMS").is_file() or not (folder / "model").is_dir():
             out.append(_missing_weights("t2i.weights", folder, "t2i.train: true"))
+    return out
+
+
+def embedded_vocabulary(t2i: dict) -> set[str]:
+    """Every word the embedded model's captions use (t2i.data), and "" (an empty prompt)."""
+    data = t2i["data"]
+    return {"a", "on", "background", "small", "big", ""} | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
+
+
+def vocabulary_errors(key: str, text: str, t2i: dict, hint: str = "") -> list[str]:
+    """The words of a prompt outside the embedded model's vocabulary (case and punctuation ignored)."""
+    from diffusion_report.core.prompts import normalize_word
+
+    vocab = embedded_vocabulary(t2i)
+    unknown = sorted({w for w in text.split() if normalize_word(w) not in vocab})
+    if not unknown:
+        return []
+    return [f"{key}: {', '.join(map(repr, unknown))} not in the embedded model's vocabulary ({', '.join(sorted(vocab - {''}))}){hint}"]
+
+
+def window_errors(key: str, text: str, t2i: dict) -> list[str]:
+    """A prompt with more tokens than the embedded model's text window holds."""
+    window = int(t2i["model"]["max_length"])
+    n = len(embedded_tokens(text))
+    if n <= window - 2:
+        return []
+    return [f"{key}: {n} tokens; at most {window - 2} fit the embedded model's text window (t2i.model.max_length = {window}, "
+            "the start and end tokens included); shorten the prompt"]
+
+
+def real_edit_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
+    """``p2p.real_edits`` on the embedded model: an image file that cannot be read, a drawing outside
+    the generator's vocabulary or the image, step counts above T, prompts and edits outside the
+    vocabulary or the text window, and the checks of ``p2p.edits`` (names, modes, words) on the edits."""
+    from diffusion_report.core.prompts import validate_edits
+    from diffusion_report.images import check_image
+
+    out: list[str] = []
+    data, T = t2i["data"], int(t2i["schedule"]["T"])
+    size = float(data["image_size"])
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(p2p.get("real_edits") or []):
+        key = f"p2p.real_edits[{i}] ({entry['name']})"
+        if entry["name"] in seen:
+            out.append(f"{key}: duplicate name {entry['name']!r} (also p2p.real_edits[{seen[entry['name']]}]); names must be "
+                       "unique (they name result folders)")
+        seen.setdefault(entry["name"], i)
+        image = entry["image"]
+        if isinstance(image, str):
+            problem = check_image(image, base_dir)
+            if problem:
+                out.append(f"{key}.image: {problem}")
+        else:
+            draw = image["draw"]
+            for attr, allowed in (("shape", list(data["shapes"])), ("colour", list(data["colours"])), ("background", list(data["backgrounds"]))):
+                if draw[attr] not in allowed:
+                    out.append(f"{key}.image.draw.{attr}: {draw[attr]!r} is not in t2i.data ({', '.join(map(repr, allowed))})")
+            r = float(draw["radius"])
+            for axis in ("cx", "cy"):
+                c = float(draw[axis])
+                if not r <= c <= size - r:
+                    out.append(f"{key}.image.draw.{axis}: {c:g} puts the shape (radius {r:g}) outside the "
+                               f"{data['image_size']}-pixel image; allowed {r:g}..{size - r:g}")
+        steps = int(entry.get("num_inversion_steps", 20))
+        if steps > T:
+            out.append(f"{key}.num_inversion_steps: {steps} is above the embedded model's training T = {T} (t2i.schedule.T); allowed 1..{T}")
+        out += vocabulary_errors(f"{key}.prompt", entry["prompt"], t2i)
+        out += window_errors(f"{key}.prompt", entry["prompt"], t2i)
+        edits = [dict(e, source=entry["prompt"]) for e in entry["edits"]]
+        out += validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS, prefix=f"{key}.edits")
+        for j, e in enumerate(entry["edits"]):
+            out += vocabulary_errors(f"{key}.edits[{j}] ({e['name']}).target", e["target"], t2i)
+            out += window_errors(f"{key}.edits[{j}] ({e['name']}).target", e["target"], t2i)
     return out
 
 
@@ -364,6 +436,7 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".", workflow
         out += model_errors(p2p["model"], "p2p.model", "model_index.json")
     if p2p["enabled"] and p2p["model"]["source"] == "train" and "t2i" in config:
         out += t2i_errors(config["t2i"], p2p, base_dir, workflow_dir)
+        out += real_edit_errors(config["t2i"], p2p, base_dir)
     return out
 
 

@@ -270,24 +270,25 @@ def _crop_resize(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def load_image(source: str, size: int, base_dir: str | os.PathLike = "."):
+def load_image(source: str, size: int, base_dir: str | os.PathLike = ".", key: str = "forward.images"):
     """Read, convert to RGB, centre-crop to a square, resize to ``size``; returns (3, size, size) in [-1, 1].
 
     Every value maps by the real range of its pixel type (see :func:`to_rgb_array` and
     :func:`pixel_range`): 8-bit 0..255, 16-bit 0..65535, float [0, 1] or [0, 255] (detected and
     logged). EXIF orientation is applied; animated images and multi-page TIFFs give their first
-    frame. An unusable file or a mode that cannot be mapped is a ValueError naming the image.
+    frame. An unusable file or a mode that cannot be mapped is a ValueError naming the image
+    (and the config ``key`` it came from).
     """
     problem = check_image(source, base_dir)
     if problem:
-        raise ValueError(f"forward.images: {problem}")
+        raise ValueError(f"{key}: {problem}")
     try:
         with Image.open(resolve_image(source, base_dir)) as im:
             arr = to_rgb_array(im, size, repr(source))
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt pixel data of an image too large for the config check to decode
-        raise ValueError(f"forward.images: {source!r} is not a readable image ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{key}: {source!r} is not a readable image ({type(exc).__name__}: {exc})") from exc
     import torch
 
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

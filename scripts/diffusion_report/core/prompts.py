@@ -33,8 +33,11 @@ def _norm_prompt(text: str) -> list[str]:
     return [normalize_word(w) for w in prompt_words(text)]
 
 
-def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None) -> list[str]:
+def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None, prefix: str = "p2p.edits") -> list[str]:
     """Cross-field checks of ``p2p.edits`` that the schema cannot express; one message per problem.
+
+    ``prefix`` is the list's key in the messages (``p2p.real_edits[0].edits`` for the edits of a
+    given image, whose source is its prompt).
 
     Covers empty prompts, duplicate names, a word swap between prompts of different word counts,
     a reweight block on an edit of another mode,
@@ -45,7 +48,7 @@ def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None
     seen: set[str] = set()
     for i, e in enumerate(edits):
         name = str(e.get("name", f"#{i}"))
-        key = f"p2p.edits[{i}] ({name})"
+        key = f"{prefix}[{i}] ({name})"
         if name in seen:
             errors.append(f"{key}: duplicate name {name!r}; edit names must be unique (they name result folders)")
         seen.add(name)

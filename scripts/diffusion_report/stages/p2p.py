@@ -265,3 +265,209 @@ def p2p_metrics(paths: Sequence[str], out_csv: str) -> None:
     if not frames:
         raise ValueError("no per-edit metrics to aggregate")
     write_csv(out_csv, pd.concat(frames, ignore_index=True)[METRIC_COLUMNS])
+
+
+# --------------------------------------------------------------------------- editing given images
+# Rule p2p_real_edit (Mokady et al. 2023): DDIM inversion, null-text inversion, then prompt-to-prompt.
+REAL_ARTIFACTS = ("inversion", "input", "reconstruction_ddim", "reconstruction_null_text", "edits", "figure", "metrics", "timing")
+REAL_METHODS = ("ddim_inversion", "null_text_inversion")
+REAL_COLUMNS = ["image", "kind", "method", "prompt", "mode", "guidance_scale", "num_steps", "psnr", "ssim", "truth",
+                "edit_type", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px", "mask_iou", "success", "cause"]
+# Wall times (measured: they differ from run to run, so they live in their own timing.csv and
+# metrics.csv stays the same bytes on every run). ``step``: ddim_inversion (the DDIM inversion),
+# null_text_inversion (DDIM plus null-text inversion: the time per image before any edit), edit
+# (sampling one edit, ``method`` names it); ``threads``: torch's intra-op threads.
+TIMING_COLUMNS = ["image", "step", "method", "seconds", "threads", "device"]
+
+
+def real_input(entry: dict, data_cfg: dict, base_dir: str = ".", image_file: str | None = None):
+    """The image of a ``p2p.real_edits`` entry, (3, H, W) in [-1, 1] at ``t2i.data.image_size``, and
+    its ground truth ({shape, colour, background, size_word}) with where it came from.
+
+    A drawn image (``image: {draw: ...}``) is rendered by :func:`shapes.render`; its truth is the
+    drawing (size word by the generator's thresholds). A file is read as ``forward.images`` are
+    (:func:`diffusion_report.images.load_image`: centre-cropped, resized); its truth is what its
+    prompt says (:func:`shapes.parse_caption`), or None when the prompt is not a caption.
+    """
+    from diffusion_report.images import load_image
+    from diffusion_report.models import shapes
+
+    spec = shapes.ShapeSpec.from_config(data_cfg)
+    image = entry["image"]
+    if isinstance(image, str):
+        img = load_image(image_file or image, spec.image_size, base_dir, key=f"p2p.real_edits ({entry['name']}).image")
+        truth = shapes.parse_caption(spec, entry["prompt"])
+        return img, truth, "prompt"
+    d = image["draw"]
+    img, _ = shapes.render(spec, [d["shape"]], [d["colour"]], [d["background"]], [float(d["cx"])], [float(d["cy"])], [float(d["radius"])])
+    r = float(d["radius"])
+    size_word = "small" if r < spec.small_below else "big" if r > spec.big_above else ""
+    return img[0], {"shape": d["shape"], "colour": d["colour"], "background": d["background"], "size_word": size_word}, "drawn"
+
+
+def real_edit_figure(path, images: Sequence, titles: Sequence[str], cell: float = 1.25) -> None:
+    """One row of images (H, W, C uint8) with titles: input | DDIM-inversion reconstruction |
+    null-text reconstruction | edits. Cells shrink (``figures.fit_cell``) so the row prints at its own
+    size; titles at ``figures.MIN_FONT_PT``, wrapped to the cell's width."""
+    import textwrap
+
+    import matplotlib
+
+    from diffusion_report import figures
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_report.io import save_figure
+
+    n = len(images)
+    cell = figures.fit_cell(cell, 1, n, 0.15 * n, 0.9)  # the width decides; titles are wrapped to it
+    chars = max(10, int(cell * 72 / (0.55 * figures.MIN_FONT_PT)))
+    wrapped = ["\n".join(w for part in str(t).split("\n") for w in (textwrap.wrap(part, chars) or [""])) for t in titles]
+    lines = max(t.count("\n") + 1 for t in wrapped)
+    title_h = lines * figures.MIN_FONT_PT * 1.25 / 72
+    cell = figures.fit_cell(cell, 1, n, 0.15 * n, title_h + 0.2)
+    fig, axes = plt.subplots(1, n, figsize=(n * (cell + 0.15), cell + title_h + 0.2), dpi=100, squeeze=False)
+    for ax, img, title in zip(axes[0], images, wrapped):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title, fontsize=figures.MIN_FONT_PT)
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def _image_scores(a, b) -> tuple[float, float]:
+    """(PSNR in dB, SSIM) of two images (3, H, W) in [-1, 1], mapped to [0, 1] (skimage.metrics, data range 1)."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from diffusion_report.metrics import ssim, to_unit
+
+    with np.errstate(divide="ignore"):  # identical images: PSNR +inf
+        psnr = float(peak_signal_noise_ratio(to_unit(a), to_unit(b), data_range=1.0))
+    return psnr, ssim(a, b)
+
+
+def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, image, outputs: dict, *,
+              mask_threshold: float = 0.3):
+    """Invert one given image and edit it; write :data:`REAL_ARTIFACTS` and return the metrics rows.
+
+    1. DDIM inversion under the prompt at guidance 1: the pivot x_0 .. x_T (:func:`core.inversion.ddim_invert`);
+    2. its reconstruction: guided DDIM from x_T with the empty prompt's embedding at every step;
+    3. null-text inversion at the entry's guidance (:func:`core.inversion.null_text_invert`) and its reconstruction;
+    4. each edit: source and target sampled together from x_T with the per-step null embeddings under
+       the edit's prompt-to-prompt controller (:func:`core.inversion.sample_with_nulls`).
+
+    PSNR and SSIM compare each reconstruction (float, clamped to [-1, 1]) with the input. Wall times
+    go to ``timing`` (:data:`TIMING_COLUMNS`): DDIM inversion alone, DDIM plus null-text inversion
+    (the time per image before any edit), and the sampling of each edit. Each edit of a measurable
+    type is judged by the attribute reader (:func:`stages.t2i.judge`) against ``truth`` (the input's
+    attributes), its result against the input.
+    Returns (metrics :data:`REAL_COLUMNS`, timing :data:`TIMING_COLUMNS`) as pandas DataFrames.
+    """
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+
+    from diffusion_report.core import inversion
+    from diffusion_report.io import atomic_path, save_png, save_tensors, to_uint8, write_csv
+    from diffusion_report.models import shapes
+    from diffusion_report.models.text2image import encode_prompts
+    from diffusion_report.stages.t2i import edit_type, judge
+
+    missing = [k for k in REAL_ARTIFACTS if k not in outputs]
+    if missing:
+        raise ValueError(f"real_edit: no output path for {', '.join(missing)}")
+    if pipe.vae is not None:
+        raise ValueError("p2p.real_edits: only pixel-space models (the embedded one) are inverted here")
+    prompt, g = entry["prompt"], float(entry.get("guidance_scale", 2.0))
+    steps = int(entry.get("num_inversion_steps", 20))
+    nt = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})}
+    edits = [dict(e, source=prompt) for e in entry["edits"]]
+    errors = validate_edits(edits, prefix=f"p2p.real_edits ({entry['name']}).edits")
+    if errors:
+        raise ValueError("; ".join(errors))
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
+    sched.set_timesteps(steps)
+    ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
+    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
+    x0 = image[None].to(pipe.device, pipe.dtype)
+    cond, uncond = encode_prompts(pipe, [prompt]), encode_prompts(pipe, [""])
+
+    start = time.perf_counter()
+    pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)  # 1.
+    t_ddim = time.perf_counter() - start
+    rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, g, **kw)  # 2.
+    start = time.perf_counter()
+    nulls, losses = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, g, int(nt["inner_steps"]),  # 3.
+                                               float(nt["learning_rate"]), float(nt["early_stop"]), return_losses=True, **kw)
+    t_null = t_ddim + time.perf_counter() - start
+    rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, g, **kw)
+    log.info("%s: inverted in %.1f s (DDIM %.1f s); null-text losses per step %s", entry["name"], t_null, t_ddim,
+             ", ".join(f"{v:.1e}" for v in losses.tolist()))
+
+    rows, times, shown, titles = [], [], [to_uint8(image)], ["input"]
+    where = {"threads": torch.get_num_threads(), "device": str(pipe.device)}
+    meta = {"prompt": prompt, "guidance_scale": g, "num_steps": steps, "timesteps": ts}
+    for method, rec, secs in (("ddim_inversion", rec_ddim, t_ddim), ("null_text_inversion", rec_null, t_null)):
+        psnr, ssim = _image_scores(image, rec[0].float().clamp(-1, 1).cpu())
+        rows.append({"image": entry["name"], "kind": "reconstruction", "method": method, "prompt": prompt, "mode": "",
+                     "guidance_scale": g, "num_steps": steps, "psnr": psnr, "ssim": ssim, "truth": truth_from})
+        times.append({"image": entry["name"], "step": method, "method": method, "seconds": secs, **where})
+        shown.append(to_uint8(rec[0].float().clamp(-1, 1).cpu()))
+        titles.append(f"{'DDIM inversion' if method == 'ddim_inversion' else 'null-text inversion'}\nPSNR {psnr:.1f} dB\nSSIM {ssim:.3f}")
+
+    spec = reader.spec
+    edited = {}
+    for e in edits:  # 4.
+        start = time.perf_counter()
+        ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold)
+        out = inversion.sample_with_nulls(pipe.unet, pivot[-1], encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
+        secs = time.perf_counter() - start
+        img = out[1].float().clamp(-1, 1).cpu()
+        edited[e["name"]] = img
+        row = {"image": entry["name"], "kind": "edit", "method": e["name"], "prompt": e["target"], "mode": e["mode"],
+               "guidance_scale": g, "num_steps": steps, "truth": truth_from}
+        times.append({"image": entry["name"], "step": "edit", "method": e["name"], "seconds": secs, **where})
+        etype, why = edit_type(spec, e)
+        if etype is None or truth is None:
+            row.update({"measured": False, "cause": why if etype is None else "the prompt is not a caption, so the input's attributes are unknown"})
+        else:
+            row.update({"edit_type": etype, **judge(reader, etype, truth, shapes.parse_caption(spec, e["target"]), image, img)})
+        rows.append(row)
+        shown.append(to_uint8(img))
+        verdict = "" if not row.get("measured") else ("\nreader: success" if row["success"] else "\nreader: failure")
+        titles.append(f"{e['name']}:\n{e['target']}{verdict}")
+        log.info("%s/%s: %s", entry["name"], e["name"], {k: row.get(k) for k in ("edit_type", "success", "cause")})
+
+    save_tensors(outputs["inversion"], {"x_T": pivot[-1][0], "null_embeddings": nulls, "losses": losses}, meta)
+    save_png(outputs["input"], to_uint8(image))
+    save_png(outputs["reconstruction_ddim"], shown[1])
+    save_png(outputs["reconstruction_null_text"], shown[2])
+    with atomic_path(outputs["edits"]) as tmp:
+        tmp.mkdir()
+        for name, img in edited.items():
+            save_png(Path(tmp) / f"{name}.png", to_uint8(img))
+    real_edit_figure(outputs["figure"], shown, titles)
+    df = pd.DataFrame(rows).reindex(columns=REAL_COLUMNS)
+    timing = pd.DataFrame(times, columns=TIMING_COLUMNS)
+    write_csv(outputs["metrics"], df)
+    write_csv(outputs["timing"], timing)
+    log.info("%s:\n%s\n%s", entry["name"], df.drop(columns=["cause"]).to_string(), timing.to_string())
+    return df, timing
+
+
+def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
+                  model_dir: str | None = None, image_file: str | None = None):
+    """Rule p2p_real_edit: one ``p2p.real_edits`` entry on the embedded model (``model_dir``:
+    rule t2i_train's folder). ``image_file``: the file the entry's image resolves to (the rule's input)."""
+    from diffusion_report.stages.t2i import fit_reader
+
+    pipe = load_model(p2p_cfg, device, model_dir)
+    image, truth, truth_from = real_input(entry, t2i_cfg["data"], image_file=image_file)
+    reader = fit_reader(t2i_cfg, seed)
+    return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)))

@@ -69,6 +69,109 @@ def verdict(v: dict | None) -> dict | None:
     return {"status": "success" if p.get("success") else "failure", "text": text}
 
 
+# --------------------------------------------------------------------------- editing given images
+NULL_TEXT_GAIN_DB = 5.0  # the issue's goal: null-text inversion reconstructs >= 5 dB PSNR better than DDIM inversion
+FAITHFUL_DB = 40.0  # PSNR at which the reconstruction's RMS difference from the input is 1% of the range (2.6 of 255 levels)
+METHOD_LABELS = {"ddim_inversion": "DDIM inversion", "null_text_inversion": "null-text inversion"}
+
+
+def _bool(v) -> bool | None:
+    import math as _m
+
+    if v is None or (isinstance(v, float) and _m.isnan(v)):
+        return None
+    return str(v).lower() == "true"
+
+
+def gain_sentence(ddim_db: float, null_db: float) -> dict:
+    """Whether null-text inversion beats DDIM inversion by at least :data:`NULL_TEXT_GAIN_DB` (PSNR),
+    and whether its reconstruction is faithful (at least :data:`FAITHFUL_DB`): {met, gain, text}."""
+    from diffusion_report.report.render import fmt
+
+    gain = null_db - ddim_db
+    met = gain >= NULL_TEXT_GAIN_DB
+    text = (f"Null-text inversion reconstructs the input at {fmt(null_db, 3)} dB PSNR, DDIM inversion alone at "
+            f"{fmt(ddim_db, 3)} dB: {fmt(gain, 2)} dB " + ("better" if gain >= 0 else "worse") + ", so the goal of at least "
+            f"{fmt(NULL_TEXT_GAIN_DB, 2)} dB is " + ("met" if met else "not met") + ".")
+    if null_db >= FAITHFUL_DB:
+        text += (f" At {fmt(FAITHFUL_DB, 2)} dB or more, the null-text reconstruction's RMS difference from the input is at most 1% "
+                 "of the range (2.6 of 255 grey levels).")
+    else:
+        text += (f" Below {fmt(FAITHFUL_DB, 2)} dB, the null-text reconstruction's RMS difference from the input is more than 1% "
+                 "of the range (2.6 of 255 grey levels).")
+    return {"met": met, "gain": gain, "text": text}
+
+
+def real_edit_verdict(row: dict) -> dict:
+    """The reader's verdict on one edit of a given image (a row of its metrics.csv): {status, text}."""
+    from diffusion_report.report.render import fmt
+
+    if not _bool(row.get("measured")):
+        return {"status": "unmeasured", "text": f"The attribute reader gives no verdict: {row.get('cause') or 'no edit type matches it'}."}
+    kind = str(row.get("edit_type") or "").replace("_", " ")
+    if _bool(row.get("success")):
+        return {"status": "success", "text": (f"Read by the attribute reader ({kind}): the edit succeeds: the target is reached, the "
+                                              f"untouched attributes are kept and the object moves {fmt(row['centroid_shift_px'], 2)} px "
+                                              f"(in place: at most {fmt(MAX_SHIFT_PX, 2)} px).")}
+    return {"status": "failure", "text": f"Read by the attribute reader ({kind}): the edit fails: {row.get('cause') or 'see the reader'}."}
+
+
+def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
+    """Per configured given image with results: its figure, reconstruction table (PSNR, SSIM, wall
+    time), sentences from the numbers and each edit's verdict. Images without results are left out."""
+    import math as _m
+
+    import pandas as pd
+
+    out = []
+    for entry in cfg.get("real_edits") or []:
+        name = entry["name"]
+        if f"real_{name}_metrics" not in files:
+            continue
+        df = pd.read_csv(files[f"real_{name}_metrics"], keep_default_na=False, na_values=[""])
+        rows = [{k: (None if isinstance(v, float) and _m.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+        rec = {r["method"]: r for r in rows if r["kind"] == "reconstruction"}
+        timing = {}
+        if files.get(f"real_{name}_timing"):
+            t = pd.read_csv(files[f"real_{name}_timing"])
+            timing = {r["method"]: r for r in t.to_dict("records")}
+        table = [{"reconstruction": METHOD_LABELS.get(m, m), "PSNR (dB)": r["psnr"], "SSIM": r["ssim"],
+                  "time (s)": timing[m]["seconds"] if m in timing else None} for m, r in rec.items()]
+        gain = gain_sentence(rec["ddim_inversion"]["psnr"], rec["null_text_inversion"]["psnr"]) if len(rec) == 2 else None
+        t_image = timing.get("null_text_inversion")
+        edits = []
+        for r in rows:
+            if r["kind"] != "edit":
+                continue
+            conf = next((e for e in entry["edits"] if e["name"] == r["method"]), {})
+            edits.append({"name": r["method"], "mode": r["mode"], "target": r["prompt"],
+                          "cross_replace_steps": _fmt_steps(conf.get("cross_replace_steps", 0.8)),
+                          "self_replace_steps": _fmt_steps(conf.get("self_replace_steps", 0.4)),
+                          "verdict": real_edit_verdict(r)})
+        image = entry["image"]
+        out.append({
+            "name": name, "prompt": entry["prompt"], "figure": files.get(f"real_{name}_figure"), "rows": table, "gain": gain,
+            "drawn": not isinstance(image, str), "draw": image.get("draw") if isinstance(image, dict) else None,
+            "file": image if isinstance(image, str) else None,
+            "guidance_scale": entry.get("guidance_scale", 2.0), "num_steps": entry.get("num_inversion_steps", 20),
+            "null_text": {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})},
+            "seconds": t_image["seconds"] if t_image else None, "threads": t_image["threads"] if t_image else None,
+            "device": t_image["device"] if t_image else None, "edits": edits,
+        })
+    return out
+
+
+def real_summary(real: list[dict]) -> dict | None:
+    """Across the given images: how many meet the gain goal, how many judged edits succeed."""
+    if not real:
+        return None
+    judged = [e["verdict"] for r in real for e in r["edits"] if e["verdict"]["status"] != "unmeasured"]
+    gains = [r["gain"] for r in real if r["gain"]]
+    return {"n": len(real), "n_met": sum(g["met"] for g in gains), "n_gain": len(gains),
+            "min_gain": min((g["gain"] for g in gains), default=None), "max_gain": max((g["gain"] for g in gains), default=None),
+            "judged": len(judged), "succeeded": sum(v["status"] == "success" for v in judged)}
+
+
 def report_context(files: dict[str, str], config: dict) -> dict:
     """Plain data for the report's prompt-to-prompt section (numbers from results/p2p/metrics.csv)."""
     import math as _m
@@ -113,7 +216,9 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     }
     fractions = [float(r["mask_fraction"]) for r in df.to_dict("records")]
     judged = [e["verdict"] for e in edits if e["verdict"] and e["verdict"]["status"] != "unmeasured"]
+    real = real_edits_context(files, cfg) if cfg["model"]["source"] == "train" else []
     return {
+        "real": real, "real_summary": real_summary(real), "real_gain_goal": NULL_TEXT_GAIN_DB,
         "showcase": {"judged": len(judged), "succeeded": sum(v["status"] == "success" for v in judged)},
         "whole": whole,
         "mask_min": min(fractions) if fractions else None,
@@ -152,5 +257,11 @@ def answer(ctx: dict, config: dict) -> dict:
                    f"region's mask ({kinds}; attention thresholded at {fmt(ctx['mask_threshold'], 3)} of its maximum) covers "
                    f"at least {fmt(FULL_MASK * 100, 3)}% of the image, leaving nothing outside to compare. The ground-truth "
                    "evaluation measures preservation instead.")
+    rs = ctx.get("real_summary")
+    if rs and rs["n_gain"]:
+        out.append(f"Editing given images: null-text inversion reconstructs {rs['n_met']} of {rs['n_gain']} images at least "
+                   f"{fmt(NULL_TEXT_GAIN_DB, 2)} dB (PSNR) better than DDIM inversion alone (gains {fmt(rs['min_gain'], 2)} to "
+                   f"{fmt(rs['max_gain'], 2)} dB)" + (f"; {rs['succeeded']} of their {rs['judged']} edits succeed by the attribute reader."
+                                                      if rs["judged"] else "."))
     return {"exercises": "5", "sentences": out}
 
