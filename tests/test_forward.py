@@ -103,3 +103,21 @@ def test_mse_table_columns(schedule, x0):
     assert list(df.columns) == ["t", "a", "b", "mean", "expected_a", "expected_b", "expected_mean"]
     assert df["t"].tolist() == list(range(6))
     assert df["mean"].tolist() == pytest.approx(((df["a"] + df["b"]) / 2).tolist())
+
+
+def test_mse_plots_show_points_as_points_and_expectations_on_top():
+    """The shown timesteps are markers without connecting lines (a line from t = 100 to 500 would
+    suggest the values between), and the dashed closed-form curves lie above the measured ones."""
+    import numpy as np
+
+    from diffusion_report import figures
+
+    fig = figures.line_plot(np.array([0, 10, 100, 500]), {"a": np.arange(4.0)}, "t", "mse", connect=False, xticks=[0, 10, 100, 500])
+    (line,) = fig.axes[0].lines
+    assert line.get_linestyle() == "None" and line.get_marker() == "o"
+    assert list(fig.axes[0].get_xticks()) == [0, 10, 100, 500]
+    figures.close(fig)
+    fig = figures.line_plot(np.arange(5), {"a": np.arange(5.0)}, "t", "mse", dashed={"E[a]": np.arange(5.0)})
+    solid, dashed = fig.axes[0].lines
+    assert dashed.get_zorder() > solid.get_zorder() and dashed.get_linewidth() > solid.get_linewidth()
+    figures.close(fig)

@@ -61,14 +61,20 @@ def image_grid(
 
 
 def line_plot(x, series: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str | None = None,
-              dashed: dict[str, np.ndarray] | None = None, logx: bool = False, markers: bool = False):
-    """Lines (and optional dashed reference lines, same colours by order) on one axis."""
+              dashed: dict[str, np.ndarray] | None = None, logx: bool = False, markers: bool = False,
+              connect: bool = True, xticks=None):
+    """Lines (and optional dashed reference lines, same colours by order, drawn on top so that they
+    stay visible where they agree with the measured lines) on one axis. ``connect=False`` draws
+    markers only: values at a few chosen x, where a line would suggest values in between."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, y) in enumerate(series.items()):
-        ax.plot(x, y, label=label, color=colours[i % len(colours)], marker="o" if markers else None, lw=1.4)
+        ax.plot(x, y, label=label, color=colours[i % len(colours)], marker="o" if markers or not connect else None,
+                ls="-" if connect else "none", lw=1.0 if dashed else 1.4, alpha=0.55 if dashed else 1.0)
     for i, (label, y) in enumerate((dashed or {}).items()):
-        ax.plot(x, y, label=label, color=colours[i % len(colours)] if len(dashed) > 1 else "k", ls="--", lw=1.0)
+        ax.plot(x, y, label=label, color=colours[i % len(colours)] if len(dashed) > 1 else "k", ls=(0, (4, 2)), lw=1.6, zorder=3)
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
     if logx:
         ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel(xlabel)
@@ -76,7 +82,7 @@ def line_plot(x, series: dict[str, np.ndarray], xlabel: str, ylabel: str, title:
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=MIN_FONT_PT, ncol=2)
     fig.tight_layout()
     return fig
 

@@ -78,10 +78,11 @@ def forward_plots(mse_csv: str, show_timesteps: list[int], out_shown: str, out_c
     names = image_columns(df)
     shown = df[df["t"].isin(show_timesteps)]
     fig = figures.line_plot(shown["t"].to_numpy(), {n: shown[n].to_numpy() for n in names} | {"mean": shown["mean"].to_numpy()},
-                            "timestep t", "MSE(x_t, x_0)", "MSE at the shown timesteps", markers=True)
+                            "timestep $t$", "MSE$(x_t, x_0)$", "MSE at the shown timesteps", connect=False, logx=True,
+                            xticks=sorted(set(int(t) for t in shown["t"])))
     save_figure(out_shown, fig)
     figures.close(fig)
-    fig = figures.line_plot(df["t"].to_numpy(), {n: df[n].to_numpy() for n in names}, "timestep t", "MSE(x_t, x_0)",
+    fig = figures.line_plot(df["t"].to_numpy(), {n: df[n].to_numpy() for n in names}, "timestep $t$", "MSE$(x_t, x_0)$",
                             "Measured MSE (solid) and closed-form expectation (dashed)",
                             dashed={f"E[{n}]": df[f"expected_{n}"].to_numpy() for n in names})
     save_figure(out_curve, fig)
