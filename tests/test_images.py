@@ -402,3 +402,22 @@ def test_truncated_pixel_data_is_a_config_error_or_a_clean_load_error(tmp_path, 
     if check_image(str(path)) is None:  # a PNG's verify() already sees the damage
         with pytest.raises(ValueError, match=r"forward\.images: .*cut\..* is not a readable image"):
             load_image(str(path), 16)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG"])
+def test_truncated_data_is_an_error_even_when_the_process_allows_it(tmp_path, monkeypatch, fmt):
+    """Importing WeasyPrint sets PIL's global LOAD_TRUNCATED_IMAGES = True; the check and the loader
+    still refuse cut-off pixel data, and leave the process's setting as they found it."""
+    import io
+
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    path = _write(tmp_path / f"cut.{fmt.lower()}", buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    assert "is not a readable image" in (check_image(str(path)) or "")
+    monkeypatch.setattr(images, "CHECK_DECODE_MAX_PIXELS", 100)  # header checks only: the loader decodes
+    with pytest.raises(ValueError, match=r"is not a readable image"):
+        load_image(str(path), 16)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

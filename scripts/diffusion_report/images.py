@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -161,6 +162,21 @@ def _unsupported(label: str, mode: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _strict_decoding():
+    """Cut-off pixel data is an error while this runs, whatever the process set: importing
+    WeasyPrint sets PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, which would let a
+    truncated file load with grey where its data ends."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def check_image(source: str, base_dir: str | os.PathLike = ".") -> str | None:
     """Why ``source`` cannot be used as an input image, or None when it can.
 
@@ -196,7 +212,7 @@ def check_image(source: str, base_dir: str | os.PathLike = ".") -> str | None:
         return _unsupported(repr(source), mode)
     if _needs_range(mode, tiff) or w * h <= CHECK_DECODE_MAX_PIXELS:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _strict_decoding():
                 warnings.simplefilter("ignore")  # PIL's warnings about odd metadata; the pixels decide
                 with Image.open(path) as im:
                     frame, tiff = _first_frame(im, repr(source))  # decodes the pixels
@@ -283,7 +299,7 @@ def load_image(source: str, size: int, base_dir: str | os.PathLike = ".", key: s
     if problem:
         raise ValueError(f"{key}: {problem}")
     try:
-        with Image.open(resolve_image(source, base_dir)) as im:
+        with _strict_decoding(), Image.open(resolve_image(source, base_dir)) as im:
             arr = to_rgb_array(im, size, repr(source))
     except ValueError:
         raise
