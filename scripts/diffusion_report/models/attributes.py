@@ -126,8 +126,8 @@ class AttributeReader:
         shape = str(self.classifier.predict(mask_features(mask)[None])[0])
         ys, xs = np.nonzero(mask)
         radius = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / 2
-        word = "small" if radius < self.spec.small_below else "big" if radius > self.spec.big_above else ""
-        return Reading(shape, colour, background, mask, float(xs.mean() + 0.5), float(ys.mean() + 0.5), float(radius), word, bg)
+        return Reading(shape, colour, background, mask, float(xs.mean() + 0.5), float(ys.mean() + 0.5), float(radius),
+                       self.spec.size_word(radius), bg)
 
 
 def noisy_samples(spec: shapes.ShapeSpec, n: int, seed: int, name: str, noise: float) -> tuple[np.ndarray, list[str]]:

@@ -76,6 +76,11 @@ class ShapeSpec:
     def size_words(self) -> tuple[str, str]:
         return ("small", "big")
 
+    def size_word(self, radius: float) -> str:
+        """The size word a shape of half-extent ``radius`` (pixels) may be captioned with: "small"
+        below ``small_below``, "big" above ``big_above``, else ""."""
+        return "small" if radius < self.small_below else "big" if radius > self.big_above else ""
+
     def vocabulary(self) -> list[str]:
         """Every word a caption can use, in a fixed order."""
         words = list(SPECIAL_WORDS) + list(self.size_words) + list(self.colours) + list(self.shapes) + list(self.backgrounds)
@@ -178,8 +183,7 @@ def sample(spec: ShapeSpec, batch_size: int, generator: torch.Generator) -> Shap
     backgrounds = [list(spec.backgrounds)[i] for i in bi.tolist()]
     size_words = []
     for r, w in zip(radius.tolist(), use_word.tolist()):
-        word = "small" if r < spec.small_below else "big" if r > spec.big_above else ""
-        size_words.append(word if w else "")
+        size_words.append(spec.size_word(r) if w else "")
     images, masks = render(spec, shapes, colours, backgrounds, cx, cy, radius)
     caps = [caption(c, s, b, w) for c, s, b, w in zip(colours, shapes, backgrounds, size_words)]
     return ShapeBatch(images, masks, caps, shapes, colours, backgrounds, size_words, cx, cy, radius)

@@ -300,9 +300,8 @@ def real_input(entry: dict, data_cfg: dict, base_dir: str = ".", image_file: str
         return img, truth, "prompt"
     d = image["draw"]
     img, _ = shapes.render(spec, [d["shape"]], [d["colour"]], [d["background"]], [float(d["cx"])], [float(d["cy"])], [float(d["radius"])])
-    r = float(d["radius"])
-    size_word = "small" if r < spec.small_below else "big" if r > spec.big_above else ""
-    return img[0], {"shape": d["shape"], "colour": d["colour"], "background": d["background"], "size_word": size_word}, "drawn"
+    return img[0], {"shape": d["shape"], "colour": d["colour"], "background": d["background"],
+                    "size_word": spec.size_word(float(d["radius"]))}, "drawn"
 
 
 def real_edit_figure(path, images: Sequence, titles: Sequence[str], cell: float = 1.25) -> None:
