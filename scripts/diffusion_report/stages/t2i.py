@@ -312,6 +312,24 @@ def score_pair(reader: attributes.AttributeReader, case: EditCase, source_img: t
     }
 
 
+def case_batch(pipe, cases: list[EditCase], seed: int) -> tuple[list[str], torch.Tensor]:
+    """The (source, target) prompts of each case in one batch, and each case's own x_T
+    (``t2i/eval/<edit>/<i>``) repeated for its two prompts: (2N prompts, x_T (2N, C, h, w))."""
+    from diffusion_report.models.text2image import initial_latents
+
+    prompts = [p for c in cases for p in (c.source, c.target)]
+    x_T = torch.cat([initial_latents(pipe, seed, f"t2i/eval/{c.edit}/{c.index}") for c in cases]).repeat_interleave(2, dim=0)
+    return prompts, x_T
+
+
+def case_controllers(pipe, cases: list[EditCase], num_steps: int, cross: float, self_: float,
+                     self_max_tokens: int | None = None) -> ControllerBatch:
+    """One prompt-to-prompt controller per case (its mode; a reweight edits its own prompt), batched."""
+    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
+    return ControllerBatch([make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, cross, self_, reweight=c.reweight,
+                                            **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases])
+
+
 def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, cross: float, self_: float,
               self_max_tokens: int | None = None) -> list[tuple[list[dict], dict]]:
     """Both methods on each case, each case from its own x_T, all cases in one batch per method.
@@ -322,16 +340,12 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
     the attention module's default, 1/16 of the image but at least 8x8).
     """
-    from diffusion_report.models.text2image import generate, initial_latents
+    from diffusion_report.models.text2image import generate
 
     if not cases:
         return []
-    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
-    ctrls = [make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, cross, self_, reweight=c.reweight,
-                             **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases]
-    prompts = [p for c in cases for p in (c.source, c.target)]
-    x_T = torch.cat([initial_latents(pipe, seed, f"t2i/eval/{c.edit}/{c.index}") for c in cases]).repeat_interleave(2, dim=0)
-    edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(ctrls))
+    prompts, x_T = case_batch(pipe, cases, seed)
+    edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens))
     plain, _ = generate(pipe, prompts, x_T, num_steps, guidance)
     out = []
     for i, case in enumerate(cases):
@@ -507,19 +521,18 @@ def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summ
     for edit in edits:
         etype, why = edit_type(reader.spec, edit)
         paths = images[edit["name"]]
+        common = {"edit": edit["name"], "edit_type": etype or "",
+                  "settings_differ": settings_differ(edit, p2p_cfg, t2i_cfg["eval"]) if p2p_cfg is not None and "eval" in t2i_cfg else ""}
+        if etype is None:
+            rows += [{**common, "method": method, "measured": False, "cause": why} for method in ("p2p", "baseline")]
+            continue
+        captions = [shapes.parse_caption(reader.spec, edit[k]) for k in ("source", "target")]
+        source = load(paths["source"])
+        rate_p, rate_b = rates.get((etype, "p2p")), rates.get((etype, "baseline"))
+        rates_row = ({"eval_n": int(rate_p["n"]), "eval_success": float(rate_p["success"]),
+                      "eval_success_baseline": float(rate_b["success"])} if rate_p is not None and rate_b is not None else {})
         for method, key in (("p2p", "edit"), ("baseline", "baseline")):
-            row = {"edit": edit["name"], "edit_type": etype or "", "method": method,
-                   "settings_differ": settings_differ(edit, p2p_cfg, t2i_cfg["eval"]) if p2p_cfg is not None and "eval" in t2i_cfg else ""}
-            if etype is None:
-                row.update({"measured": False, "cause": why})
-            else:
-                row.update(judge(reader, etype, shapes.parse_caption(reader.spec, edit["source"]),
-                                 shapes.parse_caption(reader.spec, edit["target"]), load(paths["source"]), load(paths[key])))
-                rate_p, rate_b = rates.get((etype, "p2p")), rates.get((etype, "baseline"))
-                if rate_p is not None and rate_b is not None:
-                    row.update({"eval_n": int(rate_p["n"]), "eval_success": float(rate_p["success"]),
-                                "eval_success_baseline": float(rate_b["success"])})
-            rows.append(row)
+            rows.append({**common, "method": method, **judge(reader, etype, *captions, source, load(paths[key])), **rates_row})
     df = pd.DataFrame(rows).reindex(columns=SHOWCASE_COLUMNS)
     write_csv(out_csv, df)
     log.info("showcase verdicts:\n%s", df.to_string())
@@ -539,11 +552,9 @@ def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, n
     Every case keeps its x_T across fractions (the evaluation's ``t2i/eval/<edit>/<i>``), so the
     points differ only by the injection.
     """
-    from diffusion_report.models.text2image import generate, initial_latents
+    from diffusion_report.models.text2image import generate
 
-    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
-    prompts = [p for c in cases for p in (c.source, c.target)]
-    x_T = torch.cat([initial_latents(pipe, seed, f"t2i/eval/{c.edit}/{c.index}") for c in cases]).repeat_interleave(2, dim=0)
+    prompts, x_T = case_batch(pipe, cases, seed)
     plain, _ = generate(pipe, prompts, x_T, num_steps, guidance)
 
     def point(method, frac, images):
@@ -556,9 +567,7 @@ def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, n
 
     rows = [point("baseline", float("nan"), plain)]
     for frac in fractions:
-        ctrls = [make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, float(frac), float(self_), reweight=c.reweight,
-                                 **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases]
-        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(ctrls))
+        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, cases, num_steps, float(frac), float(self_), self_max_tokens))
         rows.append(point("p2p", float(frac), edited))
     return pd.DataFrame(rows, columns=TRADEOFF_COLUMNS)
 
