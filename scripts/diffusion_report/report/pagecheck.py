@@ -119,21 +119,21 @@ def _table_parts(lines: list[dict], rules: list[tuple[float, float]]) -> list[di
     return parts
 
 
+def _font_record(im) -> tuple[float | None, float, int] | None:
+    """A PNG's font record from ``io.save_figure``: (smallest font in pt, or None when it has no
+    text; dpi; pixel width), or None when the PNG carries no record."""
+    rec = im.info.get("min-font-pt")
+    if rec is None:
+        return None
+    return (None if rec == "none" else float(rec)), float(im.info.get("figure-dpi", 100)), im.width
+
+
 def _figure_fonts(html: str) -> list[tuple[float | None, float, int] | None]:
-    """Per inlined PNG of the HTML, in order: (min font pt or None when it has no text, dpi,
-    pixel width), or None when the PNG carries no font record."""
+    """Per inlined PNG of the HTML, in order: its :func:`_font_record`."""
     from PIL import Image
 
-    out = []
-    for m in re.finditer(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html):
-        im = Image.open(io.BytesIO(base64.b64decode(m.group(1))))
-        rec = im.info.get("min-font-pt")
-        if rec is None:
-            out.append(None)
-            continue
-        dpi = float(im.info.get("figure-dpi", 100))
-        out.append((None if rec == "none" else float(rec), dpi, im.width))
-    return out
+    return [_font_record(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
+            for m in re.finditer(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)]
 
 
 def printed_font_pt(png: str | Path, body_width_pt: float = 482.0, max_height_pt: float = 19 * CM) -> float | None:
@@ -143,14 +143,14 @@ def printed_font_pt(png: str | Path, body_width_pt: float = 482.0, max_height_pt
     from PIL import Image
 
     im = Image.open(png)
-    rec = im.info.get("min-font-pt")
+    rec = _font_record(im)
     if rec is None:
         raise ValueError(f"{png}: no font record (not saved by io.save_figure)")
-    if rec == "none":
+    font, dpi, width = rec
+    if font is None:
         return None
-    dpi = float(im.info.get("figure-dpi", 100))
-    shown_w = min(im.width * 0.75, body_width_pt, max_height_pt * im.width / im.height)
-    return float(rec) * shown_w / (im.width / dpi * 72)
+    shown_w = min(width * 0.75, body_width_pt, max_height_pt * width / im.height)
+    return font * shown_w / (width / dpi * 72)
 
 
 def check(pdf_path: str | Path, html_path: str | Path | None = None, css_path: str | Path | None = None) -> list[str]:
