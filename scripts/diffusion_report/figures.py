@@ -13,10 +13,13 @@ from diffusion_report.io import to_uint8  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "diffusion-report", "figure.dpi": 100, "font.size": 9})
 
-# The report prints a figure at most PAGE_WIDTH_IN wide and PAGE_HEIGHT_IN high (report/style.css: the
-# A4 text column, and 19 cm); a figure drawn within them prints at its own size or larger (a PNG pixel
-# is 0.75 pt, i.e. 96 dpi), so its text keeps its point size. Figures are sized to fit, and their
-# smallest text is MIN_FONT_PT, above the 7 pt the print check asks (report.pagecheck).
+# The report prints a figure at most PRINT_WIDTH_IN wide and PRINT_HEIGHT_IN high (report/style.css:
+# the A4 text column, 482 pt, and 19 cm); a figure drawn within them prints at its own size or larger
+# (a PNG pixel is 0.75 pt, i.e. 96 dpi), so its text keeps its point size. Figures are sized to fit
+# PAGE_WIDTH_IN x PAGE_HEIGHT_IN (a little inside), and their smallest text is MIN_FONT_PT, above the
+# 7 pt the print check asks (report.pagecheck).
+PRINT_WIDTH_IN = 482 / 72
+PRINT_HEIGHT_IN = 19 / 2.54
 PAGE_WIDTH_IN = 6.6
 PAGE_HEIGHT_IN = 7.3
 MIN_FONT_PT = 7.5

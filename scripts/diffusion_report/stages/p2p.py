@@ -67,8 +67,6 @@ ATTENTION_ALPHA = 0.7  # opacity of the attention colours over the grey-scale im
 ATTENTION_IMAGE_CONTRAST = 0.5  # the grey-scale image under the colours, lightened to [255 * (1 - this), 255]
 ATTENTION_DPI = 150
 ATTENTION_FONT_PT = 8.0  # at the figure's size; the report prints it at >= 8 pt (see attention_figure)
-PRINT_WIDTH_IN = 482 / 72  # the widest the report prints a figure (17 cm)
-PRINT_HEIGHT_IN = 19 / 2.54  # the highest (19 cm)
 
 
 def upsample_nearest(m, size: tuple[int, int]):
@@ -100,7 +98,7 @@ def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[in
     :meth:`AttentionStore.average` gives: cross-attention probabilities of the conditional branch,
     averaged over heads, over the cross-attention layers at the stored resolution and over the steps.
 
-    Sized so that the report prints every text at >= 7 pt: at most ``PRINT_WIDTH_IN`` wide (a prompt
+    Sized so that the report prints every text at >= 7 pt: at most ``figures.PRINT_WIDTH_IN`` wide (a prompt
     with more tokens than fit continues on further lines), fonts ``ATTENTION_FONT_PT``, panels no
     narrower than their token labels. Returns the (closed) figure;
     its colour bar is the axes labelled ``"<colorbar>"``.
@@ -110,7 +108,7 @@ def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[in
     import matplotlib
     import numpy as np
 
-    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+    from diffusion_report import figures  # the project's matplotlib style and print size
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -136,12 +134,12 @@ def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[in
     norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1.0)
     h, w = rows[0][1].shape[:2]
 
-    # Layout: square panels of side `cell`, the figure at most PRINT_WIDTH_IN wide and PRINT_HEIGHT_IN
+    # Layout: square panels of side `cell`, the figure at most figures.PRINT_WIDTH_IN wide and PRINT_HEIGHT_IN
     # high (so printed at full size), panels wide enough that neighbouring token labels do not touch;
     # a prompt with more tokens than fit on one line continues on further lines.
     fs = ATTENTION_FONT_PT
     ntok = max(1, max(len(cells) for cells, _ in panels))
-    avail = PRINT_WIDTH_IN - 0.3 - 0.45  # less the row titles, the save's padding and the spacing
+    avail = figures.PRINT_WIDTH_IN - 0.3 - 0.45  # less the row titles, the save's padding and the spacing
     widths = [[_text_width_in(t, fs) for t, _ in cells] for cells, _ in panels]
     widest = max([(a + b) / 2 for ws in widths for a, b in zip(ws, ws[1:])] + [w / 2 for ws in widths for w in ws])
     min_cell = min(avail, max(0.45, widest + 0.06))  # neighbouring token labels do not touch
@@ -149,7 +147,7 @@ def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[in
     ncols = -(-ntok // lines)
     row_lines = [max(1, -(-len(cells) // ncols)) for cells, _ in panels]
     bar_in = 0.75 + 0.03 * fs
-    cell = max(0.45, min(0.95, avail / ncols, (PRINT_HEIGHT_IN - 0.3 - bar_in) / sum(row_lines) - 0.12))
+    cell = max(0.45, min(0.95, avail / ncols, (figures.PRINT_HEIGHT_IN - 0.3 - bar_in) / sum(row_lines) - 0.12))
     width = 0.3 + cell * ncols
     fig = plt.figure(figsize=(width, sum(row_lines) * (cell + 0.12) + bar_in), dpi=ATTENTION_DPI, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
