@@ -297,6 +297,12 @@ def test_showcase_verdicts_are_written_beside_the_evaluation_rates(tmp_path):
     assert differ == "cross_replace_steps 0.6 here, 0.8 in the evaluation; self_max_tokens default here, 256 in the evaluation"
 
 
+def test_the_reader_and_the_report_share_one_in_place_bound():
+    """The stage judges "in place" with the bound the report's sentences state (the report layer
+    cannot import the stage, which needs torch)."""
+    assert t2i_stage.MAX_SHIFT_PX == t2i_section.GOAL_SHIFT_PX
+
+
 def test_showcase_sentences_follow_the_verdicts():
     from diffusion_report.report.sections import p2p as p2p_section
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from diffusion_report.report.sections.t2i import GOAL_SHIFT_PX  # the reader's "in place": the centroid moves at most this
+
 
 def _fmt_steps(v) -> str:
     """0.8 -> "80%"; {"default": 0.8, "lion": 0.4} -> "80% (lion: 40%)"."""
@@ -16,31 +18,41 @@ def _fmt_steps(v) -> str:
     return pct(v)
 
 
-def _showcase(path: str | None) -> dict[str, dict[str, dict]]:
-    """edit name -> {"p2p": row, "baseline": row} of results/t2i/showcase.csv ({} without it)."""
+def _records(path: str) -> list[dict]:
+    """The rows of a CSV, empty cells as None."""
     import math as _m
 
     import pandas as pd
 
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return [{k: (None if isinstance(v, float) and _m.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _showcase(path: str | None) -> dict[str, dict[str, dict]]:
+    """edit name -> {"p2p": row, "baseline": row} of results/t2i/showcase.csv ({} without it)."""
     if not path:
         return {}
     out: dict[str, dict[str, dict]] = {}
-    for r in pd.read_csv(path, keep_default_na=False, na_values=[""]).to_dict("records"):
-        r = {k: (None if isinstance(v, float) and _m.isnan(v) else v) for k, v in r.items()}
-        for k in ("measured", "source_ok", "reached", "untouched_kept", "success"):
-            if r.get(k) is not None:
-                r[k] = str(r[k]).lower() == "true"
+    for r in _records(path):
+        r.update({k: _bool(r.get(k)) for k in ("measured", "source_ok", "reached", "untouched_kept", "success")})
         out.setdefault(r["edit"], {})[r["method"]] = r
     return out
 
 
-MAX_SHIFT_PX = 1.0  # the reader's "in place" (stages.t2i.MAX_SHIFT_PX): the object's centroid moves at most this far
+def _outcome(row: dict, who: str) -> str:
+    """"<who> succeeds: ..." or "<who> fails: <cause>" for a row of the attribute reader's verdict."""
+    from diffusion_report.report.render import fmt
+
+    if _bool(row.get("success")):
+        return (f"{who} succeeds: the target is reached, the untouched attributes are kept and the object "
+                f"moves {fmt(row['centroid_shift_px'], 2)} px (in place: at most {fmt(GOAL_SHIFT_PX, 2)} px)")
+    return f"{who} fails: {row.get('cause') or 'see the reader'}"
 
 
 def verdict(v: dict | None) -> dict | None:
     """Sentences for one showcased edit from the reader's verdicts (rows of showcase.csv for p2p
     and the baseline): {status: success | failure | unmeasured, text}. None: no verdict file."""
-    from diffusion_report.report.render import fmt, pct
+    from diffusion_report.report.render import pct
 
     if not v or "p2p" not in v:
         return None
@@ -48,16 +60,9 @@ def verdict(v: dict | None) -> dict | None:
     if not p.get("measured"):
         return {"status": "unmeasured", "text": f"The attribute reader gives no verdict on this edit: {p.get('cause') or 'no edit type matches it'}."}
     kind = str(p["edit_type"]).replace("_", " ")
-
-    def one(r, who):
-        if r.get("success"):
-            return (f"{who} succeeds: the target is reached, the untouched attributes are kept and the object "
-                    f"moves {fmt(r['centroid_shift_px'], 2)} px (in place: at most {fmt(MAX_SHIFT_PX, 2)} px)")
-        return f"{who} fails: {r.get('cause') or 'see the reader'}"
-
-    text = f"Read by the attribute reader ({kind}): {one(p, 'prompt-to-prompt')}."
+    text = f"Read by the attribute reader ({kind}): {_outcome(p, 'prompt-to-prompt')}."
     if b.get("measured"):
-        text += f" {one(b, 'Without control, the edited prompt')}."
+        text += f" {_outcome(b, 'Without control, the edited prompt')}."
     if p.get("eval_n") is not None:
         text += (f" Over the evaluation's {int(p['eval_n'])} seeds of this edit type, prompt-to-prompt reaches the target in "
                  f"{pct(p['eval_success'], 3)} of them and the no-control baseline in {pct(p['eval_success_baseline'], 3)}, "
@@ -104,23 +109,16 @@ def gain_sentence(ddim_db: float, null_db: float) -> dict:
 
 def real_edit_verdict(row: dict) -> dict:
     """The reader's verdict on one edit of a given image (a row of its metrics.csv): {status, text}."""
-    from diffusion_report.report.render import fmt
-
     if not _bool(row.get("measured")):
         return {"status": "unmeasured", "text": f"The attribute reader gives no verdict: {row.get('cause') or 'no edit type matches it'}."}
     kind = str(row.get("edit_type") or "").replace("_", " ")
-    if _bool(row.get("success")):
-        return {"status": "success", "text": (f"Read by the attribute reader ({kind}): the edit succeeds: the target is reached, the "
-                                              f"untouched attributes are kept and the object moves {fmt(row['centroid_shift_px'], 2)} px "
-                                              f"(in place: at most {fmt(MAX_SHIFT_PX, 2)} px).")}
-    return {"status": "failure", "text": f"Read by the attribute reader ({kind}): the edit fails: {row.get('cause') or 'see the reader'}."}
+    return {"status": "success" if _bool(row.get("success")) else "failure",
+            "text": f"Read by the attribute reader ({kind}): {_outcome(row, 'the edit')}."}
 
 
 def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
     """Per configured given image with results: its figure, reconstruction table (PSNR, SSIM, wall
     time), sentences from the numbers and each edit's verdict. Images without results are left out."""
-    import math as _m
-
     import pandas as pd
 
     out = []
@@ -128,8 +126,7 @@ def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
         name = entry["name"]
         if f"real_{name}_metrics" not in files:
             continue
-        df = pd.read_csv(files[f"real_{name}_metrics"], keep_default_na=False, na_values=[""])
-        rows = [{k: (None if isinstance(v, float) and _m.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+        rows = _records(files[f"real_{name}_metrics"])
         rec = {r["method"]: r for r in rows if r["kind"] == "reconstruction"}
         timing = {}
         if files.get(f"real_{name}_timing"):
