@@ -113,11 +113,8 @@ if P2P["enabled"]:
     # the attribute reader's verdict on each edit (rule t2i_showcase)
     if not P2P_PRETRAINED:
         REPORT_INPUTS["p2p"]["showcase"] = "results/t2i/showcase.csv"
-    for (
-        _name
-    ) in (
-        P2P_REAL
-    ):  # given images: inverted, reconstructed and edited (rule p2p_real_edit)
+    # given images: inverted, reconstructed and edited (rule p2p_real_edit)
+    for _name in P2P_REAL:
         REPORT_INPUTS["p2p"][
             f"real_{_name}_figure"
         ] = f"results/p2p/real/{_name}/figure.png"
