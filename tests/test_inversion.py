@@ -144,6 +144,42 @@ def test_an_edit_whose_target_is_the_prompt_returns_the_reconstruction(pipe, ima
     assert all(type(p).__name__ != "P2PAttnProcessor" for p in pipe.unet.attn_processors.values())  # restored
 
 
+def test_per_image_null_text_inversion_in_one_batch_equals_separate_inversions(pipe, image):
+    """Three images inverted as one batch, one null embedding each, give what three separate calls
+    give; the early stop is per image (a loose threshold stops some images before others)."""
+    sched, kw = setup(pipe, 4)
+    g = torch.Generator().manual_seed(1)
+    images = torch.cat([image, torch.nn.functional.avg_pool2d(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, 3, 1, 1,
+                                                              count_include_pad=False)])
+    prompts = [PROMPT, "a blue square on a black background", "a green triangle on a gray background"]
+    cond, uncond = embeddings(pipe, *prompts)
+    args = (sched["timesteps"], sched["alphas_cumprod"], 3.0)
+    pivot = inversion.ddim_invert(pipe.unet, images, cond, *args[:2], **kw)
+    # a threshold between the images' first losses, so that some stop early and others go on
+    one = [inversion.null_text_invert(pipe.unet, [p[i: i + 1] for p in pivot], cond[i], uncond, *args, inner_steps=6, lr=0.1,
+                                      return_losses=True, **kw) for i in range(3)]
+    stop = float(sorted(loss[0] for _, loss in one)[1])
+    one = [inversion.null_text_invert(pipe.unet, [p[i: i + 1] for p in pivot], cond[i], uncond, *args, inner_steps=6, lr=0.1,
+                                      early_stop=stop, return_losses=True, **kw) for i in range(3)]
+    nulls, losses = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, *args, inner_steps=6, lr=0.1, early_stop=stop,
+                                               return_losses=True, per_image=True, **kw)
+    assert nulls.shape == (4, 3, MAX_LEN, uncond.shape[-1]) and losses.shape == (4, 3)
+    for i, (n_i, l_i) in enumerate(one):
+        # Adam's step is about lr * sign(gradient) where a gradient is ~0, so rounding moves a few
+        # entries by ~1e-5 (seen: 3e-5 at most); a wrong gradient or stop moves them by ~lr = 0.1
+        assert torch.allclose(nulls[:, i], n_i, atol=2e-4), (i, float((nulls[:, i] - n_i).abs().max()))
+        assert torch.allclose(losses[:, i], l_i, rtol=1e-4, atol=1e-9), (i, losses[:, i], l_i)
+    # the images did not all take the same number of Adam steps (so the per-image stop was exercised)
+    full = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, *args, inner_steps=6, lr=0.1, early_stop=0.0, per_image=True, **kw)
+    stopped = [not torch.allclose(nulls[:, i], full[:, i], atol=2e-3) for i in range(3)]
+    assert any(stopped) and not all(stopped), stopped
+    # and the batch of edits reconstructs each image as its own inversion does
+    rec = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, *args, **kw)
+    for i, (n_i, _) in enumerate(one):
+        alone = inversion.sample_with_nulls(pipe.unet, pivot[-1][i: i + 1], cond[i: i + 1], n_i, *args, **kw)
+        assert torch.allclose(rec[i: i + 1], alone, atol=1e-4), i
+
+
 class NaNAt(torch.nn.Module):
     """A UNet whose output is NaN at one timestep."""
 

@@ -121,7 +121,7 @@ def guided_step(unet, x: torch.Tensor, k: int, a_t: float, a_prev: float, cond: 
 
 def null_text_invert(unet, pivot: Sequence[torch.Tensor], cond_emb: torch.Tensor, uncond_emb: torch.Tensor, timesteps,
                      alphas_cumprod, guidance: float, inner_steps: int = 10, lr: float = 1e-2, early_stop: float = 1e-5, *,
-                     final_alpha_cumprod: float = 1.0, return_losses: bool = False):
+                     final_alpha_cumprod: float = 1.0, return_losses: bool = False, per_image: bool = False):
     """Null-text inversion (Mokady et al. Algorithm 1, pivotal tuning): one optimised unconditional
     embedding per sampling step so that guided DDIM from the pivot's x_T follows the pivot.
 
@@ -141,6 +141,12 @@ def null_text_invert(unet, pivot: Sequence[torch.Tensor], cond_emb: torch.Tensor
     Returns the null embeddings (S, L, D) (detached, float32 on the input's device), and with
     ``return_losses`` also the last loss of each step (S,). A loss that is not finite raises
     ValueError naming the step and timestep. Deterministic: no random draws.
+
+    ``per_image``: the B images of the pivot are B independent inversions run as one batch: one
+    null embedding per image, (S, B, L, D), losses (S, B). Each image's loss is its own mean squared
+    error and the batch minimises their sum, so each embedding gets exactly its own gradient (Adam is
+    elementwise); an image whose loss fell below the threshold is frozen for the rest of the step,
+    as its own loop would have left. The result equals B separate calls up to float rounding.
     """
     steps = _alphas(timesteps, alphas_cumprod, final_alpha_cumprod)
     S = len(steps)
@@ -150,6 +156,8 @@ def null_text_invert(unet, pivot: Sequence[torch.Tensor], cond_emb: torch.Tensor
     B = x.shape[0]
     cond = _batch(cond_emb, B).detach()
     null = (uncond_emb if uncond_emb.ndim == 2 else uncond_emb[0]).detach().clone()
+    if per_image:
+        null = null.expand(B, *null.shape).clone()  # (B, L, D)
     nulls, losses = [], []
     for i, (k, a_t, a_prev) in enumerate(steps):
         target = pivot[S - i - 1].detach()
@@ -158,29 +166,38 @@ def null_text_invert(unet, pivot: Sequence[torch.Tensor], cond_emb: torch.Tensor
         null = null.detach().clone().requires_grad_(True)  # 1.
         opt = torch.optim.Adam([null], lr=lr * (1.0 - i / (2.0 * S)))
         threshold = early_stop + i * EARLY_STOP_SLOPE
-        loss_item = float("nan")
+        active = torch.ones(B if per_image else 1, dtype=torch.bool, device=x.device)
+        last = torch.full(active.shape, float("nan"))
         for _ in range(int(inner_steps)):  # 2.
             with torch.enable_grad():
-                pred = guided_step(unet, x, k, a_t, a_prev, cond, _batch(null, B), guidance, eps_cond)
-                loss = F.mse_loss(pred, target)
-                loss_item = loss.item()
-                if not math.isfinite(loss_item):
-                    raise ValueError(f"null-text inversion: the loss is not finite ({loss_item}) at step {i} "
+                pred = guided_step(unet, x, k, a_t, a_prev, cond, null if per_image else _batch(null, B), guidance, eps_cond)
+                per = ((pred - target) ** 2).flatten(1).mean(1) if per_image else F.mse_loss(pred, target)[None]
+                values = per.detach().cpu()
+                bad = ~torch.isfinite(values)
+                if bad.any():
+                    which = f" of image {int(bad.nonzero()[0])}" if per_image else ""
+                    raise ValueError(f"null-text inversion: the loss{which} is not finite ({float(values[bad][0])}) at step {i} "
                                      f"(timestep {k}) of {S}; lower the guidance scale or the learning rate")
+                last = torch.where(active.cpu(), values, last)
+                frozen = null.detach()[~active].clone() if per_image else None
                 opt.zero_grad()
-                loss.backward()
+                per.sum().backward()
                 opt.step()
-            if loss_item < threshold:
+                if per_image and frozen.numel():
+                    with torch.no_grad():
+                        null[~active] = frozen
+            active &= (values >= threshold).to(active.device)
+            if not active.any():
                 break
         null = null.detach()
         if not torch.isfinite(null).all():
             raise ValueError(f"null-text inversion: the null embedding is not finite after step {i} (timestep {k}) of {S}")
         nulls.append(null.clone())
-        losses.append(loss_item)
+        losses.append(last if per_image else last[0])
         with torch.no_grad():  # 3.
-            x = guided_step(unet, x, k, a_t, a_prev, cond, _batch(null, B), guidance, eps_cond)
+            x = guided_step(unet, x, k, a_t, a_prev, cond, null if per_image else _batch(null, B), guidance, eps_cond)
     out = torch.stack(nulls)
-    return (out, torch.tensor(losses)) if return_losses else out
+    return (out, torch.stack(losses) if per_image else torch.tensor(losses)) if return_losses else out
 
 
 @torch.no_grad()
@@ -189,8 +206,9 @@ def sample_with_nulls(unet, x_T: torch.Tensor, cond_embs: torch.Tensor, null_emb
     """Guided DDIM from x_T with one unconditional embedding per step; returns the final latents.
 
     x_T (1 or B, C, h, w) (shared by all prompts when 1); cond_embs (B, L, D) one per prompt;
-    null_embs (S, L, D) (the same null for every prompt, as in the paper's editing) or (L, D)
-    (one for all steps: plain classifier-free guidance with the empty prompt). With a
+    null_embs (S, L, D) (the same null for every prompt, as in the paper's editing), (S, B, L, D)
+    (one per prompt: several inverted images edited in one batch) or (L, D) (one for all steps:
+    plain classifier-free guidance with the empty prompt). With a
     prompt-to-prompt ``controller`` (:mod:`diffusion_report.core.attention`) the batch runs as
     :func:`diffusion_report.models.text2image.generate` runs it: the controller is installed on
     every attention layer for the call (``unet.set_attn_processor``, restored afterwards), the
@@ -203,7 +221,7 @@ def sample_with_nulls(unet, x_T: torch.Tensor, cond_embs: torch.Tensor, null_emb
     B = cond_embs.shape[0]
     if x_T.ndim != 4 or x_T.shape[0] not in (1, B):
         raise ValueError(f"x_T must have shape (1, C, h, w) or ({B}, C, h, w), got {tuple(x_T.shape)}")
-    nulls = null_embs if null_embs.ndim == 3 else null_embs[None].expand(len(steps), *null_embs.shape)
+    nulls = null_embs if null_embs.ndim >= 3 else null_embs[None].expand(len(steps), *null_embs.shape)
     if nulls.shape[0] != len(steps):
         raise ValueError(f"sample_with_nulls: {nulls.shape[0]} null embeddings for {len(steps)} steps")
     x = x_T.expand(B, *x_T.shape[1:]).clone()
