@@ -8,6 +8,8 @@ P2P_PRETRAINED = P2P["model"]["source"] == "pretrained"
 P2P_MODEL_INPUT = {} if P2P_PRETRAINED else {"model": "results/t2i/model"}
 # Given images to invert and edit (p2p.real_edits): the embedded model only.
 P2P_REAL = {} if P2P_PRETRAINED else {e["name"]: e for e in P2P.get("real_edits") or []}
+# The same edits over many drawn images, inverted then edited (p2p.real_eval): the embedded model only.
+P2P_REAL_EVAL = not P2P_PRETRAINED and P2P.get("real_eval", {}).get("enabled", False)
 
 
 rule p2p_edit:
@@ -108,11 +110,53 @@ rule p2p_metrics:
         "../scripts/p2p_metrics.py"
 
 
+# Drawn images, inverted and edited with t2i.eval's settings, against t2i.eval's rates on generated images.
+rule p2p_real_eval:
+    input:
+        model="results/t2i/model",
+        eval_summary="results/t2i/eval_summary.csv",
+    output:
+        per_image="results/p2p/real_eval/per_image.csv",
+        summary="results/p2p/real_eval/summary.csv",
+        timing="results/p2p/real_eval/timing.csv",
+        examples=report(
+            "results/p2p/real_eval/examples.png",
+            caption="../report/captions/p2p_real_eval.rst",
+            category="Prompt-to-prompt",
+            labels={"image": "drawn images", "figure": "inversion and edits"},
+        ),
+    log:
+        "logs/p2p_real_eval/p2p_real_eval.log",
+    benchmark:
+        "benchmarks/p2p_real_eval/p2p_real_eval.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        p2p={k: P2P[k] for k in ("model", "fp16", "real_eval") if k in P2P},
+        t2i={k: config["t2i"][k] for k in ("data", "reader", "eval")},
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/p2p_real_eval.py"
+
+
 if P2P["enabled"]:
     REPORT_INPUTS["p2p"] = {"metrics": "results/p2p/metrics.csv"}
     # the attribute reader's verdict on each edit (rule t2i_showcase)
     if not P2P_PRETRAINED:
         REPORT_INPUTS["p2p"]["showcase"] = "results/t2i/showcase.csv"
+    # drawn images, inverted then edited, against the evaluation on generated images (rule p2p_real_eval)
+    if P2P_REAL_EVAL:
+        REPORT_INPUTS["p2p"].update(
+            real_eval_summary="results/p2p/real_eval/summary.csv",
+            real_eval_per_image="results/p2p/real_eval/per_image.csv",
+            real_eval_timing="results/p2p/real_eval/timing.csv",
+            real_eval_examples="results/p2p/real_eval/examples.png",
+        )
     # given images: inverted, reconstructed and edited (rule p2p_real_edit)
     for _name in P2P_REAL:
         REPORT_INPUTS["p2p"][

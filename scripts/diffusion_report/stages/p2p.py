@@ -468,3 +468,149 @@ def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, s
     image, truth, truth_from = real_input(entry, t2i_cfg["data"], image_file=image_file)
     reader = fit_reader(t2i_cfg, seed)
     return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)))
+
+
+# --------------------------------------------------------------------------- drawn images, inverted then edited
+REAL_EVAL_ARTIFACTS = ("per_image", "summary", "timing", "examples")
+REAL_EVAL_COLUMNS = ["edit", "seed_index", "method", "source", "target", "psnr_ddim", "psnr_null_text", "ssim_ddim", "ssim_null_text",
+                     "source_ok", "success", "untouched_kept", "all_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae"]
+REAL_EVAL_SUMMARY_COLUMNS = ["edit", "method", "n", "source_ok", "success", "all_kept", "mask_iou", "centroid_shift_px",
+                             "psnr_ddim", "psnr_null_text", "gain_db", "generated_n", "generated_success", "generated_all_kept"]
+REAL_EVAL_TIMING_COLUMNS = ["edit", "n", "ddim_inversion_s", "null_text_inversion_s", "edit_s", "per_image_s", "threads", "device"]
+
+
+def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: float, null_text: dict) -> dict:
+    """DDIM then null-text inversion of B images at once, each under its own prompt (one null
+    embedding per image: :func:`core.inversion.null_text_invert` with ``per_image``), and both
+    reconstructions. images (B, 3, H, W) in [-1, 1]. Returns {timesteps, alphas_cumprod, kw (the
+    final abar), x_T (B, C, H, W), nulls (S, B, L, D), cond (B, L, D), rec_ddim, rec_null (B, 3, H, W,
+    clamped, CPU float), seconds_ddim, seconds_null (DDIM plus null-text)}."""
+    import time
+
+    from diffusers import DDIMScheduler
+
+    from diffusion_report.core import inversion
+    from diffusion_report.models.text2image import encode_prompts
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
+    sched.set_timesteps(int(steps))
+    ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
+    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
+    x0 = images.to(pipe.device, pipe.dtype)
+    cond, uncond = encode_prompts(pipe, list(prompts)), encode_prompts(pipe, [""])
+    start = time.perf_counter()
+    pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)
+    t_ddim = time.perf_counter() - start
+    rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, guidance, **kw)
+    start = time.perf_counter()
+    nulls = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, guidance, int(null_text["inner_steps"]),
+                                       float(null_text["learning_rate"]), float(null_text["early_stop"]), per_image=True, **kw)
+    t_null = t_ddim + time.perf_counter() - start
+    rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, guidance, **kw)
+    return {"timesteps": ts, "alphas_cumprod": ab, "kw": kw, "x_T": pivot[-1], "nulls": nulls, "cond": cond,
+            "rec_ddim": rec_ddim.float().clamp(-1, 1).cpu(), "rec_null": rec_null.float().clamp(-1, 1).cpu(),
+            "seconds_ddim": t_ddim, "seconds_null": t_null}
+
+
+def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: dict, null_text: dict) -> tuple[list[dict], dict, dict]:
+    """One edit type over ``n`` drawn images (:func:`stages.t2i.drawn_cases`): invert them all
+    (:func:`invert_batch`, at ``t2i.eval``'s steps and guidance), then sample each (source, target)
+    pair from its image's x_T with its null embeddings, once under ``t2i.eval``'s prompt-to-prompt
+    controller and once without control (the target prompt alone), all images in one batch per
+    method. Each result is scored against the drawn input by :func:`stages.t2i.score_pair`, as
+    ``t2i_eval`` scores generated pairs. Returns (rows :data:`REAL_EVAL_COLUMNS`, timing row, the
+    images of the first case {input, ddim, null_text, p2p, baseline})."""
+    import time
+
+    from diffusion_report.core import inversion
+    from diffusion_report.models.text2image import encode_prompts
+    from diffusion_report.stages.t2i import case_controllers, drawn_cases, score_pair
+
+    steps, guidance = int(eval_cfg["num_steps"]), float(eval_cfg["guidance_scale"])
+    cases, images = drawn_cases(reader.spec, edit, n, seed)
+    inv = invert_batch(pipe, images, [c.source for c in cases], steps, guidance, null_text)
+    args = (inv["timesteps"], inv["alphas_cumprod"], guidance)
+    start = time.perf_counter()
+    ctrl = case_controllers(pipe, cases, steps, float(eval_cfg["cross_replace_steps"]), float(eval_cfg["self_replace_steps"]),
+                            eval_cfg.get("self_max_tokens"))
+    pairs = encode_prompts(pipe, [p for c in cases for p in (c.source, c.target)])
+    edited = inversion.sample_with_nulls(pipe.unet, inv["x_T"].repeat_interleave(2, dim=0), pairs, inv["nulls"].repeat_interleave(2, dim=1),
+                                         *args, ctrl, **inv["kw"]).float().clamp(-1, 1).cpu()
+    plain = inversion.sample_with_nulls(pipe.unet, inv["x_T"], encode_prompts(pipe, [c.target for c in cases]), inv["nulls"], *args,
+                                        **inv["kw"]).float().clamp(-1, 1).cpu()
+    t_edit = time.perf_counter() - start
+    rows = []
+    for i, case in enumerate(cases):
+        psnr_d, ssim_d = _image_scores(images[i], inv["rec_ddim"][i])
+        psnr_n, ssim_n = _image_scores(images[i], inv["rec_null"][i])
+        common = {"edit": edit, "seed_index": i, "source": case.source, "target": case.target, "psnr_ddim": psnr_d,
+                  "psnr_null_text": psnr_n, "ssim_ddim": ssim_d, "ssim_null_text": ssim_n}
+        for method, img in (("p2p", edited[2 * i + 1]), ("baseline", plain[i])):
+            rows.append({**common, "method": method, **score_pair(reader, case, images[i], img)})
+    timing = {"edit": edit, "n": n, "ddim_inversion_s": inv["seconds_ddim"], "null_text_inversion_s": inv["seconds_null"],
+              "edit_s": t_edit, "per_image_s": (inv["seconds_null"] + t_edit) / n, "threads": torch.get_num_threads(),
+              "device": str(pipe.device)}
+    example = {"input": images[0], "ddim": inv["rec_ddim"][0], "null_text": inv["rec_null"][0], "p2p": edited[1],
+               "baseline": plain[0], "case": cases[0], "p2p_row": rows[0]}
+    return rows, timing, example
+
+
+def real_eval_summary(per_image, generated_summary):
+    """Per (edit type, method): the rates on inverted drawn images (:func:`stages.t2i.summarise`), the
+    mean reconstruction PSNRs and null-text's mean gain over DDIM inversion (dB), and the same
+    method's rates on generated images (``t2i_eval``'s summary; empty where it has no such edit
+    type). The report compares them with the goals."""
+    from diffusion_report.stages.t2i import summarise
+
+    df = per_image.copy()
+    df["gain_db"] = df["psnr_null_text"] - df["psnr_ddim"]
+    scores = ["psnr_ddim", "psnr_null_text", "gain_db"]
+    out = summarise(df.drop(columns=scores))
+    out = out.merge(df.groupby(["edit", "method"], sort=False)[scores].mean().reset_index(), on=["edit", "method"], how="left")
+    gen = generated_summary.rename(columns={"n": "generated_n", "success": "generated_success", "all_kept": "generated_all_kept"})
+    out = out.merge(gen[["edit", "method", "generated_n", "generated_success", "generated_all_kept"]], on=["edit", "method"], how="left")
+    return out.reindex(columns=REAL_EVAL_SUMMARY_COLUMNS)
+
+
+def _verdict_line(row: dict) -> str:
+    """The reader's verdict on a p2p edit in a few words (a figure's row label)."""
+    reached = "target reached" if row["success"] else "target not reached"
+    return f"p2p: {reached}, " + ("rest kept" if row["all_kept"] else "rest changed")
+
+
+def p2p_real_eval(eval_summary: str, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
+                  model_dir: str | None = None):
+    """Rule p2p_real_eval: ``p2p.real_eval.images`` drawn images per edit type, inverted (DDIM, then
+    null-text) and edited with ``t2i.eval``'s settings, scored like the generated pairs of
+    ``t2i_eval`` and compared with their rates (``eval_summary``). Writes :data:`REAL_EVAL_ARTIFACTS`."""
+    import pandas as pd
+
+    from diffusion_report.io import write_csv
+    from diffusion_report.stages.t2i import fit_reader, image_grid_figure
+
+    missing = [k for k in REAL_EVAL_ARTIFACTS if k not in outputs]
+    if missing:
+        raise ValueError(f"p2p_real_eval: no output path for {', '.join(missing)}")
+    rc = p2p_cfg["real_eval"]
+    null_text = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(rc.get("null_text") or {})}
+    pipe = load_model(p2p_cfg, device, model_dir)
+    if pipe.vae is not None:
+        raise ValueError("p2p.real_eval: only pixel-space models (the embedded one) are inverted here")
+    reader = fit_reader(t2i_cfg, seed)
+    rows, timing, examples = [], [], []
+    for edit in rc["edits"]:
+        r, t, ex = real_eval_edit_type(pipe, reader, edit, int(rc["images"]), seed, t2i_cfg["eval"], null_text)
+        rows += r
+        timing.append(t)
+        examples.append(ex)
+        log.info("%s: %d images inverted and edited in %.1f s", edit, t["n"], t["null_text_inversion_s"] + t["edit_s"])
+    per_image = pd.DataFrame(rows).reindex(columns=REAL_EVAL_COLUMNS)
+    summary = real_eval_summary(per_image, pd.read_csv(eval_summary))
+    write_csv(outputs["per_image"], per_image)
+    write_csv(outputs["summary"], summary)
+    write_csv(outputs["timing"], pd.DataFrame(timing, columns=REAL_EVAL_TIMING_COLUMNS))
+    image_grid_figure(outputs["examples"], [[ex[k] for k in ("input", "ddim", "null_text", "p2p", "baseline")] for ex in examples],
+                      [f"{ex['case'].edit} #0\n{ex['case'].source}\n-> {ex['case'].target}\n{_verdict_line(ex['p2p_row'])}" for ex in examples],
+                      ["input", "DDIM inv.", "null-text inv.", "p2p edit", "no control"], cell=1.0)
+    log.info("summary:\n%s", summary.to_string())
+    return summary

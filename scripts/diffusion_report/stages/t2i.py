@@ -271,10 +271,30 @@ def edit_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int, reweight_sc
     if edit not in EDIT_TYPES:
         raise ValueError(f"t2i.eval.edits: unknown edit type {edit!r}; allowed: {', '.join(EDIT_TYPES)}")
     g = make_generator(seed, f"t2i/eval/{edit}")
+    return _cases(spec, edit, shapes.sample(spec, n, g), g, reweight_scale)
+
+
+DRAWN_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")  # reweight_big needs a prompt saying "big"
+
+
+def drawn_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int) -> tuple[list[EditCase], torch.Tensor]:
+    """``n`` drawn images and their cases of one edit type (``make_generator(seed, 't2i/real_eval/<edit>')``):
+    the image is drawn by the shapes generator, so its attributes are known, and the case's source
+    prompt describes it (shape, colour, background; no size word). Returns (cases, images (n, 3, H, W)
+    in [-1, 1]). Not reweight_big: its prompt says "big", which a drawn image of any size would not show."""
+    if edit not in DRAWN_EDIT_TYPES:
+        raise ValueError(f"p2p.real_eval.edits: unknown edit type {edit!r}; allowed: {', '.join(DRAWN_EDIT_TYPES)}")
+    g = make_generator(seed, f"t2i/real_eval/{edit}")
     b = shapes.sample(spec, n, g)
+    return _cases(spec, edit, b, g, 1.0), b.images
+
+
+def _cases(spec: shapes.ShapeSpec, edit: str, b: shapes.ShapeBatch, g: torch.Generator, reweight_scale: float) -> list[EditCase]:
+    """The cases of one edit type for the shapes of ``b`` (their attributes are the source's truth);
+    a swap draws its new value from ``g``."""
     options = {"shape": list(spec.shapes), "colour": list(spec.colours), "background": list(spec.backgrounds)}
     cases = []
-    for i in range(n):
+    for i in range(len(b)):
         truth = {"shape": b.shape[i], "colour": b.colour[i], "background": b.background[i]}
         src = shapes.caption(truth["colour"], truth["shape"], truth["background"])
         if edit in ("shape_swap", "colour_swap", "background_swap"):
