@@ -6,8 +6,13 @@ P2P_EDITS = {e["name"]: e for e in P2P["edits"]}
 P2P_PRETRAINED = P2P["model"]["source"] == "pretrained"
 # The trained model folder (rule t2i_train's output) when p2p.model.source is train.
 P2P_MODEL_INPUT = {} if P2P_PRETRAINED else {"model": "results/t2i/model"}
-# Given images to invert and edit (p2p.real_edits): the embedded model only.
-P2P_REAL = {} if P2P_PRETRAINED else {e["name"]: e for e in P2P.get("real_edits") or []}
+# Given images to invert and edit (p2p.real_edits): the embedded model, or a pretrained one through its VAE
+# (image files only: the drawn shapes are the embedded model's, so a pretrained model skips them).
+P2P_REAL = {
+    e["name"]: e
+    for e in P2P.get("real_edits") or []
+    if not (P2P_PRETRAINED and isinstance(e["image"], dict))
+}
 # The same edits over many drawn images, inverted then edited (p2p.real_eval): the embedded model only.
 P2P_REAL_EVAL = not P2P_PRETRAINED and P2P.get("real_eval", {}).get("enabled", False)
 
@@ -51,7 +56,7 @@ rule p2p_edit:
 rule p2p_real_edit:
     input:
         unpack(get_real_image),
-        model="results/t2i/model",
+        unpack(lambda wildcards: P2P_MODEL_INPUT),
     output:
         inversion="results/p2p/real/{name}/inversion.safetensors",
         input="results/p2p/real/{name}/input.png",

@@ -281,6 +281,52 @@ def test_the_stage_writes_inversion_reconstructions_edits_figure_and_metrics(pip
     assert float(Image.open(out["figure"]).info["min-font-pt"]) >= 7.5
 
 
+def test_a_latent_model_inverts_a_photo_through_its_vae(tmp_path):
+    """Stable Diffusion's path on a tiny latent model: a photo file (scikit-image's "camera", any
+    size) is resized to the model's image size, encoded by the VAE, inverted and edited in latent
+    space, and decoded; no reader (a pretrained model), so edits are shown unmeasured."""
+    from diffusers import DDIMScheduler
+    from PIL import Image
+
+    from diffusion_report.io import load_tensors, to_uint8
+    from diffusion_report.models.text2image import decode, encode
+    from diffusion_report.stages import p2p
+
+    pipe = tiny_pipe(pixel=False)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(SMOOTH)
+        pipe.unet.conv_out.bias.mul_(SMOOTH)
+    assert pipe.image_size == 16 and pipe.latent_shape == (4, 16, 16)  # the tiny VAE has one level: no downsampling
+    entry = {"name": "photo", "image": "camera", "prompt": "a photo of a cat", "guidance_scale": 3.0, "num_inversion_steps": 4,
+             "null_text": {"inner_steps": 5, "learning_rate": 0.1},
+             "edits": [{"name": "dog", "target": "a photo of a dog", "mode": "replace"}]}
+    image, truth, source = p2p.real_input(entry, None, image_size=pipe.image_size)
+    assert image.shape == (3, 16, 16) and truth is None and source == "prompt"
+    out = real_outputs(tmp_path)
+    df, timing = p2p.real_edit(pipe, None, entry, truth, source, image, out)
+    tensors, meta = load_tensors(out["inversion"])
+    assert tensors["x_T"].shape == (4, 16, 16)  # a latent, not an image
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(meta["num_steps"])
+    args = (sched.timesteps, sched.alphas_cumprod, meta["guidance_scale"])
+    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
+    cond, uncond = embeddings(pipe, entry["prompt"])
+    null_lat = inversion.sample_with_nulls(pipe.unet, tensors["x_T"][None], cond, tensors["null_embeddings"], *args, **kw)
+    ddim_lat = inversion.sample_with_nulls(pipe.unet, tensors["x_T"][None], cond, uncond[0], *args, **kw)
+    # the reconstruction shown is the decoded latent of the saved x_T and null embeddings
+    assert to_uint8(decode(pipe, null_lat)[0]).tobytes() == Image.open(out["reconstruction_null_text"]).tobytes()
+    # in latent space null-text inversion lands closer to the encoded photo than DDIM inversion (seen: 4x closer).
+    # (Not asserted in pixels: the tiny VAE's random decoder maps small latent errors to arbitrary pixel errors.)
+    target = encode(pipe, image[None])
+    assert mse(null_lat, target) < mse(ddim_lat, target) / 2, (mse(null_lat, target), mse(ddim_lat, target))
+    rec = df[df["kind"] == "reconstruction"]
+    assert rec["psnr"].notna().all() and timing["seconds"].gt(0).all()
+    (edit,) = df[df["kind"] == "edit"].to_dict("records")
+    assert edit["measured"] in (False, "False") and "embedded model's shapes only" in edit["cause"]
+    with pytest.raises(ValueError, match="a drawn image needs the embedded model"):
+        p2p.real_input(ENTRY, None, image_size=16)
+
+
 def test_the_figure_prints_its_text_at_7pt_with_many_edits(tmp_path):
     import numpy as np
 
@@ -372,10 +418,11 @@ def test_the_report_subsection_shows_each_image_with_its_figure_table_and_verdic
     assert len(ids) == 3 and [i for i in ids if i not in refs] == []
     assert re.search(r'inverting the image took <span class="measured">[0-9.]+</span> s', text)
     assert "Editing given images: null-text inversion reconstructs" in " ".join(section.answer(ctx, config)["sentences"])
-    # without results (or with a pretrained model) there is no subsection
+    # without results there is no subsection; a pretrained model's given images are shown too (no drawn-image evaluation)
     assert section.report_context({"metrics": files["metrics"]}, config)["real"] == []
     pretrained = {"p2p": dict(config["p2p"], model={"source": "pretrained", "pretrained": "x"})}
-    assert section.report_context(files, pretrained)["real"] == []
+    ctx_pre = section.report_context(files, pretrained)
+    assert [r["name"] for r in ctx_pre["real"]] == ["red_circle"] and ctx_pre["real_eval"] is None
 
 
 # --- many drawn images, inverted then edited (rule p2p_real_eval) -----------------------------------
@@ -600,6 +647,40 @@ def test_duplicate_real_edit_names_are_an_error(default_config):
     assert "p2p.real_edits[1] (red_circle): duplicate name 'red_circle' (also p2p.real_edits[0])" in config_errors(cfg)
 
 
+
+def test_real_edits_on_a_pretrained_model_take_files_and_any_words(default_config, tmp_path):
+    cfg = copy.deepcopy(default_config)
+    # a local folder stands for the hub id (no network here); the check looks for the pipeline's files
+    for f in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+              "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}")
+    cfg["p2p"]["model"] = {"source": "pretrained", "pretrained": str(tmp_path)}
+    cfg["p2p"]["real_edits"] = [{"name": "cat", "image": "chelsea", "prompt": "a photo of a cat sitting on a rug",
+                                 "edits": [{"name": "dog", "target": "a photo of a dog sitting on a rug", "mode": "replace"}]}]
+    assert config_errors(cfg) == ""  # outside the embedded vocabulary: fine for Stable Diffusion
+    # the default's drawn images are the embedded model's: a pretrained model skips them (one switch away, no error)
+    cfg["p2p"]["real_edits"].append(copy.deepcopy(default_config["p2p"]["real_edits"][0]))
+    cfg["p2p"]["real_edits"][-1]["edits"][0]["target"] = "a photo of a dog sitting"  # not even checked
+    assert config_errors(cfg) == ""
+    cfg["p2p"]["real_edits"][0]["edits"][0]["target"] = "a photo of a dog sitting"
+    msg = config_errors(cfg)
+    assert "red_circle" not in msg, msg
+    assert "p2p.real_edits[0] (cat).edits[0] (dog): mode replace needs prompts with the same number of words" in msg, msg
+
+def test_the_homework_preset_edits_a_photo_and_passes_but_for_the_offline_hub(default_config):
+    import yaml
+
+    from diffusion_report.testing import ROOT
+
+    cfg = copy.deepcopy(default_config)
+    preset = yaml.safe_load((ROOT / "presets" / "hw4.yaml").read_text())
+    for block in ("ddim", "p2p"):
+        cfg[block].update(preset[block])
+    assert [e["image"] for e in cfg["p2p"]["real_edits"]] == ["chelsea"]
+    lines = [ln for ln in config_errors(cfg).splitlines()[1:] if ln.strip()]
+    # here the hub is unreachable: the only errors are the two models' availability
+    assert all("is not in the Hugging Face cache" in ln or "not a complete" in ln for ln in lines), lines
 
 @pytest.mark.parametrize("change, fragments", [
     ({"edits": ["reweight_big"]}, ["p2p.real_eval.edits[0]", "reweight_big", "shape_swap"]),

@@ -650,13 +650,20 @@ def test_rules_run_edits_from_config_and_rerun_gives_the_same_bytes(pipe, tmp_pa
              "mode": "replace", "cross_replace_steps": {"default": 0.8, "lion": 0.4}, "self_replace_steps": 0.4, "seed": 1},
             {"name": "winter", "source": "a photo of a house on a mountain", "target": "a photo of a house on a mountain at winter",
              "mode": "refine", "cross_replace_steps": 0.8, "self_replace_steps": 0.4, "seed": 1},
-        ]}})
-    proc = run_snakemake(wf, "results/p2p/metrics.csv", "--configfile", str(cfg))
+        ],
+        # a photo inverted through the model's VAE (rule p2p_real_edit on a pretrained model)
+        "real_edits": [{"name": "photo", "image": "camera", "prompt": "a photo of a cat", "guidance_scale": 3.0, "num_inversion_steps": 3,
+                        "null_text": {"inner_steps": 2}, "edits": [{"name": "dog", "target": "a photo of a dog", "mode": "replace"}]}]}})
+    proc = run_snakemake(wf, "results/p2p/metrics.csv", "results/p2p/real/photo/metrics.csv", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     import pandas as pd
 
     df = pd.read_csv(wf / "results/p2p/metrics.csv")
     assert df["edit"].tolist() == ["swap", "winter"] and (df["mask"] == "attention").all()
+    real = pd.read_csv(wf / "results/p2p/real/photo/metrics.csv")
+    assert real["method"].tolist() == ["ddim_inversion", "null_text_inversion", "dog"] and real["psnr"].iloc[:2].notna().all()
+    assert not real["measured"].iloc[2] and "embedded model's shapes only" in real["cause"].iloc[2]
+    assert (wf / "results/p2p/real/photo/edits/dog.png").stat().st_size > 0
     for name in ("swap", "winter"):
         for art in ("source.png", "edit.png", "baseline.png", "side_by_side.png", "attention.png"):
             assert (wf / "results/p2p" / name / art).stat().st_size > 0

@@ -330,16 +330,16 @@ def window_errors(key: str, text: str, t2i: dict) -> list[str]:
             "the start and end tokens included); shorten the prompt"]
 
 
-def real_edit_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
-    """``p2p.real_edits`` on the embedded model: an image file that cannot be read, a drawing outside
-    the generator's vocabulary or the image, step counts above T, prompts and edits outside the
-    vocabulary or the text window, and the checks of ``p2p.edits`` (names, modes, words) on the edits."""
+def real_edit_errors(t2i: dict | None, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
+    """``p2p.real_edits``: an image file that cannot be read, duplicate names and the checks of
+    ``p2p.edits`` (names, modes, words) on the edits; on the embedded model (``t2i`` given) also a
+    drawing outside the generator's vocabulary or the image, step counts above T, prompts and edits
+    outside the vocabulary or the text window. With a pretrained model (``t2i`` None) drawn images
+    are skipped, as the workflow skips them: the drawn shapes are the embedded model's."""
     from diffusion_report.core.prompts import validate_edits
     from diffusion_report.images import check_image
 
     out: list[str] = []
-    data, T = t2i["data"], int(t2i["schedule"]["T"])
-    size = float(data["image_size"])
     seen: dict[str, int] = {}
     for i, entry in enumerate(p2p.get("real_edits") or []):
         key = f"p2p.real_edits[{i}] ({entry['name']})"
@@ -348,11 +348,19 @@ def real_edit_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") ->
                        "unique (they name result folders)")
         seen.setdefault(entry["name"], i)
         image = entry["image"]
+        if t2i is None and not isinstance(image, str):
+            continue  # a drawn image is the embedded model's: skipped with a pretrained one (see rules/p2p.smk)
+        edits = [dict(e, source=entry["prompt"]) for e in entry["edits"]]
         if isinstance(image, str):
             problem = check_image(image, base_dir)
             if problem:
                 out.append(f"{key}.image: {problem}")
-        else:
+        out += validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS, prefix=f"{key}.edits")
+        if t2i is None:
+            continue
+        data, T = t2i["data"], int(t2i["schedule"]["T"])
+        size = float(data["image_size"])
+        if not isinstance(image, str):
             draw = image["draw"]
             for attr, allowed in (("shape", list(data["shapes"])), ("colour", list(data["colours"])), ("background", list(data["backgrounds"]))):
                 if draw[attr] not in allowed:
@@ -368,8 +376,6 @@ def real_edit_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".") ->
             out.append(f"{key}.num_inversion_steps: {steps} is above the embedded model's training T = {T} (t2i.schedule.T); allowed 1..{T}")
         out += vocabulary_errors(f"{key}.prompt", entry["prompt"], t2i)
         out += window_errors(f"{key}.prompt", entry["prompt"], t2i)
-        edits = [dict(e, source=entry["prompt"]) for e in entry["edits"]]
-        out += validate_edits(edits, tokenizer_max_words=MAX_PROMPT_WORDS, prefix=f"{key}.edits")
         for j, e in enumerate(entry["edits"]):
             out += vocabulary_errors(f"{key}.edits[{j}] ({e['name']}).target", e["target"], t2i)
             out += window_errors(f"{key}.edits[{j}] ({e['name']}).target", e["target"], t2i)
@@ -437,6 +443,8 @@ def cross_field_errors(config: dict, base_dir: str | os.PathLike = ".", workflow
     if p2p["enabled"] and p2p["model"]["source"] == "train" and "t2i" in config:
         out += t2i_errors(config["t2i"], p2p, base_dir, workflow_dir)
         out += real_edit_errors(config["t2i"], p2p, base_dir)
+    elif p2p["enabled"] and p2p["model"]["source"] == "pretrained":
+        out += real_edit_errors(None, p2p, base_dir)
     return out
 
 

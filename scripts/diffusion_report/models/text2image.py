@@ -52,6 +52,13 @@ class Text2Image:
         return text_max_length(self.tokenizer, self.text_encoder)
 
     @property
+    def image_size(self) -> int:
+        """Side of the images the model makes: the latent side, times the VAE's downsampling (2 per
+        VAE block after the first: 8 for Stable Diffusion) in latent space."""
+        h = self.latent_shape[1]
+        return h if self.vae is None else h * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of x_T: the UNet's input channels and sample size."""
         cfg = self.unet.config
@@ -216,6 +223,20 @@ def generate(
     if return_latents:
         return images, controller, latents
     return images, controller
+
+
+@torch.no_grad()
+def encode(pipe: Text2Image, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> the UNet's latents (B, C, h, w) on the model's device and dtype.
+
+    Pixel space: the images themselves. Latent space: the VAE posterior's mean times the VAE's
+    scaling factor (deterministic: no sample is drawn; the mode, as null-text inversion's reference
+    code takes it), the inverse of :func:`decode` up to the autoencoder's reconstruction error.
+    """
+    x = images.to(pipe.device, pipe.dtype)
+    if pipe.vae is None:
+        return x
+    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
 @torch.no_grad()

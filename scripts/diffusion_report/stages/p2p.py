@@ -278,24 +278,28 @@ REAL_COLUMNS = ["image", "kind", "method", "prompt", "mode", "guidance_scale", "
 TIMING_COLUMNS = ["image", "step", "method", "seconds", "threads", "device"]
 
 
-def real_input(entry: dict, data_cfg: dict, base_dir: str = ".", image_file: str | None = None):
-    """The image of a ``p2p.real_edits`` entry, (3, H, W) in [-1, 1] at ``t2i.data.image_size``, and
-    its ground truth ({shape, colour, background, size_word}) with where it came from.
+def real_input(entry: dict, data_cfg: dict | None, base_dir: str = ".", image_file: str | None = None, image_size: int | None = None):
+    """The image of a ``p2p.real_edits`` entry, (3, H, W) in [-1, 1] at ``image_size`` (default
+    ``t2i.data.image_size``), and its ground truth ({shape, colour, background, size_word}) with
+    where it came from.
 
     A drawn image (``image: {draw: ...}``) is rendered by :func:`shapes.render`; its truth is the
     drawing (size word by the generator's thresholds). A file is read as ``forward.images`` are
     (:func:`diffusion_report.images.load_image`: centre-cropped, resized); its truth is what its
-    prompt says (:func:`shapes.parse_caption`), or None when the prompt is not a caption.
+    prompt says (:func:`shapes.parse_caption`), or None when the prompt is not a caption or there
+    is no ``data_cfg`` (a pretrained model: the captioned shapes are the embedded model's).
     """
     from diffusion_report.images import load_image
     from diffusion_report.models import shapes
 
-    spec = shapes.ShapeSpec.from_config(data_cfg)
+    spec = shapes.ShapeSpec.from_config(data_cfg) if data_cfg else None
     image = entry["image"]
     if isinstance(image, str):
-        img = load_image(image_file or image, spec.image_size, base_dir, key=f"p2p.real_edits ({entry['name']}).image")
-        truth = shapes.parse_caption(spec, entry["prompt"])
+        img = load_image(image_file or image, int(image_size or spec.image_size), base_dir, key=f"p2p.real_edits ({entry['name']}).image")
+        truth = shapes.parse_caption(spec, entry["prompt"]) if spec else None
         return img, truth, "prompt"
+    if spec is None:
+        raise ValueError(f"p2p.real_edits ({entry['name']}).image: a drawn image needs the embedded model (p2p.model.source: train)")
     d = image["draw"]
     img, _ = shapes.render(spec, [d["shape"]], [d["colour"]], [d["background"]], [float(d["cx"])], [float(d["cy"])], [float(d["radius"])])
     return img[0], {"shape": d["shape"], "colour": d["colour"], "background": d["background"],
@@ -371,14 +375,12 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     from diffusion_report.core import inversion
     from diffusion_report.io import atomic_path, save_png, save_tensors, to_uint8, write_csv
     from diffusion_report.models import shapes
-    from diffusion_report.models.text2image import encode_prompts
+    from diffusion_report.models.text2image import decode, encode, encode_prompts
     from diffusion_report.stages.t2i import edit_type, judge
 
     missing = [k for k in REAL_ARTIFACTS if k not in outputs]
     if missing:
         raise ValueError(f"real_edit: no output path for {', '.join(missing)}")
-    if pipe.vae is not None:
-        raise ValueError("p2p.real_edits: only pixel-space models (the embedded one) are inverted here")
     prompt, g = entry["prompt"], float(entry.get("guidance_scale", 2.0))
     steps = int(entry.get("num_inversion_steps", 20))
     nt = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})}
@@ -392,18 +394,18 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     sched.set_timesteps(steps)
     ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
     kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
-    x0 = image[None].to(pipe.device, pipe.dtype)
     cond, uncond = encode_prompts(pipe, [prompt]), encode_prompts(pipe, [""])
 
     start = time.perf_counter()
+    x0 = encode(pipe, image[None])  # the image itself in pixel space, through the VAE in latent space
     pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)  # 1.
     t_ddim = time.perf_counter() - start
-    rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, g, **kw)  # 2.
+    rec_ddim = decode(pipe, inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, g, **kw))  # 2.
     start = time.perf_counter()
     nulls, losses = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, g, int(nt["inner_steps"]),  # 3.
                                                float(nt["learning_rate"]), float(nt["early_stop"]), return_losses=True, **kw)
     t_null = t_ddim + time.perf_counter() - start
-    rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, g, **kw)
+    rec_null = decode(pipe, inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, g, **kw))
     log.info("%s: inverted in %.1f s (DDIM %.1f s); null-text losses per step %s", entry["name"], t_null, t_ddim,
              ", ".join(f"{v:.1e}" for v in losses.tolist()))
 
@@ -411,26 +413,26 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     where = {"threads": torch.get_num_threads(), "device": str(pipe.device)}
     meta = {"prompt": prompt, "guidance_scale": g, "num_steps": steps, "timesteps": ts}
     for method, rec, secs in (("ddim_inversion", rec_ddim, t_ddim), ("null_text_inversion", rec_null, t_null)):
-        psnr, ssim = _image_scores(image, rec[0].float().clamp(-1, 1).cpu())
+        psnr, ssim = _image_scores(image, rec[0])
         rows.append({"image": entry["name"], "kind": "reconstruction", "method": method, "prompt": prompt, "mode": "",
                      "guidance_scale": g, "num_steps": steps, "psnr": psnr, "ssim": ssim, "truth": truth_from})
         times.append({"image": entry["name"], "step": method, "method": method, "seconds": secs, **where})
-        shown.append(to_uint8(rec[0].float().clamp(-1, 1).cpu()))
+        shown.append(to_uint8(rec[0]))
         titles.append(f"{'DDIM inversion' if method == 'ddim_inversion' else 'null-text inversion'}\nPSNR {psnr:.1f} dB\nSSIM {ssim:.3f}")
 
-    spec = reader.spec
+    spec = reader.spec if reader is not None else None
     edited = {}
     for e in edits:  # 4.
         start = time.perf_counter()
         ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold)
         out = inversion.sample_with_nulls(pipe.unet, pivot[-1], encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
+        img = decode(pipe, out[1:2])[0]
         secs = time.perf_counter() - start
-        img = out[1].float().clamp(-1, 1).cpu()
         edited[e["name"]] = img
         row = {"image": entry["name"], "kind": "edit", "method": e["name"], "prompt": e["target"], "mode": e["mode"],
                "guidance_scale": g, "num_steps": steps, "truth": truth_from}
         times.append({"image": entry["name"], "step": "edit", "method": e["name"], "seconds": secs, **where})
-        etype, why = edit_type(spec, e)
+        etype, why = edit_type(spec, e) if spec is not None else (None, "the attribute reader reads the embedded model's shapes only")
         if etype is None or truth is None:
             row.update({"measured": False, "cause": why if etype is None else "the prompt is not a caption, so the input's attributes are unknown"})
         else:
@@ -461,12 +463,14 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
 def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
                   model_dir: str | None = None, image_file: str | None = None):
     """Rule p2p_real_edit: one ``p2p.real_edits`` entry on the embedded model (``model_dir``:
-    rule t2i_train's folder). ``image_file``: the file the entry's image resolves to (the rule's input)."""
+    rule t2i_train's folder) or on ``p2p.model.pretrained`` (latent space: inverted through its VAE;
+    no attribute reader). ``image_file``: the file the entry's image resolves to (the rule's input)."""
     from diffusion_report.stages.t2i import fit_reader
 
     pipe = load_model(p2p_cfg, device, model_dir)
-    image, truth, truth_from = real_input(entry, t2i_cfg["data"], image_file=image_file)
-    reader = fit_reader(t2i_cfg, seed)
+    embedded = p2p_cfg["model"]["source"] == "train"  # the attribute reader and the drawn shapes are the embedded model's
+    image, truth, truth_from = real_input(entry, t2i_cfg["data"] if embedded else None, image_file=image_file, image_size=pipe.image_size)
+    reader = fit_reader(t2i_cfg, seed) if embedded else None
     return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)))
 
 
@@ -482,23 +486,24 @@ REAL_EVAL_TIMING_COLUMNS = ["edit", "n", "ddim_inversion_s", "null_text_inversio
 def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: float, null_text: dict) -> dict:
     """DDIM then null-text inversion of B images at once, each under its own prompt (one null
     embedding per image: :func:`core.inversion.null_text_invert` with ``per_image``), and both
-    reconstructions. images (B, 3, H, W) in [-1, 1]. Returns {timesteps, alphas_cumprod, kw (the
-    final abar), x_T (B, C, H, W), nulls (S, B, L, D), cond (B, L, D), rec_ddim, rec_null (B, 3, H, W,
-    clamped, CPU float), seconds_ddim, seconds_null (DDIM plus null-text)}."""
+    reconstructions; in latent space through the model's VAE (:func:`models.text2image.encode`).
+    images (B, 3, H, W) in [-1, 1]. Returns {timesteps, alphas_cumprod, kw (the final abar), x_T
+    (B, C, h, w), nulls (S, B, L, D), cond (B, L, D), rec_ddim, rec_null (B, 3, H, W, decoded,
+    clamped, CPU float), seconds_ddim (encoding included), seconds_null (DDIM plus null-text)}."""
     import time
 
     from diffusers import DDIMScheduler
 
     from diffusion_report.core import inversion
-    from diffusion_report.models.text2image import encode_prompts
+    from diffusion_report.models.text2image import decode, encode, encode_prompts
 
     sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
     sched.set_timesteps(int(steps))
     ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
     kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
-    x0 = images.to(pipe.device, pipe.dtype)
     cond, uncond = encode_prompts(pipe, list(prompts)), encode_prompts(pipe, [""])
     start = time.perf_counter()
+    x0 = encode(pipe, images)
     pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)
     t_ddim = time.perf_counter() - start
     rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, guidance, **kw)
@@ -508,7 +513,7 @@ def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: flo
     t_null = t_ddim + time.perf_counter() - start
     rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, guidance, **kw)
     return {"timesteps": ts, "alphas_cumprod": ab, "kw": kw, "x_T": pivot[-1], "nulls": nulls, "cond": cond,
-            "rec_ddim": rec_ddim.float().clamp(-1, 1).cpu(), "rec_null": rec_null.float().clamp(-1, 1).cpu(),
+            "rec_ddim": decode(pipe, rec_ddim), "rec_null": decode(pipe, rec_null),
             "seconds_ddim": t_ddim, "seconds_null": t_null}
 
 
@@ -523,7 +528,7 @@ def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: di
     import time
 
     from diffusion_report.core import inversion
-    from diffusion_report.models.text2image import encode_prompts
+    from diffusion_report.models.text2image import decode, encode_prompts
     from diffusion_report.stages.t2i import case_controllers, drawn_cases, score_pair
 
     steps, guidance = int(eval_cfg["num_steps"]), float(eval_cfg["guidance_scale"])
@@ -534,10 +539,10 @@ def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: di
     ctrl = case_controllers(pipe, cases, steps, float(eval_cfg["cross_replace_steps"]), float(eval_cfg["self_replace_steps"]),
                             eval_cfg.get("self_max_tokens"))
     pairs = encode_prompts(pipe, [p for c in cases for p in (c.source, c.target)])
-    edited = inversion.sample_with_nulls(pipe.unet, inv["x_T"].repeat_interleave(2, dim=0), pairs, inv["nulls"].repeat_interleave(2, dim=1),
-                                         *args, ctrl, **inv["kw"]).float().clamp(-1, 1).cpu()
-    plain = inversion.sample_with_nulls(pipe.unet, inv["x_T"], encode_prompts(pipe, [c.target for c in cases]), inv["nulls"], *args,
-                                        **inv["kw"]).float().clamp(-1, 1).cpu()
+    edited = decode(pipe, inversion.sample_with_nulls(pipe.unet, inv["x_T"].repeat_interleave(2, dim=0), pairs,
+                                                      inv["nulls"].repeat_interleave(2, dim=1), *args, ctrl, **inv["kw"]))
+    plain = decode(pipe, inversion.sample_with_nulls(pipe.unet, inv["x_T"], encode_prompts(pipe, [c.target for c in cases]), inv["nulls"],
+                                                     *args, **inv["kw"]))
     t_edit = time.perf_counter() - start
     rows = []
     for i, case in enumerate(cases):

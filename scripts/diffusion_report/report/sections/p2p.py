@@ -284,7 +284,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     }
     fractions = [float(r["mask_fraction"]) for r in df.to_dict("records")]
     judged = [e["verdict"] for e in edits if e["verdict"] and e["verdict"]["status"] != "unmeasured"]
-    real = real_edits_context(files, cfg) if cfg["model"]["source"] == "train" else []
+    real = real_edits_context(files, cfg)
     return {
         "real": real, "real_summary": real_summary(real), "real_gain_goal": NULL_TEXT_GAIN_DB,
         "real_eval": real_eval_context(files, config.get("t2i", {}).get("eval", {})) if cfg["model"]["source"] == "train" else None,
