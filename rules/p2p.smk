@@ -6,6 +6,8 @@ P2P_EDITS = {e["name"]: e for e in P2P["edits"]}
 P2P_PRETRAINED = P2P["model"]["source"] == "pretrained"
 # The trained model folder (rule t2i_train's output) when p2p.model.source is train.
 P2P_MODEL_INPUT = {} if P2P_PRETRAINED else {"model": "results/t2i/model"}
+# ... and the attribute reader (rule t2i_reader), for the rules that score the embedded model's images.
+P2P_READER_INPUT = {} if P2P_PRETRAINED else {"reader": "results/t2i/reader.json"}
 # Given images to invert and edit (p2p.real_edits): the embedded model, or a pretrained one through its VAE
 # (image files only: the drawn shapes are the embedded model's, so a pretrained model skips them).
 P2P_REAL = {
@@ -57,6 +59,7 @@ rule p2p_real_edit:
     input:
         unpack(get_real_image),
         unpack(lambda wildcards: P2P_MODEL_INPUT),
+        unpack(lambda wildcards: P2P_READER_INPUT),
     output:
         inversion="results/p2p/real/{name}/inversion.safetensors",
         input="results/p2p/real/{name}/input.png",
@@ -119,6 +122,7 @@ rule p2p_metrics:
 rule p2p_real_eval:
     input:
         model="results/t2i/model",
+        reader="results/t2i/reader.json",
         eval_summary="results/t2i/eval_summary.csv",
     output:
         per_image="results/p2p/real_eval/per_image.csv",

@@ -40,6 +40,8 @@ rule t2i_train:
 rule t2i_reader:
     output:
         csv="results/t2i/reader_accuracy.csv",
+        # the fitted reader, read by every rule that scores images (instead of fitting it again)
+        reader="results/t2i/reader.json",
     log:
         "logs/t2i_reader/t2i_reader.log",
     benchmark:
@@ -60,6 +62,7 @@ rule t2i_reader:
 rule t2i_samples:
     input:
         model="results/t2i/model",
+        reader="results/t2i/reader.json",
     output:
         grid=report(
             "results/t2i/samples.png",
@@ -88,6 +91,7 @@ rule t2i_samples:
 rule t2i_eval:
     input:
         model="results/t2i/model",
+        reader="results/t2i/reader.json",
     output:
         per_seed="results/t2i/eval_per_seed.csv",
         summary="results/t2i/eval_summary.csv",
@@ -118,6 +122,7 @@ rule t2i_eval:
 rule t2i_tradeoff:
     input:
         model="results/t2i/model",
+        reader="results/t2i/reader.json",
     output:
         csv="results/t2i/tradeoff.csv",
         png="results/t2i/tradeoff.png",
@@ -145,6 +150,7 @@ SHOWCASE_EDITS = [e["name"] for e in config["p2p"]["edits"]]
 
 rule t2i_showcase:
     input:
+        reader="results/t2i/reader.json",
         eval_summary="results/t2i/eval_summary.csv",
         images=expand(
             "results/p2p/{edit}/{image}.png",

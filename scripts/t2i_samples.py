@@ -5,7 +5,7 @@ from diffusion_report.stages import t2i
 
 
 def main(smk):
-    t2i.t2i_samples(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output))
+    t2i.t2i_samples(smk.input.model, smk.params.t2i, smk.params.seed, dict(smk.output), reader_path=smk.input.reader)
 
 
 run_rule(snakemake, main)  # noqa: F821 - injected by Snakemake

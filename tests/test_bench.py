@@ -49,6 +49,14 @@ def test_bench_ddim_matches_ddimpipeline(tmp_path):
     assert {"ours_over_diffusers", "ours_over_floor"} <= set(df.columns)
 
 
+def test_bench_inversion_batched_equals_one_at_a_time(tmp_path):
+    out = tmp_path / "inversion.csv"
+    bench("bench_inversion.py", "--images", "2", "--steps", "3", "--repeats", "1", "--out", str(out))  # exits non-zero if they differ
+    df = pd.read_csv(out).set_index("variant")
+    assert list(df.index) == ["one_at_a_time", "batched", "ddim_only"] and (df["images"] == 2).all()
+    assert (df["max_abs_diff_batched"] <= 0.1).all() and (df["mean_abs_diff_batched"] <= 2e-3).all() and (df["s_per_image"] > 0).all()
+    assert df.loc["one_at_a_time", "speedup_vs_one_at_a_time"] == 1.0
+
 def test_bench_p2p_routes_attention_as_designed_and_measures_memory(tmp_path):
     out = tmp_path / "p2p.csv"
     bench("bench_p2p.py", "--tiny", "--steps", "4", "--repeats", "1", "--memory", "--memory-variants", "replace_explicit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -198,6 +199,24 @@ def test_reader_reaches_stated_accuracy(reader):
         assert row["colour_acc"] == 1.0 and row["background_acc"] == 1.0, row
         assert row["mask_iou"] >= 0.9 and row["centre_err_px"] < 0.5, row
 
+
+def test_the_saved_reader_reads_as_the_fitted_one_and_knows_its_config(tmp_path):
+    """Rule t2i_reader fits the reader once and saves it; the other rules read with the saved one:
+    the same shapes on held-out images, and an error naming what differs when the config changed."""
+    cfg = copy.deepcopy(TINY)
+    fitted = t2i_stage.fit_reader(cfg, 3)
+    t2i_stage.t2i_reader(cfg, 3, str(tmp_path / "acc.csv"), str(tmp_path / "reader.json"))
+    loaded = t2i_stage.fit_reader(cfg, 3, tmp_path / "reader.json")
+    images, _ = attributes.noisy_samples(fitted.spec, 60, 9, "held-out", 0.15)
+    assert [fitted.read(im).shape for im in images] == [loaded.read(im).shape for im in images]
+    X = np.stack([attributes.mask_features(attributes.segment(im, fitted.spec)[0]) for im in images])
+    assert np.array_equal(fitted.classifier.decision_function(X), loaded.classifier.decision_function(X))  # bit for bit
+    with pytest.raises(ValueError, match=r"fitted for another config \(seed differ\); rerun rule t2i_reader"):
+        t2i_stage.fit_reader(cfg, 4, tmp_path / "reader.json")
+    other = copy.deepcopy(cfg)
+    other["reader"]["noise"] = 0.3
+    with pytest.raises(ValueError, match=r"\(noise differ\)"):
+        t2i_stage.fit_reader(other, 3, tmp_path / "reader.json")
 
 def test_reader_scores_edits_by_ground_truth(reader):
     spec = default_spec()

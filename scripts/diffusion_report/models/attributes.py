@@ -112,6 +112,29 @@ class AttributeReader:
         self.classifier = LogisticRegression(max_iter=2000, C=10.0).fit(X, labels)
         return self
 
+    def state(self) -> dict:
+        """The fitted shape classifier as plain data (JSON-safe: lists of floats, which JSON keeps
+        exactly), for :meth:`from_state`: a later job reads with it instead of fitting again."""
+        if self.classifier is None:
+            raise RuntimeError("AttributeReader.fit must be called before state")
+        c = self.classifier
+        return {"classes": [str(x) for x in c.classes_], "coef": c.coef_.tolist(), "intercept": c.intercept_.tolist(), "crop": CROP}
+
+    @classmethod
+    def from_state(cls, spec: shapes.ShapeSpec, state: dict) -> "AttributeReader":
+        """A reader whose classifier is ``state`` (from :meth:`state`): it reads exactly as the fitted one."""
+        from sklearn.linear_model import LogisticRegression
+
+        if int(state.get("crop", -1)) != CROP:
+            raise ValueError(f"the saved attribute reader was fitted on {state.get('crop')}x{state.get('crop')} crops, this code uses {CROP}x{CROP}")
+        reader = cls(spec)
+        clf = LogisticRegression()
+        clf.classes_ = np.array(state["classes"])
+        clf.coef_ = np.array(state["coef"], dtype=np.float64)
+        clf.intercept_ = np.array(state["intercept"], dtype=np.float64)
+        reader.classifier = clf
+        return reader
+
     def read(self, img: torch.Tensor | np.ndarray) -> Reading:
         """img (3, H, W) in [-1, 1] -> :class:`Reading`."""
         if self.classifier is None:

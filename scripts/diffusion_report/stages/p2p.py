@@ -461,7 +461,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
 
 
 def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
-                  model_dir: str | None = None, image_file: str | None = None):
+                  model_dir: str | None = None, image_file: str | None = None, reader_path: str | None = None):
     """Rule p2p_real_edit: one ``p2p.real_edits`` entry on the embedded model (``model_dir``:
     rule t2i_train's folder) or on ``p2p.model.pretrained`` (latent space: inverted through its VAE;
     no attribute reader). ``image_file``: the file the entry's image resolves to (the rule's input)."""
@@ -470,7 +470,7 @@ def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, s
     pipe = load_model(p2p_cfg, device, model_dir)
     embedded = p2p_cfg["model"]["source"] == "train"  # the attribute reader and the drawn shapes are the embedded model's
     image, truth, truth_from = real_input(entry, t2i_cfg["data"] if embedded else None, image_file=image_file, image_size=pipe.image_size)
-    reader = fit_reader(t2i_cfg, seed) if embedded else None
+    reader = fit_reader(t2i_cfg, seed, reader_path) if embedded else None
     return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)))
 
 
@@ -584,7 +584,7 @@ def _verdict_line(row: dict) -> str:
 
 
 def p2p_real_eval(eval_summary: str, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, seed: int, device: str = "auto",
-                  model_dir: str | None = None):
+                  model_dir: str | None = None, reader_path: str | None = None):
     """Rule p2p_real_eval: ``p2p.real_eval.images`` drawn images per edit type, inverted (DDIM, then
     null-text) and edited with ``t2i.eval``'s settings, scored like the generated pairs of
     ``t2i_eval`` and compared with their rates (``eval_summary``). Writes :data:`REAL_EVAL_ARTIFACTS`."""
@@ -601,7 +601,7 @@ def p2p_real_eval(eval_summary: str, p2p_cfg: dict, t2i_cfg: dict, outputs: dict
     pipe = load_model(p2p_cfg, device, model_dir)
     if pipe.vae is not None:
         raise ValueError("p2p.real_eval: only pixel-space models (the embedded one) are inverted here")
-    reader = fit_reader(t2i_cfg, seed)
+    reader = fit_reader(t2i_cfg, seed, reader_path)
     rows, timing, examples = [], [], []
     for edit in rc["edits"]:
         r, t, ex = real_eval_edit_type(pipe, reader, edit, int(rc["images"]), seed, t2i_cfg["eval"], null_text)

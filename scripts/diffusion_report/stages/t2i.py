@@ -174,20 +174,37 @@ def caption_accuracy(
 
 
 # --------------------------------------------------------------------------- reader rule
-def fit_reader(t2i_cfg: dict, seed: int) -> attributes.AttributeReader:
-    """The attribute reader of the config (deterministic: same config -> same classifier)."""
+def fit_reader(t2i_cfg: dict, seed: int, path: str | Path | None = None) -> attributes.AttributeReader:
+    """The attribute reader of the config (deterministic: same config -> same classifier): read
+    from ``path`` (rule t2i_reader's ``reader.json``) when given, else fitted here."""
     spec = shapes.ShapeSpec.from_config(t2i_cfg["data"])
     rc = t2i_cfg["reader"]
-    return attributes.AttributeReader(spec).fit(int(rc["train_images"]), seed, float(rc["noise"]))
+    if path is None:
+        return attributes.AttributeReader(spec).fit(int(rc["train_images"]), seed, float(rc["noise"]))
+    saved = json.loads(Path(path).read_text())
+    fitted_for = {"data": saved.get("data"), "train_images": saved.get("train_images"), "noise": saved.get("noise"), "seed": saved.get("seed")}
+    wanted = {"data": json.loads(json.dumps(t2i_cfg["data"])), "train_images": int(rc["train_images"]), "noise": float(rc["noise"]), "seed": seed}
+    if fitted_for != wanted:
+        differ = ", ".join(k for k in wanted if fitted_for[k] != wanted[k])
+        raise ValueError(f"{path}: the attribute reader was fitted for another config ({differ} differ); rerun rule t2i_reader")
+    return attributes.AttributeReader.from_state(spec, saved["classifier"])
 
 
-def t2i_reader(t2i_cfg: dict, seed: int, out_csv: str) -> pd.DataFrame:
-    """Rule t2i_reader: accuracy of the reader on held-out generated images (CSV)."""
-    from diffusion_report.io import write_csv
+def t2i_reader(t2i_cfg: dict, seed: int, out_csv: str, out_reader: str | None = None) -> pd.DataFrame:
+    """Rule t2i_reader: fit the attribute reader once, save it (``out_reader``: JSON, read by every
+    rule that scores images through :func:`fit_reader`) and state its accuracy on held-out
+    generated images (CSV)."""
+    from diffusion_report.io import atomic_path, write_csv
 
     reader = fit_reader(t2i_cfg, seed)
     df = attributes.reader_accuracy(reader, int(t2i_cfg["reader"]["test_images"]), seed)
     write_csv(out_csv, df)
+    if out_reader:
+        rc = t2i_cfg["reader"]
+        saved = {"data": t2i_cfg["data"], "train_images": int(rc["train_images"]), "noise": float(rc["noise"]), "seed": seed,
+                 "classifier": reader.state()}
+        with atomic_path(out_reader) as tmp:
+            Path(tmp).write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     log.info("reader accuracy:\n%s", df.to_string())
     return df
 
@@ -226,13 +243,13 @@ def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[s
 
 
 # --------------------------------------------------------------------------- samples rule
-def t2i_samples(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict) -> pd.DataFrame:
+def t2i_samples(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, reader_path: str | None = None) -> pd.DataFrame:
     """Rule t2i_samples: sample grid (captions x 8 seeds) and caption accuracy per guidance (CSV)."""
     from diffusion_report.io import write_csv
 
     sc = t2i_cfg["samples"]
     model = t2i.load_model(model_dir)
-    reader = fit_reader(t2i_cfg, seed)
+    reader = fit_reader(t2i_cfg, seed, reader_path)
     df, _, _ = caption_accuracy(model, reader, int(sc["num_images"]), seed, [float(g) for g in sc["guidance_scales"]], int(sc["num_steps"]))
     write_csv(outputs["accuracy"], df)
     log.info("caption accuracy:\n%s", df.to_string())
@@ -418,13 +435,13 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
     return pd.DataFrame(rows), examples
 
 
-def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
+def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu", reader_path: str | None = None) -> pd.DataFrame:
     """Rule t2i_eval: per-seed CSV, summary CSV and an examples figure (source | p2p | no control)."""
     from diffusion_report.io import write_csv
     from diffusion_report.models.text2image import load_text2image
 
     pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
-    reader = fit_reader(t2i_cfg, seed)
+    reader = fit_reader(t2i_cfg, seed, reader_path)
     per_seed, examples = evaluate_edits(pipe, reader, t2i_cfg, seed)
     summary = summarise(per_seed)
     write_csv(outputs["per_seed"], per_seed)
@@ -517,7 +534,7 @@ def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, 
 
 
 def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summary: str, t2i_cfg: dict, seed: int,
-                 out_csv: str, p2p_cfg: dict | None = None) -> pd.DataFrame:
+                 out_csv: str, p2p_cfg: dict | None = None, reader_path: str | None = None) -> pd.DataFrame:
     """Rule t2i_showcase: the attribute reader's verdict on each showcased ``p2p.edits`` image
     (prompt-to-prompt and the no-control baseline), beside the evaluation's success rate of the
     same edit type, so that an example cannot stand for more than the evaluation supports.
@@ -530,7 +547,7 @@ def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summ
 
     from diffusion_report.io import write_csv
 
-    reader = fit_reader(t2i_cfg, seed)
+    reader = fit_reader(t2i_cfg, seed, reader_path)
     summary = pd.read_csv(eval_summary)
     rates = {(r["edit"], r["method"]): r for r in summary.to_dict("records")}
 
@@ -635,14 +652,14 @@ def tradeoff_figure(path, df: pd.DataFrame) -> None:
     plt.close(fig)
 
 
-def t2i_tradeoff(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu") -> pd.DataFrame:
+def t2i_tradeoff(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu", reader_path: str | None = None) -> pd.DataFrame:
     """Rule t2i_tradeoff: the cross-attention sweep of ``t2i.tradeoff`` (CSV and figure)."""
     from diffusion_report.io import write_csv
     from diffusion_report.models.text2image import load_text2image
 
     tc, ec = t2i_cfg["tradeoff"], t2i_cfg["eval"]
     pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
-    reader = fit_reader(t2i_cfg, seed)
+    reader = fit_reader(t2i_cfg, seed, reader_path)
     frames = []
     for edit in tc["edits"]:
         # the evaluation's cases (drawn as many as it draws, so case i is its case i), the first `seeds`
