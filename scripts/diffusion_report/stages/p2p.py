@@ -350,6 +350,41 @@ def _image_scores(a, b) -> tuple[float, float]:
     return psnr, ssim(a, b)
 
 
+def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: float, null_text: dict) -> dict:
+    """DDIM then null-text inversion of B images at once, each under its own prompt (one null
+    embedding per image: :func:`core.inversion.null_text_invert` with ``per_image``), and both
+    reconstructions; in latent space through the model's VAE (:func:`models.text2image.encode`).
+    images (B, 3, H, W) in [-1, 1]. Returns {timesteps, alphas_cumprod, kw (the final abar), x_T
+    (B, C, h, w), nulls (S, B, L, D), losses (S, B: the last of each step), cond (B, L, D), rec_ddim, rec_null (B, 3, H, W, decoded,
+    clamped, CPU float), seconds_ddim (encoding included), seconds_null (DDIM plus null-text)}."""
+    import time
+
+    from diffusers import DDIMScheduler
+
+    from diffusion_report.core import inversion
+    from diffusion_report.models.text2image import decode, encode, encode_prompts
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
+    sched.set_timesteps(int(steps))
+    ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
+    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
+    cond, uncond = encode_prompts(pipe, list(prompts)), encode_prompts(pipe, [""])
+    start = time.perf_counter()
+    x0 = encode(pipe, images)
+    pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)
+    t_ddim = time.perf_counter() - start
+    rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, guidance, **kw)
+    start = time.perf_counter()
+    nulls, losses = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, guidance, int(null_text["inner_steps"]),
+                                               float(null_text["learning_rate"]), float(null_text["early_stop"]), per_image=True,
+                                               return_losses=True, **kw)
+    t_null = t_ddim + time.perf_counter() - start
+    rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, guidance, **kw)
+    return {"timesteps": ts, "alphas_cumprod": ab, "kw": kw, "x_T": pivot[-1], "nulls": nulls, "losses": losses, "cond": cond,
+            "rec_ddim": decode(pipe, rec_ddim), "rec_null": decode(pipe, rec_null),
+            "seconds_ddim": t_ddim, "seconds_null": t_null}
+
+
 def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, image, outputs: dict, *,
               mask_threshold: float = 0.3):
     """Invert one given image and edit it; write :data:`REAL_ARTIFACTS` and return the metrics rows.
@@ -375,7 +410,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     from diffusion_report.core import inversion
     from diffusion_report.io import atomic_path, save_png, save_tensors, to_uint8, write_csv
     from diffusion_report.models import shapes
-    from diffusion_report.models.text2image import decode, encode, encode_prompts
+    from diffusion_report.models.text2image import decode, encode_prompts
     from diffusion_report.stages.t2i import edit_type, judge
 
     missing = [k for k in REAL_ARTIFACTS if k not in outputs]
@@ -388,24 +423,10 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     errors = validate_edits(edits, prefix=f"p2p.real_edits ({entry['name']}).edits")
     if errors:
         raise ValueError("; ".join(errors))
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
-    sched.set_timesteps(steps)
-    ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
-    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
-    cond, uncond = encode_prompts(pipe, [prompt]), encode_prompts(pipe, [""])
-
-    start = time.perf_counter()
-    x0 = encode(pipe, image[None])  # the image itself in pixel space, through the VAE in latent space
-    pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)  # 1.
-    t_ddim = time.perf_counter() - start
-    rec_ddim = decode(pipe, inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, g, **kw))  # 2.
-    start = time.perf_counter()
-    nulls, losses = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, g, int(nt["inner_steps"]),  # 3.
-                                               float(nt["learning_rate"]), float(nt["early_stop"]), return_losses=True, **kw)
-    t_null = t_ddim + time.perf_counter() - start
-    rec_null = decode(pipe, inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, g, **kw))
+    inv = invert_batch(pipe, image[None], [prompt], steps, g, nt)  # 1.-3.
+    ts, ab, kw = inv["timesteps"], inv["alphas_cumprod"], inv["kw"]
+    x_T, nulls, losses = inv["x_T"], inv["nulls"][:, 0], inv["losses"][:, 0]  # one image: (S, L, D) nulls, shared by each edit's prompts
+    rec_ddim, rec_null, t_ddim, t_null = inv["rec_ddim"], inv["rec_null"], inv["seconds_ddim"], inv["seconds_null"]
     log.info("%s: inverted in %.1f s (DDIM %.1f s); null-text losses per step %s", entry["name"], t_null, t_ddim,
              ", ".join(f"{v:.1e}" for v in losses.tolist()))
 
@@ -425,7 +446,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     for e in edits:  # 4.
         start = time.perf_counter()
         ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold)
-        out = inversion.sample_with_nulls(pipe.unet, pivot[-1], encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
+        out = inversion.sample_with_nulls(pipe.unet, x_T, encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
         img = decode(pipe, out[1:2])[0]
         secs = time.perf_counter() - start
         edited[e["name"]] = img
@@ -443,7 +464,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
         titles.append(f"{e['name']}:\n{e['target']}{verdict}")
         log.info("%s/%s: %s", entry["name"], e["name"], {k: row.get(k) for k in ("edit_type", "success", "cause")})
 
-    save_tensors(outputs["inversion"], {"x_T": pivot[-1][0], "null_embeddings": nulls, "losses": losses}, meta)
+    save_tensors(outputs["inversion"], {"x_T": x_T[0], "null_embeddings": nulls, "losses": losses}, meta)
     save_png(outputs["input"], to_uint8(image))
     save_png(outputs["reconstruction_ddim"], shown[1])
     save_png(outputs["reconstruction_null_text"], shown[2])
@@ -481,40 +502,6 @@ REAL_EVAL_COLUMNS = ["edit", "seed_index", "method", "source", "target", "psnr_d
 REAL_EVAL_SUMMARY_COLUMNS = ["edit", "method", "n", "source_ok", "success", "all_kept", "mask_iou", "centroid_shift_px",
                              "psnr_ddim", "psnr_null_text", "gain_db", "generated_n", "generated_success", "generated_all_kept"]
 REAL_EVAL_TIMING_COLUMNS = ["edit", "n", "ddim_inversion_s", "null_text_inversion_s", "edit_s", "per_image_s", "threads", "device"]
-
-
-def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: float, null_text: dict) -> dict:
-    """DDIM then null-text inversion of B images at once, each under its own prompt (one null
-    embedding per image: :func:`core.inversion.null_text_invert` with ``per_image``), and both
-    reconstructions; in latent space through the model's VAE (:func:`models.text2image.encode`).
-    images (B, 3, H, W) in [-1, 1]. Returns {timesteps, alphas_cumprod, kw (the final abar), x_T
-    (B, C, h, w), nulls (S, B, L, D), cond (B, L, D), rec_ddim, rec_null (B, 3, H, W, decoded,
-    clamped, CPU float), seconds_ddim (encoding included), seconds_null (DDIM plus null-text)}."""
-    import time
-
-    from diffusers import DDIMScheduler
-
-    from diffusion_report.core import inversion
-    from diffusion_report.models.text2image import decode, encode, encode_prompts
-
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # inversion is DDIM's, whatever p2p.scheduler says
-    sched.set_timesteps(int(steps))
-    ts, ab = sched.timesteps.tolist(), sched.alphas_cumprod
-    kw = {"final_alpha_cumprod": float(sched.final_alpha_cumprod)}
-    cond, uncond = encode_prompts(pipe, list(prompts)), encode_prompts(pipe, [""])
-    start = time.perf_counter()
-    x0 = encode(pipe, images)
-    pivot = inversion.ddim_invert(pipe.unet, x0, cond, ts, ab, **kw)
-    t_ddim = time.perf_counter() - start
-    rec_ddim = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, uncond[0], ts, ab, guidance, **kw)
-    start = time.perf_counter()
-    nulls = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, ts, ab, guidance, int(null_text["inner_steps"]),
-                                       float(null_text["learning_rate"]), float(null_text["early_stop"]), per_image=True, **kw)
-    t_null = t_ddim + time.perf_counter() - start
-    rec_null = inversion.sample_with_nulls(pipe.unet, pivot[-1], cond, nulls, ts, ab, guidance, **kw)
-    return {"timesteps": ts, "alphas_cumprod": ab, "kw": kw, "x_T": pivot[-1], "nulls": nulls, "cond": cond,
-            "rec_ddim": decode(pipe, rec_ddim), "rec_null": decode(pipe, rec_null),
-            "seconds_ddim": t_ddim, "seconds_null": t_null}
 
 
 def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: dict, null_text: dict) -> tuple[list[dict], dict, dict]:
