@@ -32,9 +32,10 @@ from diffusion_report.testing import copy_workflow, job_stats, run_snakemake
 
 
 def snakemake(work: Path, *args: str) -> tuple[float, str]:
-    """(wall seconds, merged output) of one ``snakemake --cores 2`` call, run as the tests run it."""
+    """(wall seconds, merged output) of one ``snakemake --cores 2`` call, as ``make report`` runs it
+    (each rule with its own ``threads:``, not the tests' one thread per job)."""
     t0 = time.perf_counter()
-    proc = run_snakemake(work, *args, timeout=3 * 3600)
+    proc = run_snakemake(work, *args, timeout=3 * 3600, run_args=("--cores", "2"))
     wall = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:

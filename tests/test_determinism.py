@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import SNAKEMAKE, copy_workflow, run_snakemake
 
+from diffusion_report.testing import TEST_RUN_ARGS
+
 pytestmark = pytest.mark.slow
 
 # The job to kill: the first of these that the tiny preset runs (longest first).
@@ -68,7 +70,7 @@ def two_runs(tiny_run, tmp_path_factory):
     assert target, "none of the jobs to kill ran"
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
-    job = subprocess.Popen([SNAKEMAKE, "--cores", "2", *where], cwd=base, env=env,
+    job = subprocess.Popen([SNAKEMAKE, *TEST_RUN_ARGS, *where], cwd=base, env=env,  # as run A: same threads, same bytes
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     deadline = time.time() + 900

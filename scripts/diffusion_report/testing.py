@@ -102,12 +102,21 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` and return the finished process (stdout and stderr merged)."""
+# How the tests run the workflow. Their runs are of the tiny preset, whose jobs are mostly start-up
+# (a few seconds each): one thread per job lets two jobs run side by side on 2 cores (a whole tiny
+# run took 87 s instead of 131 s). A thread count changes float rounding, so every run that a test
+# compares byte for byte with another uses these arguments; benchmarks pass their own.
+TEST_RUN_ARGS = ("--cores", "2", "--max-threads", "1")
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None,
+                  run_args: tuple[str, ...] = TEST_RUN_ARGS) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` with ``run_args`` then ``args``; return the finished process
+    (stdout and stderr captured)."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
     full_env.update(env or {})
     return subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args],
+        [SNAKEMAKE, *run_args, *args],
         cwd=workdir, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
 
