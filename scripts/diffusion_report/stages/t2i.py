@@ -174,6 +174,13 @@ def caption_accuracy(
 
 
 # --------------------------------------------------------------------------- reader rule
+def _reader_recipe(t2i_cfg: dict, seed: int) -> dict:
+    """What the attribute reader is fitted from (as JSON gives it back): saved beside the classifier
+    by rule t2i_reader and compared when a later rule reads it."""
+    rc = t2i_cfg["reader"]
+    return json.loads(json.dumps({"data": t2i_cfg["data"], "train_images": int(rc["train_images"]), "noise": float(rc["noise"]), "seed": seed}))
+
+
 def fit_reader(t2i_cfg: dict, seed: int, path: str | Path | None = None) -> attributes.AttributeReader:
     """The attribute reader of the config (deterministic: same config -> same classifier): read
     from ``path`` (rule t2i_reader's ``reader.json``) when given, else fitted here."""
@@ -182,8 +189,8 @@ def fit_reader(t2i_cfg: dict, seed: int, path: str | Path | None = None) -> attr
     if path is None:
         return attributes.AttributeReader(spec).fit(int(rc["train_images"]), seed, float(rc["noise"]))
     saved = json.loads(Path(path).read_text())
-    fitted_for = {"data": saved.get("data"), "train_images": saved.get("train_images"), "noise": saved.get("noise"), "seed": saved.get("seed")}
-    wanted = {"data": json.loads(json.dumps(t2i_cfg["data"])), "train_images": int(rc["train_images"]), "noise": float(rc["noise"]), "seed": seed}
+    wanted = _reader_recipe(t2i_cfg, seed)
+    fitted_for = {k: saved.get(k) for k in wanted}
     if fitted_for != wanted:
         differ = ", ".join(k for k in wanted if fitted_for[k] != wanted[k])
         raise ValueError(f"{path}: the attribute reader was fitted for another config ({differ} differ); rerun rule t2i_reader")
@@ -200,9 +207,7 @@ def t2i_reader(t2i_cfg: dict, seed: int, out_csv: str, out_reader: str | None = 
     df = attributes.reader_accuracy(reader, int(t2i_cfg["reader"]["test_images"]), seed)
     write_csv(out_csv, df)
     if out_reader:
-        rc = t2i_cfg["reader"]
-        saved = {"data": t2i_cfg["data"], "train_images": int(rc["train_images"]), "noise": float(rc["noise"]), "seed": seed,
-                 "classifier": reader.state()}
+        saved = {**_reader_recipe(t2i_cfg, seed), "classifier": reader.state()}
         with atomic_path(out_reader) as tmp:
             Path(tmp).write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     log.info("reader accuracy:\n%s", df.to_string())
