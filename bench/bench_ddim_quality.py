@@ -25,6 +25,7 @@ from diffusion_report.core import samplers
 from diffusion_report.core.schedules import Schedule
 from diffusion_report.io import make_generator
 from diffusion_report.models import ddpm
+from diffusion_report.models.loading import autocast
 from diffusion_report.stages import ddim as ddim_stage
 from diffusion_report.stages.ddim_cells import quality_variants
 
@@ -40,6 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                    help="the UNet's arithmetic (ddim.precision; bfloat16 under autocast)")
     ap.add_argument("--out", help="CSV path (default bench/out/ddim_quality.csv)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -58,11 +61,13 @@ def main(argv=None) -> None:
     rows = []
     for S in args.steps:
         def stacked():
-            return samplers.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
+            with autocast(dev, args.precision):
+                return samplers.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
 
         def separate():
             g = gens()
-            return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
+            with autocast(dev, args.precision):
+                return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
 
         a, b = stacked(), separate()
         worst = max(float((a[v] - b[v]).abs().max()) for v in variants)
@@ -70,7 +75,7 @@ def main(argv=None) -> None:
             raise SystemExit(f"S = {S}: stacked and separate samples differ by {worst:.2e}")
         t = side_by_side({"stacked": stacked, "separate": separate}, repeats=args.repeats)
         row = {"steps": S, "variants": len(variants), "num_samples": args.num_samples, "device": str(dev),
-               "threads": args.threads, "stacked_s_per_cell": t["stacked"] / len(variants),
+               "threads": args.threads, "precision": args.precision, "stacked_s_per_cell": t["stacked"] / len(variants),
                "separate_s_per_cell": t["separate"] / len(variants), "separate_over_stacked": t["separate"] / t["stacked"],
                "max_abs_diff": worst}
         rows.append(row)

@@ -49,6 +49,7 @@ DDIM_SAMPLING = {
     "eta": DDIM["eta"],
     "skip_type": DDIM["skip_type"],
     "clip_sample": DDIM["clip_sample"],
+    "precision": DDIM["precision"],
 }
 DDIM_QUALITY = DDIM["quality"]
 DDIM_QUALITY_ON = DDIM["enabled"] and DDIM_IS_DIGITS and DDIM_QUALITY["enabled"]

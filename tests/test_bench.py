@@ -111,3 +111,12 @@ def test_bench_t2i_eval_batches_with_the_same_table(tmp_path):
           "--out", str(out))  # fails if a discrete result differs
     df = pd.read_csv(out)
     assert len(df) == 2 and df["max_abs_diff"].max() < 1e-3 and (df["seconds"] > 0).all()
+
+
+def test_bench_precision_runs_both_and_bf16_stays_close(tmp_path):
+    out = tmp_path / "precision.csv"
+    bench("bench_precision.py", "--steps", "3", "--num-samples", "2", "--repeats", "1", "--out", str(out))
+    df = pd.read_csv(out)
+    assert list(df["steps"]) == [3] and (df["float32_s"] > 0).all() and (df["bfloat16_s"] > 0).all()
+    # bf16 was applied (the samples moved) and stayed close to float32 (random-weight UNet, 3 steps)
+    assert (df["mean_abs_diff"] > 0).all() and (df["mean_abs_diff"] < 0.02).all() and (df["max_abs_diff"] < 0.1).all()

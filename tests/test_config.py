@@ -76,6 +76,7 @@ CASES = [
     ("eta above one", "ddim.eta", 1.5, ["ddim.eta: 1.5 is out of range", "a number in [0, 1]"]),
     ("eta negative", "ddim.eta", -0.1, ["ddim.eta: -0.1 is out of range", "a number in [0, 1]"]),
     ("unknown skip type", "ddim.skip_type", "linear", ["ddim.skip_type", "'uniform'"]),
+    ("unknown precision", "ddim.precision", "half", ["ddim.precision", "'auto'", "'float32'", "'bfloat16'"]),
     ("unknown model source", "ddim.model.source", "download", ["ddim.model.source", "'train'", "'pretrained'"]),
     ("guidance zero", "p2p.guidance_scale", 0, ["p2p.guidance_scale: 0 is out of range", "(0, 100]"]),
     ("guidance negative", "p2p.guidance_scale", -7.5, ["p2p.guidance_scale: -7.5 is out of range"]),

@@ -184,11 +184,12 @@ def ddpm_step(
 # samplers
 # --------------------------------------------------------------------------------------------
 def _eps_model(unet):
-    """The network as a function (x_t (B,C,H,W), t int in 1..T) -> output (B,C,H,W)."""
+    """The network as a function (x_t (B,C,H,W), t int in 1..T) -> output (B,C,H,W) in x_t's dtype
+    (under ``torch.autocast`` the network computes in bf16; the sampler's update stays in x_t's)."""
 
     def f(x: torch.Tensor, t: int) -> torch.Tensor:
         k = torch.full((x.shape[0],), t - 1, dtype=torch.long, device=x.device)  # diffusers k = t - 1
-        return unet(x, k).sample
+        return unet(x, k).sample.to(x.dtype)
 
     return f
 

@@ -39,6 +39,46 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions and matmuls natively: a CUDA GPU with
+    bf16 support, or a CPU with AVX512-BF16 / AMX as oneDNN reports it. Elsewhere bf16 is emulated
+    and slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch build without oneDNN's query
+            return False
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``float32`` or ``bfloat16`` for the network evaluations on ``device``. ``auto`` is bfloat16
+    where :func:`native_bf16` holds, else float32; an explicit bfloat16 is honoured everywhere."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """The context a sampler runs in: ``torch.autocast`` to bfloat16 (convolutions, linear layers
+    and attention in bf16; normalisation, softmax and the sampler's own update arithmetic stay in
+    float32), or no change for float32."""
+    import contextlib
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision != "bfloat16":
+        raise ValueError(f"precision: {precision!r} is not float32 or bfloat16 (resolve auto first)")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def not_found(what: str, where: str, *, config_key: str, subfolder: str | None, cause: Exception) -> ModelNotFoundError:
     """The error for a model part that cannot be loaded: what was looked for, and how to provide it."""
     part = f" (subfolder {subfolder!r})" if subfolder else ""

@@ -71,13 +71,14 @@ def ddim_sample(
 ) -> None:
     """The ``ddim_sample`` / ``ddim_ddpm_baseline`` rules: sample ``model`` from the saved x_T.
 
-    ``dcfg`` is the ``ddim`` config block (eta, skip_type, clip_sample, batch_size). ``sampler``
+    ``dcfg`` is the ``ddim`` config block (eta, skip_type, clip_sample, batch_size, precision). ``sampler``
     is ``ddim`` (with ``num_steps``) or ``ddpm`` (all T steps). Writes the samples (safetensors,
     deterministic) and, separately, the wall time (JSON; times vary run to run).
     """
-    from diffusion_report.models.loading import resolve_device
+    from diffusion_report.models.loading import autocast, resolve_device, resolve_precision
 
     device = resolve_device(device)
+    precision = resolve_precision(str(dcfg.get("precision", "float32")), device)
     unet, schedule, prediction_type = load_model(model, device)
     if sampler == "ddim":
         samplers.check_step_counts([num_steps], schedule.T)
@@ -106,12 +107,14 @@ def ddim_sample(
         meta = {"sampler": "ddpm", "steps": schedule.T, "nfe": schedule.T, "eta": 1.0, "skip_type": "all", "clip_sample": clip}
     else:
         raise ValueError(f"unknown sampler {sampler!r} (ddim or ddpm)")
+    meta["precision"] = precision
     meta["x_T_sha256"] = tensor_sha256(x_T)
     log.info("%s: %s on %s, %d samples", sampler, meta, device, x_T.shape[0])
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    x0 = _sample_batches(fn, x_T, device, dcfg.get("batch_size"))
+    with autocast(device, precision):
+        x0 = _sample_batches(fn, x_T, device, dcfg.get("batch_size"))
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -263,7 +266,8 @@ def ddim_figures(
     for label, path in timings.items():
         t = json.loads(Path(path).read_text())
         tim.append({"label": label, "sampler": t["sampler"], "steps": t["steps"], "nfe": t["nfe"],
-                    "wall_s": t["wall_s"], "s_per_image": t["s_per_image"], "device": t["device"], "threads": t["threads"]})
+                    "wall_s": t["wall_s"], "s_per_image": t["s_per_image"], "device": t["device"], "threads": t["threads"],
+                    "precision": t.get("precision", "float32")})
     tdf = pd.DataFrame(tim).set_index("label").loc[[r[0] for r in ordered]].reset_index()
     write_csv(timing_csv, tdf)
 

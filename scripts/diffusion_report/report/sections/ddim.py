@@ -54,7 +54,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     dcfg = config["ddim"]
     m = pd.read_csv(files["metrics"])
     t = pd.read_csv(files["timing"])
-    merged = m.merge(t[["label", "wall_s", "s_per_image", "device", "threads"]], on="label", how="left")
+    merged = m.merge(t[["label", "wall_s", "s_per_image", "device", "threads", "precision"]], on="label", how="left")
     recs = merged.to_dict("records")
     ddim_rows = merged[merged["sampler"] == "ddim"].sort_values("steps")
     ref_label = str(m["reference"].iloc[0])
@@ -76,6 +76,8 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "reference_steps": int(ref["steps"]),
         "device": str(ref["device"]),
         "threads": int(ref["threads"]),
+        "precisions": sorted(set(str(p) for p in merged["precision"].dropna())),
+        "precision_setting": str(dcfg.get("precision", "float32")),
         "fewest_steps": int(fewest["steps"]),
         "fewest_mse": float(fewest["mse"]) if fewest["label"] != ref_label else 0.0,
         "fewest_ssim": float(fewest["ssim"]) if fewest["label"] != ref_label else 1.0,
@@ -178,6 +180,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
                       f"failed (MSE > {C.RECON_FAIL_MSE:g})": int(x.get("failed", 0)), "PSNR (dB), mean": float(x["psnr"]),
                       "paper CIFAR-10 MSE": float(x["paper_cifar10_mse"])} for _, x in r.iterrows()],
             "num_images": int(r["num_images"].iloc[0]),
+            "precision": str(r["precision"].iloc[0]),
             "monotone": all(a > b for a, b in zip(mse, mse[1:])),
             "median_monotone": all(a > b for a, b in zip(med, med[1:])),
             "first": {"steps": int(r["steps"].iloc[0]), "mse": float(mse[0]), "median": float(med[0])},
