@@ -30,7 +30,11 @@ rule t2i_train:
         mem_mb=3000,
         runtime=240 if T2I["train"] else 5,
     params:
-        t2i={k: v for k, v in T2I.items() if k not in ("reader", "samples", "eval")},
+        # only what makes (or checks) the weights: changing an evaluation setting reruns no model
+        t2i={
+            k: T2I[k]
+            for k in ("train", "weights", "data", "model", "schedule", "training")
+        },
         seed=config["seed"],
         device=config["device"],
     script:
@@ -144,6 +148,32 @@ rule t2i_tradeoff:
         "../scripts/t2i_tradeoff.py"
 
 
+rule t2i_reweight:
+    input:
+        model="results/t2i/model",
+        reader="results/t2i/reader.json",
+    output:
+        csv="results/t2i/reweight.csv",
+        png="results/t2i/reweight.png",
+        examples="results/t2i/reweight_examples.png",
+    log:
+        "logs/t2i_reweight/t2i_reweight.log",
+    benchmark:
+        "benchmarks/t2i_reweight/t2i_reweight.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        t2i={k: T2I[k] for k in ("data", "reader", "eval", "reweight_sweep")},
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/t2i_reweight.py"
+
+
 # The showcased p2p edits (p2p.edits), read by the attribute reader beside the evaluation's rates.
 SHOWCASE_EDITS = [e["name"] for e in config["p2p"]["edits"]]
 
@@ -192,3 +222,7 @@ if config["p2p"]["enabled"] and config["p2p"]["model"]["source"] == "train":
     if T2I["tradeoff"]["enabled"]:
         REPORT_INPUTS["t2i"]["tradeoff"] = "results/t2i/tradeoff.csv"
         REPORT_INPUTS["t2i"]["tradeoff_png"] = "results/t2i/tradeoff.png"
+    if T2I["reweight_sweep"]["enabled"]:
+        REPORT_INPUTS["t2i"]["reweight"] = "results/t2i/reweight.csv"
+        REPORT_INPUTS["t2i"]["reweight_png"] = "results/t2i/reweight.png"
+        REPORT_INPUTS["t2i"]["reweight_examples"] = "results/t2i/reweight_examples.png"

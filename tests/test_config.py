@@ -77,6 +77,8 @@ CASES = [
     ("eta negative", "ddim.eta", -0.1, ["ddim.eta: -0.1 is out of range", "a number in [0, 1]"]),
     ("unknown skip type", "ddim.skip_type", "linear", ["ddim.skip_type", "'uniform'"]),
     ("unknown precision", "ddim.precision", "half", ["ddim.precision", "'auto'", "'float32'", "'bfloat16'"]),
+    ("one reweight scale", "t2i.reweight_sweep.scales", [2.0], ["t2i.reweight_sweep.scales", "too short"]),
+    ("reweight scale out of range", "t2i.reweight_sweep.scales", [0.0, 20.0], ["t2i.reweight_sweep.scales", "20.0 is out of range"]),
     ("unknown model source", "ddim.model.source", "download", ["ddim.model.source", "'train'", "'pretrained'"]),
     ("guidance zero", "p2p.guidance_scale", 0, ["p2p.guidance_scale: 0 is out of range", "(0, 100]"]),
     ("guidance negative", "p2p.guidance_scale", -7.5, ["p2p.guidance_scale: -7.5 is out of range"]),

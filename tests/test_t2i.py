@@ -363,6 +363,51 @@ def test_tradeoff_sweep_on_a_tiny_model(tmp_path):
     assert Image.open(out["png"]).info["min-font-pt"] == "8"
 
 
+def test_reweight_sweep_on_a_tiny_model(tmp_path):
+    """Rows per (scale, seed), scale-major; reweighting by 1 is the source itself: the edited images
+    at scale 1 equal plain generation of the source prompts from the same x_T (so a wrong equalizer
+    or a scale/seed mix-up in the batch fails), and their area change is 0."""
+    from PIL import Image
+
+    from diffusion_report.models.text2image import generate, load_text2image
+
+    cfg = copy.deepcopy(TINY)
+    cfg["reweight_sweep"] = {"enabled": True, "scales": [3.0, 0.0, 1.0], "seeds": 2, "examples": 2}
+    model = t2i.build_model(cfg)
+    t2i.save_model(model, tmp_path / "m", t2i.model_config(cfg))
+    out = {k: str(tmp_path / f"{k}.{ext}") for k, ext in (("csv", "csv"), ("png", "png"), ("examples", "png"))}
+    df = t2i_stage.t2i_reweight(str(tmp_path / "m"), cfg, 0, out, device="cpu")
+    assert list(df["scale"]) == [0.0, 0.0, 1.0, 1.0, 3.0, 3.0] and list(df["seed_index"]) == [0, 1] * 3
+    assert (df[df["scale"] == 1.0]["area_change_px"] == 0).all()
+    assert all(Image.open(out[k]).size[0] > 100 for k in ("png", "examples"))
+
+    pipe = load_text2image(str(tmp_path / "m"), config_key="t2i.weights", device="cpu", scheduler="ddim")
+    reader = t2i_stage.fit_reader(cfg, 0)
+    cases = t2i_stage.edit_cases(reader.spec, "reweight_big", 2, 0, 3.0)
+    ec = cfg["eval"]
+    _, images = t2i_stage.reweight_points(pipe, reader, cases, 0, int(ec["num_steps"]), float(ec["guidance_scale"]), [0.0, 1.0, 3.0],
+                                          float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]))
+    prompts, x_T = t2i_stage.case_batch(pipe, cases, 0)
+    plain, _ = generate(pipe, prompts, x_T, int(ec["num_steps"]), float(ec["guidance_scale"]))
+    torch.testing.assert_close(images[1], plain[0::2], atol=1e-4, rtol=0)
+    assert (images[2] - plain[0::2]).abs().max() > 1e-3  # scale 3 changes something
+
+
+def test_reweight_sentences_follow_the_numbers():
+    def frame(areas):  # areas[seed][scale index] over scales 0, 1, 2; source area 10
+        return pd.DataFrame([{"scale": s, "seed_index": i, "source": "", "source_area_px": 10, "area_px": a, "area_change_px": a - 10,
+                              "radius_change_px": 0.0, "read_big": a > 12, "all_kept": True, "centroid_shift_px": 0.1}
+                             for i, row in enumerate(areas) for s, a in zip((0.0, 1.0, 2.0), row)])
+
+    r = t2i_section.reweight_summary(frame([[9, 10, 14], [10, 10, 11]]))
+    assert r["rises"] and r["never_falls"] and r["seeds_monotone"] == 2 and r["n"] == 2
+    assert r["lo"]["read_big"] == 0 and r["hi"]["read_big"] == 0.5
+    r = t2i_section.reweight_summary(frame([[10, 10, 14], [10, 10, 11]]))
+    assert not r["rises"] and r["never_falls"]
+    r = t2i_section.reweight_summary(frame([[10, 12, 9], [10, 10, 11]]))
+    assert not r["never_falls"] and r["falls_at"] == (1.0, 2.0) and r["seeds_monotone"] == 1
+
+
 def test_goal_and_tradeoff_sentences_follow_the_numbers():
     assert t2i_section.meets_goals(0.9, 1.0, 0.8, 0.6, 0.5)["all"]
     assert not t2i_section.meets_goals(0.85, 1.0, 0.8, 0.6, 0.5)["rate"]

@@ -79,6 +79,17 @@ def test_noop_rerun_runs_nothing(tiny_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_changing_an_evaluation_setting_reruns_no_model(tiny_run, tmp_path):
+    """An evaluation-only key (the reweighting sweep's seeds, the trade-off's fractions) reruns its
+    own rule and the report, never the model rule (t2i_train) or the other evaluations."""
+    work, _ = tiny_run
+    overlay = tmp_path / "eval.yaml"
+    overlay.write_text("t2i:\n  reweight_sweep: {seeds: 1}\n  tradeoff: {cross_replace_steps: [0.0, 0.5]}\n")
+    proc = run_snakemake(work, "-n", "--configfile", "presets/tiny.yaml", str(overlay), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_stats(proc.stdout + proc.stderr) == {"t2i_reweight": 1, "t2i_tradeoff": 1, "report_html": 1, "report_pdf": 1, "all": 1}
+
+
 def test_lint_is_clean():
     proc = run_snakemake(ROOT, "--lint", timeout=300)
     out = proc.stdout + proc.stderr

@@ -679,3 +679,101 @@ def t2i_tradeoff(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device
     tradeoff_figure(outputs["png"], df)
     log.info("trade-off:\n%s", df.to_string())
     return df
+
+
+# --------------------------------------------------------------------------- reweighting sweep
+REWEIGHT_COLUMNS = ["scale", "seed_index", "source", "source_area_px", "area_px", "area_change_px", "radius_change_px",
+                    "read_big", "all_kept", "centroid_shift_px"]
+
+
+def reweight_points(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, scales: list[float],
+                    cross: float, self_: float, self_max_tokens: int | None = None) -> tuple[pd.DataFrame, torch.Tensor]:
+    """The prompt-to-prompt paper's attention re-weighting as a dose-response curve: every case
+    (a prompt that says "big", its own x_T) edited with the attention on "big" multiplied by each
+    scale, all (scale, case) pairs in one batch.
+
+    Per (scale, case) the object's area in the edited image (pixels of the reader's mask) against
+    the source's, the radius change, whether the reader reads it as "big", whether shape, colour and
+    background are kept, and the centroid shift. Returns (rows, images (len(scales), len(cases),
+    3, H, W) of the edited images, scale-major); the sources are ``images`` at scale 1 up to
+    rounding (reweighting by 1 changes nothing).
+    """
+    from dataclasses import replace
+
+    from diffusion_report.models.text2image import generate
+
+    words = list(cases[0].reweight["words"]) if cases and cases[0].reweight else ["big"]
+    grid = [replace(c, reweight={"words": words, "scale": float(s)}) for s in scales for c in cases]
+    prompts, x_T = case_batch(pipe, grid, seed)
+    edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, grid, num_steps, cross, self_, self_max_tokens))
+    rows = []
+    for i, case in enumerate(grid):
+        src, out = edited[2 * i], edited[2 * i + 1]
+        rs, re_ = reader.read(src), reader.read(out)
+        rows.append({
+            "scale": case.reweight["scale"], "seed_index": case.index, "source": case.source,
+            "source_area_px": int(rs.mask.sum()), "area_px": int(re_.mask.sum()),
+            "area_change_px": int(re_.mask.sum()) - int(rs.mask.sum()), "radius_change_px": re_.radius - rs.radius,
+            "read_big": re_.size_word == "big",
+            "all_kept": all(getattr(rs, a) == getattr(re_, a) for a in ("shape", "colour", "background")),
+            "centroid_shift_px": float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan"),
+        })
+    images = edited[1::2].reshape(len(scales), len(cases), *edited.shape[1:])
+    return pd.DataFrame(rows, columns=REWEIGHT_COLUMNS), images
+
+
+def reweight_figure(path, df: pd.DataFrame) -> None:
+    """The object's area change against the reweighting scale: one thin line per seed, the mean
+    over seeds thick; beside it the share of seeds read as "big"."""
+    import matplotlib
+
+    from diffusion_report import figures  # noqa: F401 - the project's matplotlib style, the same in every process
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_report.io import save_figure
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(6.6, 2.8), dpi=100)
+    for _, d in df.groupby("seed_index"):
+        d = d.sort_values("scale")
+        ax.plot(d["scale"], d["area_change_px"], "-", color="0.75", lw=0.8)
+    mean = df.groupby("scale")[["area_change_px", "read_big"]].mean().reset_index()
+    ax.plot(mean["scale"], mean["area_change_px"], "o-", color="C0", lw=2, label="mean over seeds")
+    ax.axhline(0, color="0.4", lw=0.6)
+    ax.set_xlabel('scale on "big"')
+    ax.set_ylabel("area change vs the source (px)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    bx.plot(mean["scale"], mean["read_big"], "o-", color="C1")
+    bx.set_ylim(-0.03, 1.05)
+    bx.set_xlabel('scale on "big"')
+    bx.set_ylabel('read as "big" (share of seeds)')
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def t2i_reweight(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu", reader_path: str | None = None) -> pd.DataFrame:
+    """Rule t2i_reweight: the reweighting sweep of ``t2i.reweight_sweep`` over the evaluation's
+    ``reweight_big`` cases (their first ``seeds``), with t2i.eval's steps, guidance and injection:
+    per-seed CSV, the curve, and an example grid (seeds x scales)."""
+    from diffusion_report.io import write_csv
+    from diffusion_report.models.text2image import load_text2image
+
+    rc, ec = t2i_cfg["reweight_sweep"], t2i_cfg["eval"]
+    pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
+    reader = fit_reader(t2i_cfg, seed, reader_path)
+    n_eval = max(int(ec["seeds"]), int(rc["seeds"]))
+    cases = edit_cases(reader.spec, "reweight_big", n_eval, seed, float(ec["reweight_scale"]))[: int(rc["seeds"])]
+    scales = sorted(float(s) for s in rc["scales"])
+    df, images = reweight_points(pipe, reader, cases, seed, int(ec["num_steps"]), float(ec["guidance_scale"]), scales,
+                                 float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"))
+    write_csv(outputs["csv"], df)
+    reweight_figure(outputs["png"], df)
+    shown = range(min(int(rc.get("examples", 3)), len(cases)))
+    image_grid_figure(outputs["examples"], [[images[k, i] for k in range(len(scales))] for i in shown],
+                      [f"#{cases[i].index}: {cases[i].source}" for i in shown], [f"scale {s:g}" for s in scales], cell=0.9)
+    log.info("reweighting sweep (means over seeds):\n%s", df.groupby("scale")[["area_change_px", "read_big", "all_kept"]].mean().to_string())
+    return df

@@ -47,6 +47,29 @@ def tradeoff_summary(df: pd.DataFrame) -> list[dict]:
     return out
 
 
+def reweight_summary(df: pd.DataFrame) -> dict:
+    """The reweighting sweep per scale (means over seeds) and how the object's mean area change
+    follows the scale: ``rises`` (it grows at every step of the sorted scales), ``never_falls``
+    (it grows or stays), else it falls somewhere (``falls_at``: the first pair of scales where it
+    does); the issue's goal is a monotone change. Also how many seeds grow or stay at every step on
+    their own."""
+    per = df.groupby("scale", sort=True).agg(area_change=("area_change_px", "mean"), radius_change=("radius_change_px", "mean"),
+                                             read_big=("read_big", "mean"), kept=("all_kept", "mean"),
+                                             shift=("centroid_shift_px", "mean")).reset_index()
+    rows = per.to_dict("records")
+    steps = list(zip(rows, rows[1:]))
+    falls = [(a["scale"], b["scale"]) for a, b in steps if b["area_change"] < a["area_change"]]
+    pivot = df.pivot(index="seed_index", columns="scale", values="area_px").sort_index(axis=1)
+    seeds_monotone = int((np.diff(pivot.to_numpy(), axis=1) >= 0).all(axis=1).sum())
+    return {
+        "rows": rows, "n": int(pivot.shape[0]), "scales": [r["scale"] for r in rows],
+        "rises": all(b["area_change"] > a["area_change"] for a, b in steps),
+        "never_falls": not falls, "falls_at": falls[0] if falls else None,
+        "lo": rows[0], "hi": rows[-1], "seeds_monotone": seeds_monotone,
+        "kept_min": min(r["kept"] for r in rows), "shift_max": max(r["shift"] for r in rows),
+    }
+
+
 # --------------------------------------------------------------------------- report
 def report_context(files: dict[str, str], config: dict) -> dict:
     """Plain data for the report's t2i section (every number read from the rule outputs)."""
@@ -129,6 +152,9 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
         "tradeoff_png": files.get("tradeoff_png"),
         "tradeoff_cfg": cfg.get("tradeoff"),
+        "reweight": reweight_summary(pd.read_csv(files["reweight"])) if files.get("reweight") else None,
+        "reweight_png": files.get("reweight_png"),
+        "reweight_examples": files.get("reweight_examples"),
     }
 
 
