@@ -393,6 +393,25 @@ def test_reweight_sweep_on_a_tiny_model(tmp_path):
     assert (images[2] - plain[0::2]).abs().max() > 1e-3  # scale 3 changes something
 
 
+def test_text_encoder_without_layers_keeps_each_token_to_its_word():
+    """t2i.model.text_layers 0: a token's state depends on its own word and position only, so
+    swapping one word changes that token's state and no other (with layers, later tokens change
+    too: the causal encoder mixes earlier words into them)."""
+    states = {}
+    for layers in (0, 2):
+        cfg = copy.deepcopy(TINY)
+        cfg["model"]["text_layers"] = layers
+        model = t2i.build_model(cfg)
+        ids = model.tokenizer(["a red circle on a white background", "a blue circle on a white background"], padding="max_length",
+                              max_length=int(cfg["model"]["max_length"]), return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.text_encoder(ids)[0]
+        changed = ((out[0] - out[1]).abs().amax(-1) > 1e-6).nonzero().flatten().tolist()
+        states[layers] = changed
+    assert states[0] == [2]  # bos, "a", "red"/"blue": only position 2 differs
+    assert states[2][0] == 2 and len(states[2]) > 1
+
+
 def test_reweight_sentences_follow_the_numbers():
     def frame(areas):  # areas[seed][scale index] over scales 0, 1, 2; source area 10
         return pd.DataFrame([{"scale": s, "seed_index": i, "source": "", "source_area_px": 10, "area_px": a, "area_change_px": a - 10,
