@@ -338,7 +338,11 @@ def _cases(spec: shapes.ShapeSpec, edit: str, b: shapes.ShapeBatch, g: torch.Gen
 
 def score_pair(reader: attributes.AttributeReader, case: EditCase, source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
     """Success and preservation of one (source, edited) pair of images (3, H, W) each."""
-    rs, re_ = reader.read(source_img), reader.read(edited_img)
+    return score_reads(case, reader.read(source_img), reader.read(edited_img), source_img, edited_img)
+
+
+def score_reads(case: EditCase, rs: attributes.Reading, re_: attributes.Reading, source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
+    """:func:`score_pair` from the reader's readings of the two images (for callers that also use the readings)."""
     reached = (re_.size_word == case.target_value) if case.attribute == "size" else getattr(re_, case.attribute) == case.target_value
     kept = [getattr(rs, a) == getattr(re_, a) for a in case.untouched]
     shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
@@ -702,21 +706,19 @@ def reweight_points(pipe, reader, cases: list[EditCase], seed: int, num_steps: i
 
     from diffusion_report.models.text2image import generate
 
-    words = list(cases[0].reweight["words"]) if cases and cases[0].reweight else ["big"]
-    grid = [replace(c, reweight={"words": words, "scale": float(s)}) for s in scales for c in cases]
+    grid = [replace(c, reweight=dict(c.reweight, scale=float(s))) for s in scales for c in cases]
     prompts, x_T = case_batch(pipe, grid, seed)
     edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, grid, num_steps, cross, self_, self_max_tokens))
     rows = []
     for i, case in enumerate(grid):
         src, out = edited[2 * i], edited[2 * i + 1]
         rs, re_ = reader.read(src), reader.read(out)
+        score = score_reads(case, rs, re_, src, out)  # reweight_big: success is "read as big", every attribute untouched
         rows.append({
             "scale": case.reweight["scale"], "seed_index": case.index, "source": case.source,
             "source_area_px": int(rs.mask.sum()), "area_px": int(re_.mask.sum()),
-            "area_change_px": int(re_.mask.sum()) - int(rs.mask.sum()), "radius_change_px": re_.radius - rs.radius,
-            "read_big": re_.size_word == "big",
-            "all_kept": all(getattr(rs, a) == getattr(re_, a) for a in ("shape", "colour", "background")),
-            "centroid_shift_px": float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan"),
+            "area_change_px": int(re_.mask.sum()) - int(rs.mask.sum()), "radius_change_px": score["radius_change_px"],
+            "read_big": score["success"], "all_kept": score["all_kept"], "centroid_shift_px": score["centroid_shift_px"],
         })
     images = edited[1::2].reshape(len(scales), len(cases), *edited.shape[1:])
     return pd.DataFrame(rows, columns=REWEIGHT_COLUMNS), images

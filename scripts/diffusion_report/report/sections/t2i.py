@@ -53,9 +53,8 @@ def reweight_summary(df: pd.DataFrame) -> dict:
     (it grows or stays), else it falls somewhere (``falls_at``: the first pair of scales where it
     does); the issue's goal is a monotone change. Also how many seeds grow or stay at every step on
     their own."""
-    per = df.groupby("scale", sort=True).agg(area_change=("area_change_px", "mean"), radius_change=("radius_change_px", "mean"),
-                                             read_big=("read_big", "mean"), kept=("all_kept", "mean"),
-                                             shift=("centroid_shift_px", "mean")).reset_index()
+    per = df.groupby("scale", sort=True).agg(area_change=("area_change_px", "mean"), read_big=("read_big", "mean"),
+                                             kept=("all_kept", "mean"), shift=("centroid_shift_px", "mean")).reset_index()
     rows = per.to_dict("records")
     steps = list(zip(rows, rows[1:]))
     falls = [(a["scale"], b["scale"]) for a, b in steps if b["area_change"] < a["area_change"]]
