@@ -105,6 +105,8 @@ rule t2i_eval:
             category="Text-to-image model",
             labels={"figure": "evaluation examples"},
         ),
+        # how much of each caption word's cross-attention lies on the object (plain images)
+        localisation="results/t2i/attention_localisation.csv",
     log:
         "logs/t2i_eval/t2i_eval.log",
     benchmark:
@@ -218,6 +220,7 @@ if config["p2p"]["enabled"] and config["p2p"]["model"]["source"] == "train":
         "accuracy": "results/t2i/caption_accuracy.csv",
         "eval_summary": "results/t2i/eval_summary.csv",
         "eval_examples": "results/t2i/eval_examples.png",
+        "localisation": "results/t2i/attention_localisation.csv",
     }
     if T2I["tradeoff"]["enabled"]:
         REPORT_INPUTS["t2i"]["tradeoff"] = "results/t2i/tradeoff.csv"

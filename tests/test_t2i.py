@@ -442,6 +442,50 @@ def test_goal_and_tradeoff_sentences_follow_the_numbers():
     assert not t["success_falls"] and t["meeting"] == [1.0]
 
 
+# --------------------------------------------------------------------------- attention localisation
+def test_inside_outside_means_of_a_map_on_a_mask():
+    from diffusion_report.core.attention import inside_outside
+
+    maps = torch.zeros(2, 2, 2, 3)
+    maps[0, 0, 0, 1] = 1.0  # token 1 of image 0 attends only to the top-left map cell
+    maps[..., 2] = 0.25  # token 2 everywhere alike
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :2, :2] = True  # image 0's object is the top-left cell, upsampled 2x
+    masks[1] = True  # image 1's object fills it: no outside
+    inside, outside = inside_outside(maps, masks)
+    assert inside[0].tolist() == [0.0, 1.0, 0.25] and outside[0].tolist() == [0.0, 0.0, 0.25]
+    assert inside[1, 2] == 0.25 and torch.isnan(outside[1]).all()
+    with pytest.raises(ValueError, match="not a multiple"):
+        inside_outside(maps, torch.zeros(2, 5, 5, dtype=torch.bool))
+
+
+def test_attention_localisation_finds_the_word_whose_map_lies_on_the_object(reader):
+    """Drawn images with maps made by hand: the colour word's map is the object's mask (pooled to
+    the map size), every other word's is flat, so only the colour word reads as on the object; an
+    image whose prompt names another colour than the reader sees is left out."""
+    spec = default_spec()
+    imgs, masks = shapes.render(spec, ["circle", "square", "triangle"], ["red", "blue", "green"], ["white", "black", "gray"],
+                                [7.0, 9.0, 8.0], [8.0, 8.0, 9.0], [5.5, 4.0, 5.0])
+    prompts = [shapes.caption("red", "circle", "white"), shapes.caption("blue", "square", "black", "big"),
+               shapes.caption("red", "triangle", "gray")]  # the last is green in the image
+    records = []
+    for prompt, img, mask in zip(prompts, imgs, masks):
+        roles = t2i_stage.caption_roles(spec, prompt)
+        maps = torch.full((8, 8, 12), 0.25)  # exact in binary: flat maps read exactly 1
+        maps[..., roles["colour word"]] = torch.nn.functional.avg_pool2d(mask[None, None].float(), 2)[0, 0]
+        records.append((prompt, img, maps))
+    df = t2i_stage.attention_localisation(reader, records).set_index("word")
+    assert list(df.columns) == t2i_stage.LOCALISATION_COLUMNS[1:]
+    assert df.loc["colour word", "images"] == 2 and df.loc["size word", "images"] == 1  # the green triangle is left out
+    assert df.loc["colour word", "ratio"] > 10 and df.loc["colour word", "share_above_1"] == 1.0
+    for word in ("a", "shape word", "on", "second a", "background colour", "background"):
+        assert df.loc[word, "ratio"] == pytest.approx(1.0) and df.loc[word, "share_above_1"] == 0.0
+    summary = t2i_section.localisation_summary(df.reset_index())
+    assert summary["on"] == ["colour word"] and summary["content_on"] == ["colour word"] and summary["top"] == "colour word"
+    assert t2i_section.localisation_summary(df.reset_index().iloc[:0]) is None
+    assert t2i_stage.caption_roles(spec, "a red circle") is None
+
+
 # --------------------------------------------------------------------------- p2p evaluation
 def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
     pytest.importorskip("diffusion_report.core.attention")
@@ -497,12 +541,14 @@ def test_rule_functions_and_report_section(tmp_path, root):
         "summary": r / "train_summary.csv", "loss": r / "loss.csv", "loss_plot": r / "loss.png",
         "reader": r / "reader_accuracy.csv", "samples": r / "samples.png", "accuracy": r / "caption_accuracy.csv",
         "eval_summary": r / "eval_summary.csv", "eval_examples": r / "eval_examples.png",
+        "localisation": r / "attention_localisation.csv",
     }
     files = {k: str(v) for k, v in files.items()}
     t2i_stage.t2i_train(cfg, seed, {"model": str(r / "model"), "loss": files["loss"], "loss_plot": files["loss_plot"], "summary": files["summary"]}, device="cpu")
     t2i_stage.t2i_reader(cfg, seed, files["reader"])
     t2i_stage.t2i_samples(str(r / "model"), cfg, seed, {"grid": files["samples"], "accuracy": files["accuracy"]})
-    t2i_stage.t2i_eval(str(r / "model"), cfg, seed, {"per_seed": str(r / "per_seed.csv"), "summary": files["eval_summary"], "examples": files["eval_examples"]}, device="cpu")
+    t2i_stage.t2i_eval(str(r / "model"), cfg, seed, {"per_seed": str(r / "per_seed.csv"), "summary": files["eval_summary"], "examples": files["eval_examples"],
+                                               "localisation": files["localisation"]}, device="cpu")
     acc = pd.read_csv(files["accuracy"])
     assert list(acc["guidance"]) == [1.0, 3.0] and acc["n"].eq(4).all()
     ctx = t2i_section.report_context(files, {"t2i": cfg})
@@ -510,5 +556,7 @@ def test_rule_functions_and_report_section(tmp_path, root):
     env = report.environment(root / "report" / "templates")
     html = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c=ctx)
     assert html.lstrip().startswith('<section id="t2i">') and "<h2>" in html
-    assert html.count("<figure") == 3 and html.count("<table") == 3
+    loc = pd.read_csv(files["localisation"])
+    assert list(loc.columns) == t2i_stage.LOCALISATION_COLUMNS and set(loc["word"]) <= set(t2i_stage.CAPTION_ROLES)
+    assert html.count("<figure") == 3 and html.count("<table") == 3 + (ctx["localisation"] is not None)
     assert f"{ctx['summary']['steps']} steps" in html

@@ -802,6 +802,25 @@ def attention_mask(maps: torch.Tensor, tokens: Sequence[int], threshold: float, 
     return m / m.max().clamp_min(1e-12) > threshold
 
 
+def inside_outside(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean attention per token inside and outside an object: how much a word's map lies on it.
+
+    maps (N, h, w, L) (:meth:`AttentionStore.average`), masks (N, H, W) bool with H, W multiples
+    of h, w (each map is upsampled nearest to the mask's size). Returns (inside, outside), each
+    (N, L); an image whose mask is empty or full gets nan on the side it lacks.
+    """
+    n, h, w, _ = maps.shape
+    H, W = masks.shape[-2:]
+    if H % h or W % w:
+        raise ValueError(f"mask size {(H, W)} is not a multiple of the map size {(h, w)}")
+    up = maps.repeat_interleave(H // h, dim=1).repeat_interleave(W // w, dim=2).reshape(n, H * W, -1).float()
+    m = masks.reshape(n, H * W, 1).float()
+    n_in, n_out = m.sum(1), (1 - m).sum(1)  # (N, 1)
+    inside = (up * m).sum(1) / n_in
+    outside = (up * (1 - m)).sum(1) / n_out
+    return inside.masked_fill(n_in == 0, float("nan")), outside.masked_fill(n_out == 0, float("nan"))
+
+
 def region_mask(store: AttentionEdit, edit: dict, tokenizer, max_len: int, threshold: float, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
     """The edited region at image size, (H, W) bool, and where it came from.
 

@@ -380,7 +380,8 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
               self_max_tokens: int | None = None) -> list[tuple[list[dict], dict]]:
     """Both methods on each case, each case from its own x_T, all cases in one batch per method.
 
-    Returns per case (two metric rows, images {source, p2p, baseline, p2p_source}). The cases of
+    Returns per case (two metric rows, images {source, p2p, baseline, p2p_source} and
+    ``plain_maps``, the (2, h, w, L) cross-attention maps of the plain source and target). The cases of
     one edit type share the controller's windows, so the batch gives each case what it alone gives
     (:class:`~diffusion_report.core.attention.ControllerBatch`), up to float rounding.
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
@@ -392,7 +393,8 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
         return []
     prompts, x_T = case_batch(pipe, cases, seed)
     edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens))
-    plain, _ = generate(pipe, prompts, x_T, num_steps, guidance)
+    plain, store = generate(pipe, prompts, x_T, num_steps, guidance)
+    maps = store.average()  # (2N, h, w, L): where each plain image's prompt tokens attend
     out = []
     for i, case in enumerate(cases):
         e, p = edited[2 * i: 2 * i + 2], plain[2 * i: 2 * i + 2]
@@ -401,7 +403,7 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
             row = {"edit": case.edit, "seed_index": case.index, "method": method, "source": case.source, "target": case.target}
             row.update(score_pair(reader, case, imgs[0], imgs[1]))
             rows.append(row)
-        out.append((rows, {"source": p[0], "p2p": e[1], "baseline": p[1], "p2p_source": e[0]}))
+        out.append((rows, {"source": p[0], "p2p": e[1], "baseline": p[1], "p2p_source": e[0], "plain_maps": maps[2 * i: 2 * i + 2]}))
     return out
 
 
@@ -424,8 +426,58 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 2) -> tuple[pd.DataFrame, dict]:
-    """Every configured edit type over ``t2i.eval.seeds`` cases. Returns (per-seed rows, examples)."""
+LOCALISATION_COLUMNS = ["word", "images", "inside", "outside", "ratio", "share_above_1"]
+CAPTION_ROLES = ("a", "size word", "colour word", "shape word", "on", "second a", "background colour", "background")
+
+
+def caption_roles(spec: shapes.ShapeSpec, prompt: str) -> dict[str, int] | None:
+    """{role: token position} of a caption in :func:`shapes.caption`'s form (position 0 is the
+    start token, each word one token), or None when ``prompt`` is not such a caption."""
+    parsed = shapes.parse_caption(spec, prompt)
+    if parsed is None:
+        return None
+    roles = [r for r in CAPTION_ROLES if r != "size word" or parsed["size_word"]]
+    return {r: i + 1 for i, r in enumerate(roles)}
+
+
+def attention_localisation(reader: attributes.AttributeReader, records: list[tuple[str, torch.Tensor, torch.Tensor]]) -> pd.DataFrame:
+    """How much of each caption word's cross-attention lies on the object, over plainly sampled images.
+
+    ``records``: (prompt, image (3, H, W), maps (h, w, L)). An image counts when the reader reads
+    the prompt's shape, colour and background in it (so its mask is the object the prompt names).
+    Per caption role: the mean attention inside the object's mask and outside it over those images,
+    their ratio (above 1: the word's map lies on the object, which is the layout prompt-to-prompt
+    injects) and the share of images in which inside exceeds outside.
+    """
+    from diffusion_report.core.attention import inside_outside
+
+    ins, outs = {r: [] for r in CAPTION_ROLES}, {r: [] for r in CAPTION_ROLES}
+    for prompt, img, maps in records:
+        roles, parsed = caption_roles(reader.spec, prompt), shapes.parse_caption(reader.spec, prompt)
+        if roles is None:
+            continue
+        rd = reader.read(img)
+        if not rd.mask.any() or rd.mask.all() or any(getattr(rd, a) != parsed[a] for a in ATTRS):
+            continue
+        i, o = inside_outside(maps[None], torch.from_numpy(rd.mask)[None])
+        for role, pos in roles.items():
+            ins[role].append(float(i[0, pos]))
+            outs[role].append(float(o[0, pos]))
+    rows = []
+    for role in CAPTION_ROLES:
+        if not ins[role]:
+            continue
+        a, b = np.array(ins[role]), np.array(outs[role])
+        rows.append({"word": role, "images": len(a), "inside": float(a.mean()), "outside": float(b.mean()),
+                     "ratio": float(a.mean() / max(b.mean(), 1e-12)), "share_above_1": float((a > b).mean())})
+    return pd.DataFrame(rows, columns=LOCALISATION_COLUMNS)
+
+
+def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 2, records: list | None = None) -> tuple[pd.DataFrame, dict]:
+    """Every configured edit type over ``t2i.eval.seeds`` cases. Returns (per-seed rows, examples).
+
+    ``records``, when given, collects (prompt, image, maps) of every plain source and target (for
+    :func:`attention_localisation`)."""
     ec = t2i_cfg["eval"]
     spec = reader.spec
     rows, examples = [], {}
@@ -438,6 +490,9 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
                              float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"))
             for case, (r, imgs) in zip(chunk, done):
                 rows.extend(r)
+                if records is not None:
+                    records.append((case.source, imgs["source"], imgs["plain_maps"][0]))
+                    records.append((case.target, imgs["baseline"], imgs["plain_maps"][1]))
                 if case.index < keep_examples:
                     examples[(edit, case.index)] = (case, imgs)
         log.info("%s: done (%d cases)", edit, int(ec["seeds"]))
@@ -445,16 +500,21 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
 
 
 def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: str = "cpu", reader_path: str | None = None) -> pd.DataFrame:
-    """Rule t2i_eval: per-seed CSV, summary CSV and an examples figure (source | p2p | no control)."""
+    """Rule t2i_eval: per-seed CSV, summary CSV, an examples figure (source | p2p | no control) and
+    the attention localisation of the caption words (:func:`attention_localisation`) on the plain images."""
     from diffusion_report.io import write_csv
     from diffusion_report.models.text2image import load_text2image
 
     pipe = load_text2image(model_dir, config_key="t2i.weights", device=device, scheduler="ddim")
     reader = fit_reader(t2i_cfg, seed, reader_path)
-    per_seed, examples = evaluate_edits(pipe, reader, t2i_cfg, seed)
+    records: list = []
+    per_seed, examples = evaluate_edits(pipe, reader, t2i_cfg, seed, records=records)
     summary = summarise(per_seed)
     write_csv(outputs["per_seed"], per_seed)
     write_csv(outputs["summary"], summary)
+    localisation = attention_localisation(reader, records)
+    write_csv(outputs["localisation"], localisation)
+    log.info("attention localisation:\n%s", localisation.to_string())
     rows, labels = [], []
     for (edit, i), (case, imgs) in examples.items():
         rows.append([imgs["source"], imgs["p2p"], imgs["baseline"]])

@@ -21,6 +21,24 @@ def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, 
     return {"rate": rate, "layout": layout, "shift": shift, "all": rate and layout and shift}
 
 
+LOCALISED_RATIO = 1.5  # a word's cross-attention "lies on the object" when it is this much denser inside than outside
+
+
+def localisation_summary(df: pd.DataFrame) -> dict | None:
+    """The attention-localisation table's rows and which caption words attend on the object
+    (inside/outside ratio >= :data:`LOCALISED_RATIO`), for the report's sentences."""
+    if df.empty:
+        return None
+    rows = [{"word": r["word"], "images": int(r["images"]), "inside": r["inside"], "outside": r["outside"],
+             "inside / outside": r["ratio"], "images inside > outside": r["share_above_1"]} for r in df.to_dict("records")]
+    ratio = {r["word"]: float(r["ratio"]) for r in df.to_dict("records")}
+    on = [w for w, v in ratio.items() if v >= LOCALISED_RATIO]
+    top = max(ratio, key=ratio.get)
+    return {"rows": rows, "ratio": ratio, "on": on, "off": [w for w in ratio if w not in on], "top": top,
+            "top_ratio": ratio[top], "n": int(df["images"].max()), "threshold": LOCALISED_RATIO,
+            "content_on": [w for w in ("colour word", "shape word") if w in on]}
+
+
 TRADEOFF_MIN_RATE = 0.1  # a change of the target rate along the sweep counts from this share of seeds (> 1 of 12)
 TRADEOFF_MIN_IOU = 0.05  # a change of the mean mask IoU along the sweep counts from this
 
@@ -151,6 +169,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
         "tradeoff_png": files.get("tradeoff_png"),
         "tradeoff_cfg": cfg.get("tradeoff"),
+        "localisation": localisation_summary(pd.read_csv(files["localisation"])) if files.get("localisation") else None,
         "reweight": reweight_summary(pd.read_csv(files["reweight"])) if files.get("reweight") else None,
         "reweight_png": files.get("reweight_png"),
         "reweight_examples": files.get("reweight_examples"),
