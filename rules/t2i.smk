@@ -37,6 +37,7 @@ rule t2i_train:
         },
         seed=config["seed"],
         device=config["device"],
+        checkpoint="results/t2i/.train_checkpoint.pt",
     script:
         "../scripts/t2i_train.py"
 

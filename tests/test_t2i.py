@@ -163,6 +163,28 @@ def test_training_is_deterministic():
     assert a["loss"].tolist() == b["loss"].tolist()
 
 
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    """A run stopped after 2 of 5 steps and restarted from its checkpoint gives the weights and the
+    loss curve of a run left alone; a checkpoint of another recipe is ignored, not resumed."""
+    cfg = copy.deepcopy(TINY)
+    full, full_loss = t2i.train(cfg, steps=5, log_every=0)
+    ck = tmp_path / "ck.pt"
+    cut = copy.deepcopy(cfg)
+    cut["training"]["stop_after"] = 2  # stands in for a killed job: the checkpoint holds step 2
+    _, part = t2i.train(cut, steps=5, log_every=0, checkpoint=ck, checkpoint_every=100)
+    assert len(part) == 2 and torch.load(ck, weights_only=True)["step"] == 2
+    resumed, loss = t2i.train(cfg, steps=5, log_every=0, checkpoint=ck)
+    assert loss["loss"].tolist() == full_loss["loss"].tolist() and loss["step"].tolist() == [1, 2, 3, 4, 5]
+    for a, b in zip(list(full.unet.state_dict().values()) + list(full.text_encoder.state_dict().values()),
+                    list(resumed.unet.state_dict().values()) + list(resumed.text_encoder.state_dict().values())):
+        assert torch.equal(a, b)
+    other = copy.deepcopy(cfg)
+    other["training"]["learning_rate"] = 1e-3
+    _, fresh = t2i.train(other, steps=5, log_every=0, checkpoint=ck)  # ck holds step 5 of the other recipe
+    assert fresh["step"].tolist() == [1, 2, 3, 4, 5] and fresh["loss"].tolist()[0] == full_loss["loss"].tolist()[0]
+    assert fresh["loss"].tolist()[1:] != full_loss["loss"].tolist()[1:]  # trained anew at its own rate
+
+
 def test_shipped_weight_checksums(tmp_path):
     cfg = t2i.block_config({k: v for k, v in TINY.items() if k != "seed"}, 0)
     m = t2i.build_model(cfg)

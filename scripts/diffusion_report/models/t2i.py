@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from diffusion_report.io import make_generator
+from diffusion_report.io import atomic_path, make_generator
 from diffusion_report.models import shapes
 from diffusion_report.models.ddpm import DIFFUSERS_BETA_SCHEDULE
 from diffusion_report.models.files import T2I_WEIGHT_FILES
@@ -210,6 +210,8 @@ def train(
     log_every: int = 50,
     device: str | torch.device = "cpu",
     max_seconds: float | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 250,
 ) -> tuple[T2IModel, pd.DataFrame]:
     """Train the model of the ``t2i`` config block; returns the EMA model and the loss curve.
 
@@ -219,6 +221,12 @@ def train(
     when that is set (how the shipped weights were made). Batches and
     noise are drawn on the CPU from named generators whatever ``device`` is. ``max_seconds`` stops
     early (the curve then has fewer rows; only for exploratory runs).
+
+    With ``checkpoint`` (a file path) the whole state (weights, EMA, optimiser, the generator, the
+    loss curve, and the recipe it belongs to) is saved atomically every ``checkpoint_every`` steps
+    and when training stops, and training resumes from it when it exists and holds the same recipe
+    (one of another recipe is ignored, with a warning): a run killed and restarted gives the same
+    weights as one left alone (same machine and thread count).
     """
     device = torch.device(device)
     tcfg = cfg["training"]
@@ -237,9 +245,32 @@ def train(
     gen = make_generator(cfg["seed"], "t2i/train")
     model.unet.train()
     model.text_encoder.train()
-    rows = []
-    start = time.perf_counter()
-    for step in range(n_run):
+    rows, first, offset = [], 0, 0.0
+    recipe = json.dumps(model_config(cfg), sort_keys=True) + f" steps={steps}"
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("recipe") != recipe:
+            log.warning("ignoring the checkpoint %s: it belongs to another recipe; training from step 0", checkpoint)
+        else:
+            for module, key in ((model.unet, "unet"), (model.text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+                module.load_state_dict(state[key])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            rows = [dict(zip(("step", "loss", "lr", "seconds"), (int(r[0]), *map(float, r[1:])))) for r in state["rows"].tolist()]
+            first = int(state["step"])
+            offset = rows[-1]["seconds"] if rows else 0.0
+            log.info("resumed from %s at step %d", checkpoint, first)
+
+    def save_checkpoint(done: int) -> None:
+        table = torch.tensor([[r["step"], r["loss"], r["lr"], r["seconds"]] for r in rows], dtype=torch.float64).reshape(-1, 4)
+        state = {"unet": model.unet.state_dict(), "text": model.text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                 "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "rows": table,
+                 "step": done, "recipe": recipe}
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    start = time.perf_counter() - offset
+    for step in range(first, n_run):
         lr = lr_at(step, steps, float(tcfg["learning_rate"]), int(tcfg["warmup_steps"]))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -254,7 +285,10 @@ def train(
         if log_every and (step + 1) % log_every == 0:
             recent = sum(r["loss"] for r in rows[-log_every:]) / log_every
             log.info("step %d/%d loss %.4f lr %.2e %.1fs", step + 1, steps, recent, lr, rows[-1]["seconds"])
-        if max_seconds is not None and rows[-1]["seconds"] > max_seconds:
+        stop = max_seconds is not None and rows[-1]["seconds"] > max_seconds
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == n_run or stop):
+            save_checkpoint(step + 1)
+        if stop:
             log.warning("stopping after %d steps: max_seconds=%s reached", step + 1, max_seconds)
             break
     ema_unet.to("cpu").eval()

@@ -65,9 +65,12 @@ def loss_figure(path, loss: pd.DataFrame, window: int = 50) -> None:
     plt.close(fig)
 
 
-def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", weights_dir: str | Path | None = None) -> dict:
+def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", weights_dir: str | Path | None = None,
+              checkpoint: str | Path | None = None) -> dict:
     """Rule t2i_train: train (t2i.train true) or install the shipped weights (false) from
     ``weights_dir`` (default: ``t2i.weights``; the summary names the configured value).
+    Training resumes from ``checkpoint`` when one is given and exists (a killed run loses at most
+    250 steps), and removes it once the model is saved.
 
     ``outputs``: model (folder), loss (CSV), loss_plot (PNG), summary (CSV). Returns the summary row.
     """
@@ -79,9 +82,11 @@ def t2i_train(t2i_cfg: dict, seed: int, outputs: dict, device: str = "auto", wei
     cfg = block_config(t2i_cfg, seed)
     if cfg["train"]:
         dev = resolve_device(cfg["training"].get("device", device))
-        model, loss = train(cfg, device=dev)
+        model, loss = train(cfg, device=dev, checkpoint=checkpoint)
         with atomic_path(outputs["model"]) as tmp:
             save_model(model, tmp, model_config(cfg))
+        if checkpoint is not None:
+            Path(checkpoint).unlink(missing_ok=True)  # the model folder now holds the result
         source = f"trained here on {dev.type}"
     else:
         src = Path(weights_dir or cfg["weights"])
