@@ -90,7 +90,11 @@ rule p2p_real_edit:
     params:
         # what loading the model and the edits' controllers read (a change to p2p.edits or to
         # p2p.guidance_scale or p2p.scheduler does not rerun it: each image has its own guidance, and DDIM)
-        p2p={k: P2P[k] for k in ("model", "fp16", "mask_threshold") if k in P2P},
+        p2p={
+            k: P2P[k]
+            for k in ("model", "fp16", "mask_threshold", "self_max_tokens")
+            if k in P2P
+        },
         entry=lambda wildcards: P2P_REAL[wildcards.name],
         t2i={k: config["t2i"][k] for k in ("data", "reader")},
         seed=config["seed"],

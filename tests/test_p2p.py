@@ -500,6 +500,25 @@ EDIT = {"name": "shape", "source": "a red circle on a white background", "target
         "mode": "replace", "cross_replace_steps": 0.5, "self_replace_steps": 0.3, "blend_words": ["circle", "square"], "seed": 8888}
 
 
+def test_p2p_self_max_tokens_reaches_the_showcased_edits_controllers(pipe, tmp_path, monkeypatch):
+    """p2p.self_max_tokens sets where the showcased edits (p2p_edit) inject self-attention; null
+    keeps the attention module's default."""
+    seen = []
+
+    def spy(edit, tokenizer, num_steps, max_len, mask_threshold, **kw):
+        seen.append(kw)
+        raise RuntimeError("stop after building the controller")
+
+    monkeypatch.setattr(p2p_stage, "edit_controller", spy)
+    monkeypatch.setattr(p2p_stage, "load_model", lambda cfg, device, model_dir: pipe)
+    outputs = {k: str(tmp_path / k) for k in p2p_stage.ARTIFACTS}
+    cfg = {"num_inference_steps": STEPS, "guidance_scale": 2.0, "mask_threshold": 0.3}
+    for value in (256, None):
+        with pytest.raises(RuntimeError, match="stop after"):
+            p2p_stage.p2p_edit(dict(cfg, self_max_tokens=value), EDIT, outputs, seed=0)
+    assert seen == [{"self_max_tokens": 256}, {}]
+
+
 @pytest.mark.slow
 def test_run_edit_writes_artifacts_and_local_blend_leaves_the_outside_alone(pipe, tmp_path, monkeypatch):
     import numpy as np

@@ -336,6 +336,11 @@ def test_showcase_verdicts_are_written_beside_the_evaluation_rates(tmp_path):
     assert t2i_stage.settings_differ({"cross_replace_steps": 0.8, "self_replace_steps": 0.4}, same, ev) == ""
     differ = t2i_stage.settings_differ({"cross_replace_steps": 0.6}, same, dict(ev, self_max_tokens=256))
     assert differ == "cross_replace_steps 0.6 here, 0.8 in the evaluation; self_max_tokens default here, 256 in the evaluation"
+    # p2p.self_max_tokens is what the showcased edits use
+    assert t2i_stage.settings_differ({"cross_replace_steps": 0.8, "self_replace_steps": 0.4}, dict(same, self_max_tokens=256),
+                                     dict(ev, self_max_tokens=256)) == ""
+    assert t2i_stage.settings_differ({"cross_replace_steps": 0.8, "self_replace_steps": 0.4}, dict(same, self_max_tokens=64),
+                                     dict(ev, self_max_tokens=256)) == "self_max_tokens 64 here, 256 in the evaluation"
 
 
 def test_the_reader_and_the_report_share_one_in_place_bound():

@@ -185,8 +185,12 @@ def attention_figure(path, rows: Sequence[tuple[str, torch.Tensor, list[tuple[in
     return fig
 
 
-def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale: float, mask_threshold: float = 0.3, seed: int = 0) -> dict:
+def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale: float, mask_threshold: float = 0.3, seed: int = 0,
+             self_max_tokens: int | None = None) -> dict:
     """Run one edit and write its artifacts; return its metrics row.
+
+    ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None: the
+    attention module's default, the smallest maps).
 
     The source and target prompts are sampled together under the edit's controller, and the
     target alone without control (the baseline), all from the same x_T (drawn from the edit's
@@ -205,7 +209,7 @@ def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale:
         raise ValueError("; ".join(errors))
     max_len = pipe.max_length
     x_T = initial_latents(pipe, int(edit.get("seed", seed)), "p2p")
-    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold)
+    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold, **self_kw(self_max_tokens))
     log.info("%s: %s %r -> %r", edit["name"], edit["mode"], edit["source"], edit["target"])
     images, store = generate(pipe, [edit["source"], edit["target"]], x_T, num_steps, guidance_scale, ctrl)
     base_images, base_store = generate(pipe, [edit["target"]], x_T, num_steps, guidance_scale)
@@ -246,11 +250,17 @@ def load_model(p2p_cfg: dict, device: str = "auto", model_dir: str | None = None
     return load_text2image(where, config_key=key, device=device, fp16=bool(p2p_cfg.get("fp16", False)), scheduler=p2p_cfg.get("scheduler", "ddim"))
 
 
+def self_kw(self_max_tokens: int | None) -> dict:
+    """The controller keyword for ``p2p.self_max_tokens`` (none when null: the module's default)."""
+    return {} if self_max_tokens is None else {"self_max_tokens": int(self_max_tokens)}
+
+
 def p2p_edit(p2p_cfg: dict, edit: dict, outputs: dict, *, seed: int, device: str = "auto", model_dir: str | None = None) -> dict:
     """Rule p2p_edit: load the model of the config and run one edit."""
     pipe = load_model(p2p_cfg, device, model_dir)
     return run_edit(pipe, edit, outputs, num_steps=int(p2p_cfg["num_inference_steps"]),
-                    guidance_scale=float(p2p_cfg["guidance_scale"]), mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)), seed=seed)
+                    guidance_scale=float(p2p_cfg["guidance_scale"]), mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)), seed=seed,
+                    self_max_tokens=p2p_cfg.get("self_max_tokens"))
 
 
 def p2p_metrics(paths: Sequence[str], out_csv: str) -> None:
@@ -386,7 +396,7 @@ def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: flo
 
 
 def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, image, outputs: dict, *,
-              mask_threshold: float = 0.3):
+              mask_threshold: float = 0.3, self_max_tokens: int | None = None):
     """Invert one given image and edit it; write :data:`REAL_ARTIFACTS` and return the metrics rows.
 
     1. DDIM inversion under the prompt at guidance 1: the pivot x_0 .. x_T (:func:`core.inversion.ddim_invert`);
@@ -445,7 +455,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     edited = {}
     for e in edits:  # 4.
         start = time.perf_counter()
-        ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold)
+        ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold, **self_kw(self_max_tokens))
         out = inversion.sample_with_nulls(pipe.unet, x_T, encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
         img = decode(pipe, out[1:2])[0]
         secs = time.perf_counter() - start
@@ -492,7 +502,8 @@ def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, s
     embedded = p2p_cfg["model"]["source"] == "train"  # the attribute reader and the drawn shapes are the embedded model's
     image, truth, truth_from = real_input(entry, t2i_cfg["data"] if embedded else None, image_file=image_file, image_size=pipe.image_size)
     reader = fit_reader(t2i_cfg, seed, reader_path) if embedded else None
-    return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)))
+    return real_edit(pipe, reader, entry, truth, truth_from, image, outputs, mask_threshold=float(p2p_cfg.get("mask_threshold", 0.3)),
+                     self_max_tokens=p2p_cfg.get("self_max_tokens"))
 
 
 # --------------------------------------------------------------------------- drawn images, inverted then edited

@@ -545,7 +545,7 @@ def settings_differ(edit: dict, p2p_cfg: dict, eval_cfg: dict) -> str:
         "guidance": (p2p_cfg.get("guidance_scale"), eval_cfg.get("guidance_scale")),
         "cross_replace_steps": (edit.get("cross_replace_steps", 0.8), eval_cfg.get("cross_replace_steps")),
         "self_replace_steps": (edit.get("self_replace_steps", 0.4), eval_cfg.get("self_replace_steps")),
-        "self_max_tokens": (None, eval_cfg.get("self_max_tokens")),
+        "self_max_tokens": (p2p_cfg.get("self_max_tokens"), eval_cfg.get("self_max_tokens")),
     }
     out = []
     for key, (shown, evaluated) in pairs.items():

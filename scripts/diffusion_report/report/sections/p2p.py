@@ -298,6 +298,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "pretrained": model["source"] != "train",
         "scheduler": cfg.get("scheduler", "ddim").upper(), "num_inference_steps": cfg["num_inference_steps"],
         "guidance_scale": cfg["guidance_scale"], "mask_threshold": cfg.get("mask_threshold", 0.3),
+        "self_max_tokens": cfg.get("self_max_tokens"),
     }
 
 
