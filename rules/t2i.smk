@@ -204,7 +204,10 @@ rule t2i_showcase:
         runtime=10,
     params:
         edits=config["p2p"]["edits"],
-        p2p={k: config["p2p"][k] for k in ("num_inference_steps", "guidance_scale")},
+        p2p={
+            k: config["p2p"].get(k)
+            for k in ("num_inference_steps", "guidance_scale", "self_max_tokens")
+        },
         t2i={k: T2I[k] for k in ("data", "reader", "eval")},
         seed=config["seed"],
     script:

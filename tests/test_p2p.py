@@ -843,3 +843,17 @@ def test_attention_figure_text_prints_at_least_7pt_in_the_report(tok, tmp_path, 
     assert {lbl for _, lbl in labels[1]} <= {t.get_text() for t in texts}
     smallest = min(t.get_fontsize() for t in texts) * scale
     assert smallest >= 7, (w_px, h_px, scale, smallest)
+
+
+def test_local_blend_goal_is_judged_only_where_the_mask_leaves_an_outside():
+    from diffusion_report.report.sections import p2p as section
+
+    nan = float("nan")
+    rows = [{"edit": "a", "mask": "local_blend", "mask_fraction": 0.4, "edit_mae_outside": 0.001},
+            {"edit": "b", "mask": "local_blend", "mask_fraction": 0.5, "edit_mae_outside": 0.05},
+            {"edit": "c", "mask": "local_blend", "mask_fraction": 1.0, "edit_mae_outside": nan},
+            {"edit": "d", "mask": "attention", "mask_fraction": 0.3, "edit_mae_outside": 0.2}]
+    b = section.blend_summary(rows)
+    assert (b["n"], b["judged"], b["met"], b["full"], b["names"]) == (3, 2, 1, 1, ["a", "b"])
+    assert b["worst"] == 0.05 and b["goal"] == section.BLEND_MAX_MAE == 0.02
+    assert section.blend_summary(rows[3:])["n"] == 0

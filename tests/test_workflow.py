@@ -72,6 +72,16 @@ def test_pdf_is_valid(tiny_run):
     assert "Forward diffusion" in text and "Provenance" in text
 
 
+def test_showcased_edits_are_judged_with_the_evaluations_settings(tiny_run):
+    """The tiny preset shows its edits with t2i.eval's steps, guidance and injection (p2p.self_max_tokens
+    included), so rule t2i_showcase finds no setting that differs."""
+    import pandas as pd
+
+    work, _ = tiny_run
+    rows = pd.read_csv(work / "results" / "t2i" / "showcase.csv", keep_default_na=False)
+    assert len(rows) and (rows["settings_differ"] == "").all(), rows["settings_differ"].tolist()
+
+
 def test_noop_rerun_runs_nothing(tiny_run):
     work, _ = tiny_run
     proc = run_snakemake(work, "--configfile", "presets/tiny.yaml", "-n", timeout=300)
