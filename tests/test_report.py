@@ -297,6 +297,9 @@ def test_answer_sentences_follow_the_numbers():
     p2p = {"n_edits": 2, "model": "m", "n_compared": 2, "n_closer": 1, "median_ratio": 0.5, "mask_threshold": 0.3,
            "rows": [{"mask": "attention", "mask fraction": 0.4}, {"mask": "local_blend", "mask fraction": 1.0}]}
     assert "1 of 2 edited images stay closer" in " ".join(p2p_section.answer(p2p, {})["sentences"])
+    judged = " ".join(p2p_section.answer({**p2p, "showcase": {"judged": 2, "succeeded": 2}}, {})["sentences"])
+    assert "2 of the 2 edits it can judge succeed" in judged and "failures" not in judged
+    assert "the failures are shown as failures" in " ".join(p2p_section.answer({**p2p, "showcase": {"judged": 2, "succeeded": 1}}, {})["sentences"])
     whole = " ".join(p2p_section.answer({**p2p, "n_compared": 0, "median_ratio": None}, {})["sentences"])
     assert "not measured here: in 1 of 2 edits" in whole and "attention or local blend" in whole
 
@@ -304,6 +307,12 @@ def test_answer_sentences_follow_the_numbers():
              {"edit": "refine_big", "n": 4, "p2p_success": 0.25, "baseline_success": 0.5}]
     t = " ".join(t2i_section.answer({"comparisons": comps, "n_edits": 2, "n_better_iou": 2, "n_better_success": 1}, {})["sentences"])
     assert "in 2 of 2 edit types" in t and "more often in 1 of 2" in t and "weakest edit type is refine_big: 25%" in t
+    assert "are met by" not in t  # no goal count given: no sentence about it
+    goals = {"n_goals": 1, "n_goal_types": 2, "goal_comparisons": [dict(comps[0], goals={"all": True}), dict(comps[1], goals={"all": False})]}
+    t = " ".join(t2i_section.answer({"comparisons": comps, "n_edits": 2, "n_better_iou": 2, "n_better_success": 1, **goals}, {})["sentences"])
+    assert "are met by 1 of the 2 word-swap and refinement edit types (shape_swap)." in t
+    t = " ".join(t2i_section.answer({"comparisons": comps, "n_edits": 2, "n_better_iou": 2, "n_better_success": 1, **goals, "n_goals": 0}, {})["sentences"])
+    assert "are met by 0 of the 2 word-swap and refinement edit types." in t
 
     th = {"eq": {"eq-closed-form": "(3)", "eq-mu-theta": "(15)"}, "n_passed": 10, "n_checks": 10, "n_identities": 4,
           "schedule": {"kind": "linear", "T": 1000}}

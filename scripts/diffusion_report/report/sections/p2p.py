@@ -330,7 +330,8 @@ def answer(ctx: dict, config: dict) -> dict:
     sc = ctx.get("showcase") or {}
     if sc.get("judged"):
         out.append(f"Read by the attribute reader, {sc['succeeded']} of the {sc['judged']} edits it can judge succeed "
-                   "(target reached, the rest kept, the object in place); the failures are shown as failures, with their cause.")
+                   "(target reached, the rest kept, the object in place)"
+                   + ("; the failures are shown as failures, with their cause." if sc["succeeded"] < sc["judged"] else "."))
     if ctx["n_compared"]:
         out.append(f"Outside the edited region, {ctx['n_closer']} of {ctx['n_compared']} edited images stay closer to the "
                    "source than the same prompt sampled without control"

@@ -11,6 +11,9 @@ import pandas as pd
 GOAL_RATE = 0.9  # p2p reaches the target attribute at >= 0.9x the no-control baseline's rate
 GOAL_IOU_GAIN = 0.2  # and keeps the layout better: mask IoU with the source >= the baseline's + 0.2
 GOAL_SHIFT_PX = 1.0  # with the object's centroid moving at most 1 px on average
+# The edit types the three goals are set for (word swaps and refinement). A reweight of a prompt that
+# already says "big" has the unedited image as its baseline (IoU 1), so it is judged by its sweep instead.
+GOAL_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")
 
 
 def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, p_shift: float) -> dict:
@@ -164,7 +167,9 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "n_better_success": sum(c["better_success"] for c in comparisons),
         "n_edits": len(comparisons),
         "figures": {k: files[k] for k in ("loss_plot", "samples", "eval_examples")},
-        "n_goals": sum(c["goals"]["all"] for c in comparisons),
+        "goal_comparisons": [c for c in comparisons if c["edit"] in GOAL_EDIT_TYPES],
+        "n_goal_types": sum(c["edit"] in GOAL_EDIT_TYPES for c in comparisons),
+        "n_goals": sum(c["goals"]["all"] for c in comparisons if c["edit"] in GOAL_EDIT_TYPES),
         "goal": {"rate": GOAL_RATE, "iou_gain": GOAL_IOU_GAIN, "shift": GOAL_SHIFT_PX},
         "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
         "tradeoff_png": files.get("tradeoff_png"),
@@ -192,5 +197,9 @@ def answer(ctx: dict, config: dict) -> dict:
         f"{ctx['n_better_success']} of {n}.",
         f"Its weakest edit type is {worst['edit']}: {pct(worst['p2p_success'], 3)} of its edits reach the target "
         f"(without control: {pct(worst['baseline_success'], 3)}).",
-    ]}
+    ] + ([f"The goals of a working prompt-to-prompt (target reached at least {GOAL_RATE:g}x as often as without control, "
+          f"mask IoU at least {GOAL_IOU_GAIN:g} above it, centroid shift at most {GOAL_SHIFT_PX:g} px) are met by "
+          f"{ctx['n_goals']} of the {ctx['n_goal_types']} word-swap and refinement edit types"
+          + (f" ({', '.join(c['edit'] for c in ctx['goal_comparisons'] if c['goals']['all'])})." if ctx["n_goals"] else ".")]
+         if ctx.get("n_goal_types") else [])}
 
