@@ -502,7 +502,7 @@ EDIT = {"name": "shape", "source": "a red circle on a white background", "target
 
 def test_p2p_self_max_tokens_reaches_the_showcased_edits_controllers(pipe, tmp_path, monkeypatch):
     """p2p.self_max_tokens sets where the showcased edits (p2p_edit) inject self-attention; null
-    keeps the attention module's default."""
+    reaches the controller as None, the attention module's default."""
     seen = []
 
     def spy(edit, tokenizer, num_steps, max_len, mask_threshold, **kw):
@@ -516,7 +516,7 @@ def test_p2p_self_max_tokens_reaches_the_showcased_edits_controllers(pipe, tmp_p
     for value in (256, None):
         with pytest.raises(RuntimeError, match="stop after"):
             p2p_stage.p2p_edit(dict(cfg, self_max_tokens=value), EDIT, outputs, seed=0)
-    assert seen == [{"self_max_tokens": 256}, {}]
+    assert seen == [{"self_max_tokens": 256}, {"self_max_tokens": None}]
 
 
 @pytest.mark.slow

@@ -209,7 +209,7 @@ def run_edit(pipe, edit: dict, outputs: dict, *, num_steps: int, guidance_scale:
         raise ValueError("; ".join(errors))
     max_len = pipe.max_length
     x_T = initial_latents(pipe, int(edit.get("seed", seed)), "p2p")
-    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold, **self_kw(self_max_tokens))
+    ctrl = edit_controller(edit, pipe.tokenizer, num_steps, max_len, mask_threshold, self_max_tokens=self_max_tokens)
     log.info("%s: %s %r -> %r", edit["name"], edit["mode"], edit["source"], edit["target"])
     images, store = generate(pipe, [edit["source"], edit["target"]], x_T, num_steps, guidance_scale, ctrl)
     base_images, base_store = generate(pipe, [edit["target"]], x_T, num_steps, guidance_scale)
@@ -248,11 +248,6 @@ def load_model(p2p_cfg: dict, device: str = "auto", model_dir: str | None = None
     else:
         where, key = p2p_cfg["model"]["pretrained"], "p2p.model.pretrained"
     return load_text2image(where, config_key=key, device=device, fp16=bool(p2p_cfg.get("fp16", False)), scheduler=p2p_cfg.get("scheduler", "ddim"))
-
-
-def self_kw(self_max_tokens: int | None) -> dict:
-    """The controller keyword for ``p2p.self_max_tokens`` (none when null: the module's default)."""
-    return {} if self_max_tokens is None else {"self_max_tokens": int(self_max_tokens)}
 
 
 def p2p_edit(p2p_cfg: dict, edit: dict, outputs: dict, *, seed: int, device: str = "auto", model_dir: str | None = None) -> dict:
@@ -455,7 +450,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     edited = {}
     for e in edits:  # 4.
         start = time.perf_counter()
-        ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold, **self_kw(self_max_tokens))
+        ctrl = edit_controller(e, pipe.tokenizer, steps, pipe.max_length, mask_threshold, self_max_tokens=self_max_tokens)
         out = inversion.sample_with_nulls(pipe.unet, x_T, encode_prompts(pipe, [prompt, e["target"]]), nulls, ts, ab, g, ctrl, **kw)
         img = decode(pipe, out[1:2])[0]
         secs = time.perf_counter() - start

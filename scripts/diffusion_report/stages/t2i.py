@@ -376,9 +376,9 @@ def case_batch(pipe, cases: list[EditCase], seed: int) -> tuple[list[str], torch
 def case_controllers(pipe, cases: list[EditCase], num_steps: int, cross: float, self_: float,
                      self_max_tokens: int | None = None) -> ControllerBatch:
     """One prompt-to-prompt controller per case (its mode; a reweight edits its own prompt), batched."""
-    kw = {"self_max_tokens": int(self_max_tokens)} if self_max_tokens is not None else {}
     return ControllerBatch([make_controller(c.mode, [c.source, c.target], pipe.tokenizer, num_steps, cross, self_, reweight=c.reweight,
-                                            **({"base_mode": "none"} if c.mode == "reweight" else {}), **kw) for c in cases])
+                                            **({"base_mode": "none"} if c.mode == "reweight" else {}), self_max_tokens=self_max_tokens)
+                            for c in cases])
 
 
 def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, cross: float, self_: float,
@@ -439,8 +439,11 @@ def caption_roles(spec: shapes.ShapeSpec, prompt: str) -> dict[str, int] | None:
     """{role: token position} of a caption in :func:`shapes.caption`'s form (position 0 is the
     start token, each word one token), or None when ``prompt`` is not such a caption."""
     parsed = shapes.parse_caption(spec, prompt)
-    if parsed is None:
-        return None
+    return None if parsed is None else _roles(parsed)
+
+
+def _roles(parsed: dict) -> dict[str, int]:
+    """{role: token position} of a parsed caption (:func:`shapes.parse_caption`)."""
     roles = [r for r in CAPTION_ROLES if r != "size word" or parsed["size_word"]]
     return {r: i + 1 for i, r in enumerate(roles)}
 
@@ -458,14 +461,14 @@ def attention_localisation(reader: attributes.AttributeReader, records: list[tup
 
     ins, outs = {r: [] for r in CAPTION_ROLES}, {r: [] for r in CAPTION_ROLES}
     for prompt, img, maps in records:
-        roles, parsed = caption_roles(reader.spec, prompt), shapes.parse_caption(reader.spec, prompt)
-        if roles is None:
+        parsed = shapes.parse_caption(reader.spec, prompt)
+        if parsed is None:
             continue
         rd = reader.read(img)
         if not rd.mask.any() or rd.mask.all() or any(getattr(rd, a) != parsed[a] for a in ATTRS):
             continue
         i, o = inside_outside(maps[None], torch.from_numpy(rd.mask)[None])
-        for role, pos in roles.items():
+        for role, pos in _roles(parsed).items():
             ins[role].append(float(i[0, pos]))
             outs[role].append(float(o[0, pos]))
     rows = []

@@ -37,7 +37,7 @@ def localisation_summary(df: pd.DataFrame) -> dict | None:
     ratio = {r["word"]: float(r["ratio"]) for r in df.to_dict("records")}
     on = [w for w, v in ratio.items() if v >= LOCALISED_RATIO]
     top = max(ratio, key=ratio.get)
-    return {"rows": rows, "ratio": ratio, "on": on, "off": [w for w in ratio if w not in on], "top": top,
+    return {"rows": rows, "ratio": ratio, "on": on, "top": top,
             "top_ratio": ratio[top], "n": int(df["images"].max()), "threshold": LOCALISED_RATIO,
             "content_on": [w for w in ("colour word", "shape word") if w in on]}
 
