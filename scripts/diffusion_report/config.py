@@ -286,6 +286,19 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
         out.append(f"t2i.data.radius: max {hi} does not fit an image of {data['image_size']} pixels (at most {data['image_size'] / 2})")
     if not data["small_below"] < data["big_above"]:
         out.append(f"t2i.data.small_below: {data['small_below']} must be below t2i.data.big_above ({data['big_above']})")
+    two = float(data.get("two_objects", 0.0))
+    plo, phi = data.get("pair_radius", (2.5, 3.25))
+    half = (data["image_size"] - 1) / 4  # shapes.PAIR_GAP: a pair's objects each fit their half
+    if two > 0 and not plo <= phi <= half:
+        out.append(f"t2i.data.pair_radius: [{plo}, {phi}] needs min <= max <= {half:g} (each object of a pair fits its half of an "
+                   f"image of {data['image_size']} pixels)")
+    if two > 0 and int(t2i["model"]["max_length"]) < 13:
+        out.append(f"t2i.model.max_length: {t2i['model']['max_length']} cannot hold a two-object caption (11 words and the start "
+                   "and end tokens: at least 13) while t2i.data.two_objects > 0")
+    pair_edits = sorted({e for key in ("eval", "tradeoff") for e in (t2i.get(key) or {}).get("edits", []) if e.startswith("pair_")})
+    if pair_edits and two <= 0:
+        out.append(f"t2i.eval.edits: {', '.join(pair_edits)} edit two-object captions, which this model was not trained on "
+                   "(t2i.data.two_objects is 0); set t2i.data.two_objects above 0 and retrain, or drop them")
     both = sorted(set(data["colours"]) & set(data["backgrounds"]))
     if both:
         out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")
@@ -306,7 +319,8 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
 def embedded_vocabulary(t2i: dict) -> set[str]:
     """Every word the embedded model's captions use (t2i.data), and "" (an empty prompt)."""
     data = t2i["data"]
-    return {"a", "on", "background", "small", "big", ""} | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
+    pair = {"and"} if float(data.get("two_objects", 0.0)) > 0 else set()
+    return {"a", "on", "background", "small", "big", ""} | pair | set(data["shapes"]) | set(data["colours"]) | set(data["backgrounds"])
 
 
 def vocabulary_errors(key: str, text: str, t2i: dict, hint: str = "") -> list[str]:

@@ -2,7 +2,11 @@
 
 One image holds one shape (circle, square, triangle, ...) of one colour, at a random position and
 size, on a flat background colour, with its caption ("a big red circle on a white background")
-and its ground truth (shape, colour, background, size word, mask, centre, radius). Everything is
+and its ground truth (shape, colour, background, size word, mask, centre, radius). With
+``two_objects > 0`` that fraction of the images holds a pair instead, one object in each half of
+the image, named left to right ("a red circle and a blue square on a white background"): the
+caption's word order is the layout, which a text encoder without layers can carry (each token's
+position embedding says which object it names). Everything is
 drawn from an explicit ``torch.Generator``; the vocabulary and the attributes come from config
 (``t2i.data``).
 
@@ -25,6 +29,8 @@ import torch
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 SPECIAL_WORDS = ("a", "on", "background")
+PAIR_WORD = "and"  # joins the two objects of a pair caption
+PAIR_GAP = 1.0  # pixels between a pair's two halves that neither object enters
 
 
 def hex_to_rgb(value: str) -> tuple[float, float, float]:
@@ -47,6 +53,8 @@ class ShapeSpec:
     small_below: float = 3.8  # radius < small_below may be called "small"
     big_above: float = 5.2  # radius > big_above may be called "big"
     size_word_prob: float = 0.5  # probability that an eligible size word appears in the caption
+    two_objects: float = 0.0  # probability that an image holds two objects (left, right) instead of one
+    pair_radius: tuple[float, float] = (2.5, 3.25)  # half-extent range of each object of a pair
     supersample: int = 4
 
     def __post_init__(self):
@@ -58,6 +66,13 @@ class ShapeSpec:
         lo, hi = self.radius
         if not (1.0 <= lo < hi <= self.image_size / 2):
             raise ValueError(f"t2i.data.radius {self.radius} must satisfy 1 <= min < max <= image_size / 2")
+        if not 0.0 <= self.two_objects <= 1.0:
+            raise ValueError(f"t2i.data.two_objects {self.two_objects} must lie in [0, 1]")
+        lo, hi = self.pair_radius
+        half = (self.image_size - PAIR_GAP) / 4
+        if self.two_objects > 0 and not (1.0 <= lo <= hi <= half):
+            raise ValueError(f"t2i.data.pair_radius {self.pair_radius} must satisfy 1 <= min <= max <= {half:g} "
+                             f"(a quarter of image_size - {PAIR_GAP:g}: each object of a pair fits its half of the image)")
 
     @classmethod
     def from_config(cls, data: dict) -> "ShapeSpec":
@@ -70,6 +85,8 @@ class ShapeSpec:
             small_below=float(data["small_below"]),
             big_above=float(data["big_above"]),
             size_word_prob=float(data["size_word_prob"]),
+            two_objects=float(data.get("two_objects", 0.0)),
+            pair_radius=tuple(float(v) for v in data.get("pair_radius", (2.5, 3.25))),
         )
 
     @property
@@ -84,6 +101,8 @@ class ShapeSpec:
     def vocabulary(self) -> list[str]:
         """Every word a caption can use, in a fixed order."""
         words = list(SPECIAL_WORDS) + list(self.size_words) + list(self.colours) + list(self.shapes) + list(self.backgrounds)
+        if self.two_objects > 0:
+            words.append(PAIR_WORD)  # last: a one-object model's token ids stay as they were
         return list(dict.fromkeys(words))
 
 
@@ -91,6 +110,25 @@ def caption(colour: str, shape: str, background: str, size_word: str = "") -> st
     """'a [size] <colour> <shape> on a <background> background'."""
     size = f"{size_word} " if size_word else ""
     return f"a {size}{colour} {shape} on a {background} background"
+
+
+def pair_caption(objects: list[tuple[str, str]], background: str) -> str:
+    """'a <colour> <shape> and a <colour> <shape> on a <background> background', objects
+    [(colour, shape), (colour, shape)] named left to right."""
+    (c1, s1), (c2, s2) = objects
+    return f"a {c1} {s1} {PAIR_WORD} a {c2} {s2} on a {background} background"
+
+
+def parse_pair_caption(spec: "ShapeSpec", text: str) -> dict | None:
+    """{objects: [(colour, shape) left, (colour, shape) right], background} of a caption in
+    :func:`pair_caption`'s form, or None when the text is not one in ``spec``'s vocabulary."""
+    w = " ".join(str(text).lower().split()).split(" ")
+    if len(w) != 11 or [w[0], w[3], w[4], w[7], w[8], w[10]] != ["a", PAIR_WORD, "a", "on", "a", "background"]:
+        return None
+    objects = [(w[1], w[2]), (w[5], w[6])]
+    if any(c not in spec.colours or s not in spec.shapes for c, s in objects) or w[9] not in spec.backgrounds:
+        return None
+    return {"objects": objects, "background": w[9]}
 
 
 def parse_caption(spec: "ShapeSpec", text: str) -> dict | None:
@@ -187,3 +225,78 @@ def sample(spec: ShapeSpec, batch_size: int, generator: torch.Generator) -> Shap
     images, masks = render(spec, shapes, colours, backgrounds, cx, cy, radius)
     caps = [caption(c, s, b, w) for c, s, b, w in zip(colours, shapes, backgrounds, size_words)]
     return ShapeBatch(images, masks, caps, shapes, colours, backgrounds, size_words, cx, cy, radius)
+
+
+# --------------------------------------------------------------------------- two objects
+@dataclass
+class PairBatch:
+    """A batch of two-object images (one object in each half, named left to right) and their truth."""
+
+    images: torch.Tensor  # (B, 3, H, W) float32 in [-1, 1]
+    masks: torch.Tensor  # (B, 2, H, W) bool: each object's coverage > 1/2 (left, right)
+    captions: list[str]
+    objects: list[list[tuple[str, str]]]  # per image [(colour, shape) left, (colour, shape) right]
+    background: list[str]
+    cx: torch.Tensor  # (B, 2) centres x in pixels
+    cy: torch.Tensor  # (B, 2)
+    radius: torch.Tensor  # (B, 2) half-extents in pixels
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def render_pair(spec: ShapeSpec, objects: list[list[tuple[str, str]]], background: list[str], cx, cy, radius) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw two objects per image. objects: B x [(colour, shape), (colour, shape)]; cx, cy,
+    radius (B, 2) -> images (B, 3, H, W), masks (B, 2, H, W). The objects must not overlap."""
+    n, b = spec.image_size, len(objects)
+    cx, cy, radius = (torch.as_tensor(v, dtype=torch.float64).reshape(b, 2) for v in (cx, cy, radius))
+    bg = torch.tensor([hex_to_rgb(spec.backgrounds[c]) for c in background], dtype=torch.float64).view(b, 3, 1, 1)
+    images, masks = bg.expand(b, 3, n, n).clone(), torch.zeros(b, 2, n, n, dtype=torch.bool)
+    for k in range(2):
+        cov = torch.zeros(b, n, n, dtype=torch.float64)
+        for name in {o[k][1] for o in objects}:
+            idx = torch.tensor([i for i, o in enumerate(objects) if o[k][1] == name])
+            cov[idx] = coverage(name, cx[idx, k], cy[idx, k], radius[idx, k], n, spec.supersample)
+        fg = torch.tensor([hex_to_rgb(spec.colours[o[k][0]]) for o in objects], dtype=torch.float64).view(b, 3, 1, 1)
+        c = cov.unsqueeze(1)
+        images = images * (1 - c) + fg * c
+        masks[:, k] = cov > 0.5
+    return images.to(torch.float32), masks
+
+
+def sample_pairs(spec: ShapeSpec, batch_size: int, generator: torch.Generator) -> PairBatch:
+    """``batch_size`` random two-object images: each object's shape, colour and half-extent
+    (``pair_radius``) drawn independently, the first inside the left half and the second inside
+    the right half (``PAIR_GAP`` pixels between the halves stay background)."""
+    g, n, b = generator, spec.image_size, batch_size
+    si = torch.randint(len(spec.shapes), (b, 2), generator=g)
+    ci = torch.randint(len(spec.colours), (b, 2), generator=g)
+    bi = torch.randint(len(spec.backgrounds), (b,), generator=g)
+    lo, hi = spec.pair_radius
+    radius = lo + (hi - lo) * torch.rand(b, 2, generator=g, dtype=torch.float64)
+    half = (n - PAIR_GAP) / 2  # width of each half
+    left = torch.tensor([0.0, half + PAIR_GAP], dtype=torch.float64)  # where each half starts
+    cx = left + radius + (half - 2 * radius) * torch.rand(b, 2, generator=g, dtype=torch.float64)
+    cy = radius + (n - 2 * radius) * torch.rand(b, 2, generator=g, dtype=torch.float64)
+    names, colours = list(spec.colours), list(spec.backgrounds)
+    objects = [[(names[ci[i, k]], spec.shapes[si[i, k]]) for k in range(2)] for i in range(b)]
+    background = [colours[i] for i in bi.tolist()]
+    images, masks = render_pair(spec, objects, background, cx, cy, radius)
+    return PairBatch(images, masks, [pair_caption(o, bg) for o, bg in zip(objects, background)], objects, background, cx, cy, radius)
+
+
+def sample_mixed(spec: ShapeSpec, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Training data: each image holds two objects with probability ``two_objects``, else one.
+    Returns images (B, 3, H, W) and captions. With ``two_objects == 0`` it is :func:`sample`'s
+    images and captions, from the same draws."""
+    if spec.two_objects <= 0:
+        b = sample(spec, batch_size, generator)
+        return b.images, b.captions
+    two = torch.rand(batch_size, generator=generator) < spec.two_objects
+    n2 = int(two.sum())
+    one = sample(spec, batch_size - n2, generator)
+    pair = sample_pairs(spec, n2, generator)
+    images = torch.empty(batch_size, 3, spec.image_size, spec.image_size)
+    images[~two], images[two] = one.images, pair.images
+    it1, it2 = iter(one.captions), iter(pair.captions)
+    return images, [next(it2) if t else next(it1) for t in two.tolist()]

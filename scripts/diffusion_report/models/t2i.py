@@ -183,11 +183,12 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 # --------------------------------------------------------------------------- training
 def training_batch(spec: shapes.ShapeSpec, batch_size: int, caption_dropout: float, gen: torch.Generator):
-    """One batch: images (B,3,H,W), prompts (B,) with each replaced by "" with prob caption_dropout."""
-    b = shapes.sample(spec, batch_size, gen)
+    """One batch: images (B,3,H,W), prompts (B,) with each replaced by "" with prob caption_dropout
+    (one or two objects per image, :func:`shapes.sample_mixed`)."""
+    images, captions = shapes.sample_mixed(spec, batch_size, gen)
     drop = (torch.rand(batch_size, generator=gen) < caption_dropout).tolist()
-    prompts = ["" if d else c for c, d in zip(b.captions, drop)]
-    return b.images, prompts
+    prompts = ["" if d else c for c, d in zip(captions, drop)]
+    return images, prompts
 
 
 def diffusion_loss(model: T2IModel, images: torch.Tensor, prompts: list[str], gen: torch.Generator, device="cpu") -> torch.Tensor:
@@ -379,6 +380,9 @@ def model_config(cfg: dict) -> dict:
     out = {k: copy.deepcopy(cfg[k]) for k in ("seed", "data", "model", "schedule", "training")}
     out["training"].pop("device", None)  # where it ran does not name the recipe
     out["training"].setdefault("stop_after", None)
+    if not float(out["data"].get("two_objects", 0.0)):  # one object per image: the pair keys draw nothing
+        out["data"].pop("two_objects", None)
+        out["data"].pop("pair_radius", None)
     return out
 
 

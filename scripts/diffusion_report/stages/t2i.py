@@ -274,7 +274,9 @@ def t2i_samples(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, reader_
 
 
 # --------------------------------------------------------------------------- prompt-to-prompt evaluation
+MAX_SHIFT_PX = 1.0  # "in place": the object's centroid moves at most this far (the issue's layout goal)
 EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big", "reweight_big")
+PAIR_EDIT_TYPES = ("pair_colour_swap", "pair_shape_swap")  # two objects: one object's colour / shape swapped
 
 
 @dataclass
@@ -291,14 +293,43 @@ class EditCase:
     untouched: tuple[str, ...]
     reweight: dict | None = None
     source_truth: dict = field(default_factory=dict)
+    obj: int | None = None  # two objects: which one the edit names (0 left, 1 right); None: one object
 
 
 def edit_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int, reweight_scale: float) -> list[EditCase]:
     """``n`` random cases of one edit type, drawn from ``make_generator(seed, 't2i/eval/<edit>')``."""
+    if edit in PAIR_EDIT_TYPES:
+        if spec.two_objects <= 0:
+            raise ValueError(f"t2i.eval.edits: {edit} needs a model trained on two-object captions (t2i.data.two_objects > 0)")
+        g = make_generator(seed, f"t2i/eval/{edit}")
+        return pair_cases(spec, edit, shapes.sample_pairs(spec, n, g), g)
     if edit not in EDIT_TYPES:
-        raise ValueError(f"t2i.eval.edits: unknown edit type {edit!r}; allowed: {', '.join(EDIT_TYPES)}")
+        raise ValueError(f"t2i.eval.edits: unknown edit type {edit!r}; allowed: {', '.join(EDIT_TYPES + PAIR_EDIT_TYPES)}")
     g = make_generator(seed, f"t2i/eval/{edit}")
     return _cases(spec, edit, shapes.sample(spec, n, g), g, reweight_scale)
+
+
+def pair_cases(spec: shapes.ShapeSpec, edit: str, b: shapes.PairBatch, g: torch.Generator) -> list[EditCase]:
+    """The cases of a two-object edit type for the pairs of ``b``: the object to edit (left or
+    right) and its new colour / shape drawn from ``g``; the other object and the background are
+    what the edit must leave alone."""
+    attr = edit.split("_")[1]
+    options = list(spec.colours) if attr == "colour" else list(spec.shapes)
+    cases = []
+    for i in range(len(b)):
+        objects, background = [tuple(o) for o in b.objects[i]], b.background[i]
+        k = int(torch.randint(2, (1,), generator=g))
+        colour, shape = objects[k]
+        old = colour if attr == "colour" else shape
+        others = [v for v in options if v != old]
+        new = others[int(torch.randint(len(others), (1,), generator=g))]
+        edited = list(objects)
+        edited[k] = (new, shape) if attr == "colour" else (colour, new)
+        truth = {"objects": objects, "background": background}
+        untouched = ("shape" if attr == "colour" else "colour", "background", "other")
+        cases.append(EditCase(edit, i, shapes.pair_caption(objects, background), shapes.pair_caption(edited, background),
+                              "replace", attr, new, untouched, None, truth, k))
+    return cases
 
 
 DRAWN_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")  # reweight_big needs a prompt saying "big"
@@ -343,11 +374,15 @@ def _cases(spec: shapes.ShapeSpec, edit: str, b: shapes.ShapeBatch, g: torch.Gen
 
 def score_pair(reader: attributes.AttributeReader, case: EditCase, source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
     """Success and preservation of one (source, edited) pair of images (3, H, W) each."""
+    if case.obj is not None:
+        return score_pair_reads(case, reader.read_pair(source_img), reader.read_pair(edited_img), source_img, edited_img)
     return score_reads(case, reader.read(source_img), reader.read(edited_img), source_img, edited_img)
 
 
 def score_reads(case: EditCase, rs: attributes.Reading, re_: attributes.Reading, source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
     """:func:`score_pair` from the reader's readings of the two images (for callers that also use the readings)."""
+    if case.obj is not None:
+        raise ValueError(f"{case.edit}: a two-object case is scored by score_pair_reads")
     reached = (re_.size_word == case.target_value) if case.attribute == "size" else getattr(re_, case.attribute) == case.target_value
     kept = [getattr(rs, a) == getattr(re_, a) for a in case.untouched]
     shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
@@ -360,6 +395,44 @@ def score_reads(case: EditCase, rs: attributes.Reading, re_: attributes.Reading,
         "centroid_shift_px": shift,
         "radius_change_px": re_.radius - rs.radius,
         "pixel_mae": float((source_img - edited_img).abs().mean()),
+        "other_kept": float("nan"),
+    }
+
+
+def other_kept(rs: attributes.Reading, re_: attributes.Reading) -> bool:
+    """The object an edit does not name keeps its shape, its colour and its place (centroid moved
+    at most :data:`MAX_SHIFT_PX`) between the source reading ``rs`` and the edited one ``re_``."""
+    if not (rs.mask.any() and re_.mask.any()):
+        return False
+    return rs.shape == re_.shape and rs.colour == re_.colour and float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) <= MAX_SHIFT_PX
+
+
+def score_pair_reads(case: EditCase, rs: tuple[attributes.Reading, attributes.Reading], re_: tuple[attributes.Reading, attributes.Reading],
+                     source_img: torch.Tensor, edited_img: torch.Tensor) -> dict:
+    """:func:`score_reads` for a two-object case from :meth:`~attributes.AttributeReader.read_pair`'s
+    readings (left, right) of the source and the edited image: success, mask IoU, shift and size
+    change are the edited object's; ``other_kept`` is :func:`other_kept` of the other object;
+    ``untouched_kept`` averages the edited object's other attribute, the background and
+    ``other_kept``."""
+    k = case.obj
+    s_k, e_k = rs[k], re_[k]
+    reached = getattr(e_k, case.attribute) == case.target_value
+    kept_other = other_kept(rs[1 - k], re_[1 - k])
+    same = "shape" if case.attribute == "colour" else "colour"
+    kept = [getattr(s_k, same) == getattr(e_k, same), s_k.background == e_k.background, kept_other]
+    truth = case.source_truth
+    source_ok = rs[0].background == truth["background"] and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, truth["objects"]))
+    shift = float(np.hypot(s_k.cx - e_k.cx, s_k.cy - e_k.cy)) if s_k.mask.any() and e_k.mask.any() else float("nan")
+    return {
+        "source_ok": bool(source_ok),
+        "success": bool(reached),
+        "untouched_kept": float(np.mean(kept)),
+        "all_kept": bool(all(kept)),
+        "mask_iou": attributes.iou(s_k.mask, e_k.mask),
+        "centroid_shift_px": shift,
+        "radius_change_px": e_k.radius - s_k.radius,
+        "pixel_mae": float((source_img - edited_img).abs().mean()),
+        "other_kept": float(kept_other),
     }
 
 
@@ -418,7 +491,8 @@ def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: 
     return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens)[0]
 
 
-SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae"]
+SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae",
+                   "other_kept"]
 
 
 def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -533,9 +607,8 @@ def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: st
 
 
 # --------------------------------------------------------------------------- showcased edits
-MAX_SHIFT_PX = 1.0  # "in place": the object's centroid moves at most this far (the issue's layout goal)
 ATTRIBUTE_OF = {"shape_swap": "shape", "colour_swap": "colour", "background_swap": "background",
-                "refine_big": "size", "reweight_big": "size"}
+                "refine_big": "size", "reweight_big": "size", "pair_colour_swap": "colour", "pair_shape_swap": "shape"}
 SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px",
                     "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline", "settings_differ"]
 
@@ -562,6 +635,9 @@ def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
     """The evaluation's edit type of a configured ``p2p.edits`` entry, read from its prompts:
     (type or None, why not). A word swap of one attribute is ``<attribute>_swap``; adding "big" is
     ``refine_big``; reweighting "big" in a prompt that says it is ``reweight_big``."""
+    pair = _pair_edit(spec, edit)
+    if pair is not None:
+        return pair
     src, tgt = shapes.parse_caption(spec, edit["source"]), shapes.parse_caption(spec, edit["target"])
     if src is None or tgt is None:
         return None, "its prompts are not captions of the embedded model's form"
@@ -577,6 +653,56 @@ def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
     if changed == ["size_word"] and tgt["size_word"] == "big" and not src["size_word"] and edit["mode"] == "refine":
         return "refine_big", ""
     return None, "the evaluation has no edit type that changes " + (", ".join(changed) or "nothing")
+
+
+def _pair_edit(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str] | None:
+    """:func:`edit_type` of an edit between two-object captions (None when they are not both such
+    captions): one object's colour or shape replaced is ``pair_<attribute>_swap``."""
+    src, tgt = shapes.parse_pair_caption(spec, edit["source"]), shapes.parse_pair_caption(spec, edit["target"])
+    if src is None or tgt is None:
+        return None
+    changed = [(k, a) for k in range(2) for i, a in enumerate(("colour", "shape")) if src["objects"][k][i] != tgt["objects"][k][i]]
+    if src["background"] != tgt["background"]:
+        changed.append((None, "background"))
+    if len(changed) == 1 and changed[0][0] is not None and edit["mode"] == "replace":
+        return f"pair_{changed[0][1]}_swap", ""
+    return None, "the evaluation's two-object edit types change the colour or the shape of one object (replace), not " + (
+        ", ".join(a if k is None else f"object {k + 1}'s {a}" for k, a in changed) or "nothing")
+
+
+def judge_pair(reader: attributes.AttributeReader, etype: str, source_caption: dict, target_caption: dict,
+               source_img, edited_img) -> dict:
+    """:func:`judge` for a two-object edit (:func:`shapes.parse_pair_caption` captions): the edited
+    object reaches its target and stays in place, its other attribute and the background are kept,
+    and the other object keeps its shape, colour and place (:func:`other_kept`)."""
+    attr = etype.split("_")[1]
+    src_objs, tgt_objs = source_caption["objects"], target_caption["objects"]
+    k = next(i for i in range(2) if tuple(src_objs[i]) != tuple(tgt_objs[i]))
+    rs, re_ = reader.read_pair(source_img), reader.read_pair(edited_img)
+    source_ok = rs[0].background == source_caption["background"] and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, src_objs))
+    reached = getattr(re_[k], attr) == tgt_objs[k][0 if attr == "colour" else 1]
+    same = "shape" if attr == "colour" else "colour"
+    changed = [f"{a} {x} -> {y}" for a, x, y in ((same, getattr(rs[k], same), getattr(re_[k], same)),
+                                                ("background", rs[k].background, re_[k].background)) if x != y]
+    kept_other = other_kept(rs[1 - k], re_[1 - k])
+    shift = float(np.hypot(rs[k].cx - re_[k].cx, rs[k].cy - re_[k].cy)) if rs[k].mask.any() and re_[k].mask.any() else float("nan")
+    side = ("left", "right")
+    cause = []
+    if not source_ok:
+        cause.append("the source does not show its prompt (read: " + " and ".join(f"{r.colour} {r.shape}" for r in rs) + f" on {rs[0].background})")
+    if not reached:
+        cause.append(f"the target {attr} of the {side[k]} object is not reached (read: {getattr(re_[k], attr)})")
+    if changed:
+        cause.append("untouched attributes changed (" + "; ".join(changed) + ")")
+    if not shift <= MAX_SHIFT_PX:
+        cause.append(f"the {side[k]} object moved" + (f" by {shift:.1f} px" if shift == shift else " (no object found)"))
+    if not kept_other:
+        o, e = rs[1 - k], re_[1 - k]
+        cause.append(f"the {side[1 - k]} object, which the edit does not name, changed or moved "
+                     f"({o.colour} {o.shape} -> {e.colour} {e.shape}, {float(np.hypot(o.cx - e.cx, o.cy - e.cy)):.1f} px)")
+    return {"measured": True, "source_ok": source_ok, "reached": bool(reached), "untouched_kept": not changed and kept_other,
+            "centroid_shift_px": shift, "mask_iou": attributes.iou(rs[k].mask, re_[k].mask),
+            "success": bool(source_ok and reached and not changed and kept_other and shift <= MAX_SHIFT_PX), "cause": "; ".join(cause)}
 
 
 def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, target_caption: dict,
@@ -640,13 +766,15 @@ def t2i_showcase(edits: list[dict], images: dict[str, dict[str, str]], eval_summ
         if etype is None:
             rows += [{**common, "method": method, "measured": False, "cause": why} for method in ("p2p", "baseline")]
             continue
-        captions = [shapes.parse_caption(reader.spec, edit[k]) for k in ("source", "target")]
+        pair = etype in PAIR_EDIT_TYPES
+        parse, verdict = (shapes.parse_pair_caption, judge_pair) if pair else (shapes.parse_caption, judge)
+        captions = [parse(reader.spec, edit[k]) for k in ("source", "target")]
         source = load(paths["source"])
         rate_p, rate_b = rates.get((etype, "p2p")), rates.get((etype, "baseline"))
         rates_row = ({"eval_n": int(rate_p["n"]), "eval_success": float(rate_p["success"]),
                       "eval_success_baseline": float(rate_b["success"])} if rate_p is not None and rate_b is not None else {})
         for method, key in (("p2p", "edit"), ("baseline", "baseline")):
-            rows.append({**common, "method": method, **judge(reader, etype, *captions, source, load(paths[key])), **rates_row})
+            rows.append({**common, "method": method, **verdict(reader, etype, *captions, source, load(paths[key])), **rates_row})
     df = pd.DataFrame(rows).reindex(columns=SHOWCASE_COLUMNS)
     write_csv(out_csv, df)
     log.info("showcase verdicts:\n%s", df.to_string())

@@ -16,6 +16,20 @@ GOAL_SHIFT_PX = 1.0  # with the object's centroid moving at most 1 px on average
 GOAL_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")
 
 
+# With two objects the edit names one of them; the other must keep its shape, colour and place (centroid within
+# 1 px, the same MAX_SHIFT_PX as the showcase's "in place") in at least this share of the seeds.
+GOAL_OTHER_KEPT = 0.9
+PAIR_EDIT_TYPES = ("pair_colour_swap", "pair_shape_swap")
+
+
+def meets_pair_goals(p_success: float, b_success: float, p_other: float) -> dict:
+    """Which goals one two-object prompt-to-prompt result meets: the target rate against the
+    baseline's (as :func:`meets_goals`) and the object not named kept in >= :data:`GOAL_OTHER_KEPT`."""
+    rate = bool(p_success >= GOAL_RATE * b_success)
+    other = bool(p_other == p_other and p_other >= GOAL_OTHER_KEPT)
+    return {"rate": rate, "other": other, "all": rate and other}
+
+
 def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, p_shift: float) -> dict:
     """Which of the three goals one prompt-to-prompt result meets against its baseline."""
     rate = bool(p_success >= GOAL_RATE * b_success)
@@ -95,7 +109,9 @@ def report_context(files: dict[str, str], config: dict) -> dict:
     """Plain data for the report's t2i section (every number read from the rule outputs)."""
     cfg = config["t2i"]
     summary = {k: (v.item() if hasattr(v, "item") else v) for k, v in pd.read_csv(files["summary"]).iloc[0].to_dict().items()}
-    reader = pd.read_csv(files["reader"])
+    reader_all = pd.read_csv(files["reader"])
+    objects = reader_all["objects"] if "objects" in reader_all else pd.Series(1, index=reader_all.index)
+    reader, reader_pairs = reader_all[objects == 1], reader_all[objects == 2]
     acc = pd.read_csv(files["accuracy"])
     ev = pd.read_csv(files["eval_summary"])
     g = float(cfg["eval"]["guidance_scale"])
@@ -124,8 +140,13 @@ def report_context(files: dict[str, str], config: dict) -> dict:
                 "goals": meets_goals(p["success"], b["success"], p["mask_iou"], b["mask_iou"], p["centroid_shift_px"]),
                 "better_iou": bool(p["mask_iou"] > b["mask_iou"]),
                 "better_success": bool(p["success"] > b["success"]),
+                "pair": edit in PAIR_EDIT_TYPES,
+                "p2p_other": p.get("other_kept", float("nan")),
+                "baseline_other": b.get("other_kept", float("nan")),
             }
         )
+        if edit in PAIR_EDIT_TYPES:
+            comparisons[-1]["pair_goals"] = meets_pair_goals(p["success"], b["success"], comparisons[-1]["p2p_other"])
     rows = [
         {
             "edit": r["edit"],
@@ -137,9 +158,11 @@ def report_context(files: dict[str, str], config: dict) -> dict:
             "mask IoU": r["mask_iou"],
             "centroid shift (px)": r["centroid_shift_px"],
             "radius change (px)": r["radius_change_px"],
+            **({"other object kept": r["other_kept"]} if "other_kept" in ev and ev["edit"].isin(PAIR_EDIT_TYPES).any() else {}),
         }
         for r in ev.to_dict("records")
     ]
+    pairs = [c for c in comparisons if c["pair"]]
     clean = reader.loc[reader["noise"].idxmin()].to_dict()
     noisy = reader.loc[reader["noise"].idxmax()].to_dict()
     return {
@@ -152,7 +175,9 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "training": cfg["training"],
         "eval": cfg["eval"],
         "reader_cfg": cfg["reader"],
-        "reader_rows": reader.to_dict("records"),
+        "reader_rows": reader_all.to_dict("records"),
+        "reader_pairs": reader_pairs.loc[reader_pairs["noise"].idxmin()].to_dict() if len(reader_pairs) else None,
+        "two_objects": float(cfg["data"].get("two_objects", 0.0)),
         "reader_clean": clean,
         "reader_noisy": noisy,
         "accuracy_rows": acc.to_dict("records"),
@@ -170,7 +195,10 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "goal_comparisons": [c for c in comparisons if c["edit"] in GOAL_EDIT_TYPES],
         "n_goal_types": sum(c["edit"] in GOAL_EDIT_TYPES for c in comparisons),
         "n_goals": sum(c["goals"]["all"] for c in comparisons if c["edit"] in GOAL_EDIT_TYPES),
-        "goal": {"rate": GOAL_RATE, "iou_gain": GOAL_IOU_GAIN, "shift": GOAL_SHIFT_PX},
+        "goal": {"rate": GOAL_RATE, "iou_gain": GOAL_IOU_GAIN, "shift": GOAL_SHIFT_PX, "other": GOAL_OTHER_KEPT},
+        "pair_comparisons": pairs,
+        "n_pair_goals": sum(c["pair_goals"]["all"] for c in pairs),
+        "has_reweight": any(c["edit"] == "reweight_big" for c in comparisons),
         "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
         "tradeoff_png": files.get("tradeoff_png"),
         "tradeoff_cfg": cfg.get("tradeoff"),
@@ -201,5 +229,11 @@ def answer(ctx: dict, config: dict) -> dict:
           f"mask IoU at least {GOAL_IOU_GAIN:g} above it, centroid shift at most {GOAL_SHIFT_PX:g} px) are met by "
           f"{ctx['n_goals']} of the {ctx['n_goal_types']} word-swap and refinement edit types"
           + (f" ({', '.join(c['edit'] for c in ctx['goal_comparisons'] if c['goals']['all'])})." if ctx["n_goals"] else ".")]
-         if ctx.get("n_goal_types") else [])}
+         if ctx.get("n_goal_types") else [])
+      + ([f"With two objects, the object the edit does not name keeps its shape, colour and place (centroid within "
+          f"{GOAL_SHIFT_PX:g} px) in " + ", ".join(f"{pct(c['p2p_other'], 3)} of the {c['edit']} seeds (without control: "
+                                                   f"{pct(c['baseline_other'], 3)})" for c in ctx["pair_comparisons"])
+          + f"; the goal of at least {pct(GOAL_OTHER_KEPT, 3)} with the target reached at least {GOAL_RATE:g}x as often as "
+          f"without control is met by {ctx['n_pair_goals']} of the {len(ctx['pair_comparisons'])} two-object edit types."]
+         if ctx.get("pair_comparisons") else [])}
 

@@ -1,0 +1,201 @@
+"""Two objects per image: the generator, the reader read half by half, the "object not named by the
+edit is kept" measure on drawn images, the showcase's verdicts, config errors and the report's sentences."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_report import config as config_mod
+from diffusion_report.io import make_generator
+from diffusion_report.models import attributes, shapes, t2i
+from diffusion_report.report.sections import t2i as t2i_section
+from diffusion_report.stages import t2i as t2i_stage
+
+
+def pair_spec() -> shapes.ShapeSpec:
+    return shapes.ShapeSpec(two_objects=0.5, pair_radius=(2.5, 3.25))
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return attributes.AttributeReader(pair_spec()).fit(600, 0, 0.1)
+
+
+def draw(objects, background="white", cx=(4.0, 12.0), cy=(8.0, 8.0), radius=(3.0, 3.0)) -> torch.Tensor:
+    spec = pair_spec()
+    img, _ = shapes.render_pair(spec, [objects], [background], [list(cx)], [list(cy)], [list(radius)])
+    return img[0]
+
+
+# --------------------------------------------------------------------------- generator
+def test_pairs_lie_in_their_halves_and_match_their_captions():
+    spec = pair_spec()
+    b = shapes.sample_pairs(spec, 48, make_generator(0, "test/pairs"))
+    assert b.images.shape == (48, 3, 16, 16) and b.masks.shape == (48, 2, 16, 16)
+    half = (16 - shapes.PAIR_GAP) / 2
+    assert (b.cx[:, 0] + b.radius[:, 0] <= half + 1e-9).all() and (b.cx[:, 1] - b.radius[:, 1] >= half + shapes.PAIR_GAP - 1e-9).all()
+    assert ((b.radius >= 2.5) & (b.radius <= 3.25)).all()
+    for i in range(len(b)):
+        img = b.images[i].double()
+        bg = torch.tensor(shapes.hex_to_rgb(spec.backgrounds[b.background[i]]), dtype=torch.float64).view(3, 1, 1)
+        assert not (b.masks[i, 0] & b.masks[i, 1]).any()
+        for k, (colour, shape) in enumerate(b.objects[i]):
+            fg = torch.tensor(shapes.hex_to_rgb(spec.colours[colour]), dtype=torch.float64).view(3, 1, 1)
+            m = b.masks[i, k]
+            margin = ((img - bg) ** 2).sum(0).sqrt() - ((img - fg) ** 2).sum(0).sqrt()
+            assert (margin[m] > 1e-4).all(), f"image {i} object {k}: mask disagrees with pixels"
+            xs = torch.nonzero(m, as_tuple=True)[1]
+            assert (xs < 8).all() if k == 0 else (xs >= 8).all()
+        parsed = shapes.parse_pair_caption(spec, b.captions[i])
+        assert parsed == {"objects": [tuple(o) for o in b.objects[i]], "background": b.background[i]}
+        assert shapes.parse_caption(spec, b.captions[i]) is None  # not a one-object caption
+    for bad in ("a red circle and a blue square", "a red circle and a purple square on a white background",
+                "a red circle or a blue square on a white background", shapes.caption("red", "circle", "white")):
+        assert shapes.parse_pair_caption(spec, bad) is None, bad
+
+
+def test_mixed_batches_hold_pairs_at_the_configured_rate_and_one_object_draws_stay_as_they_were():
+    one = shapes.ShapeSpec()
+    images, captions = shapes.sample_mixed(one, 16, make_generator(0, "m"))
+    b = shapes.sample(one, 16, make_generator(0, "m"))
+    assert torch.equal(images, b.images) and captions == b.captions  # two_objects 0: the one-object generator's draws
+    spec = pair_spec()
+    images, captions = shapes.sample_mixed(spec, 400, make_generator(0, "m"))
+    again, captions2 = shapes.sample_mixed(spec, 400, make_generator(0, "m"))
+    assert torch.equal(images, again) and captions == captions2
+    pairs = [shapes.parse_pair_caption(spec, c) is not None for c in captions]
+    singles = [shapes.parse_caption(spec, c) is not None for c in captions]
+    assert all(p != s for p, s in zip(pairs, singles))
+    assert 0.4 < np.mean(pairs) < 0.6
+
+
+def test_the_pair_word_is_appended_so_one_object_token_ids_stay():
+    assert shapes.ShapeSpec().vocabulary() == pair_spec().vocabulary()[:-1] and pair_spec().vocabulary()[-1] == "and"
+    tok = t2i.build_tokenizer(pair_spec().vocabulary(), 16)
+    ids = t2i.tokenize(tok, [shapes.pair_caption([("red", "circle"), ("blue", "square")], "white")])[0].tolist()
+    assert len([i for i in ids if i > 3]) == 11 and 3 not in ids  # 11 known words, no unknown token
+    with pytest.raises(ValueError, match=r"pair_radius .* <= 3.75"):
+        shapes.ShapeSpec(two_objects=0.5, pair_radius=(2.5, 4.0))
+
+
+def test_model_config_of_one_object_data_ignores_the_pair_keys():
+    """A one-object recipe is the same with or without the pair keys (the shipped weights' config
+    stays valid); with two_objects > 0 they name the recipe."""
+    from test_t2i import TINY
+
+    a = copy.deepcopy(TINY)
+    b = copy.deepcopy(TINY)
+    b["data"].update(two_objects=0.0, pair_radius=[2.0, 3.0])
+    assert t2i.model_config(a) == t2i.model_config(b)
+    b["data"]["two_objects"] = 0.5
+    assert t2i.model_config(b)["data"]["two_objects"] == 0.5 and t2i.model_config(b)["data"]["pair_radius"] == [2.0, 3.0]
+
+
+# --------------------------------------------------------------------------- reader
+def test_the_reader_reads_each_object_of_a_pair(reader):
+    rows = attributes.reader_accuracy(reader, 100, 1, noise_levels=(0.0, 0.1))
+    assert list(rows["objects"]) == [1, 1, 2, 2] and list(rows["n"]) == [100, 100, 200, 200]
+    for row in rows[rows["objects"] == 2].to_dict("records"):
+        assert row["shape_acc"] >= 0.95 and row["colour_acc"] >= 0.99 and row["background_acc"] == 1.0, row
+        assert row["mask_iou"] >= 0.85 and row["centre_err_px"] < 0.5, row
+    left, right = reader.read_pair(draw([("red", "circle"), ("blue", "square")], "gray", cx=(3.5, 12.5), cy=(5.0, 11.0)))
+    assert (left.colour, left.shape, right.colour, right.shape) == ("red", "circle", "blue", "square")
+    assert left.background == right.background == "gray"
+    assert left.cx == pytest.approx(3.5, abs=0.2) and right.cx == pytest.approx(12.5, abs=0.2)
+    assert left.cy == pytest.approx(5.0, abs=0.2) and right.cy == pytest.approx(11.0, abs=0.2)
+
+
+# --------------------------------------------------------------------------- the "other object kept" measure
+def test_the_object_the_edit_does_not_name_is_scored_on_drawn_images(reader):
+    spec = pair_spec()
+    source = draw([("red", "circle"), ("blue", "square")])
+    truth = {"objects": [("red", "circle"), ("blue", "square")], "background": "white"}
+    case = t2i_stage.EditCase("pair_colour_swap", 0, shapes.pair_caption(truth["objects"], "white"),
+                             shapes.pair_caption([("red", "circle"), ("green", "square")], "white"), "replace", "colour", "green",
+                             ("shape", "background", "other"), None, truth, 1)
+
+    def score(objects, **kw):
+        return t2i_stage.score_pair(reader, case, source, draw(objects, **kw))
+
+    good = score([("red", "circle"), ("green", "square")])
+    assert good["source_ok"] and good["success"] and good["other_kept"] == 1.0 and good["all_kept"] and good["mask_iou"] == 1.0
+    nudged = score([("red", "circle"), ("green", "square")], cx=(4.5, 12.0))  # the other object moves 0.5 px: kept
+    assert nudged["other_kept"] == 1.0
+    moved = score([("red", "circle"), ("green", "square")], cx=(5.5, 12.0))  # 1.5 px: not in place
+    assert moved["success"] and moved["other_kept"] == 0.0 and not moved["all_kept"]
+    recoloured = score([("yellow", "circle"), ("green", "square")])
+    assert recoloured["success"] and recoloured["other_kept"] == 0.0
+    reshaped = score([("red", "triangle"), ("green", "square")])
+    assert reshaped["other_kept"] == 0.0
+    missed = score([("red", "circle"), ("blue", "square")])
+    assert not missed["success"] and missed["other_kept"] == 1.0
+    swapped_shape = score([("red", "circle"), ("green", "triangle")])  # the edited object's other attribute changes
+    assert swapped_shape["success"] and swapped_shape["other_kept"] == 1.0 and not swapped_shape["all_kept"]
+    assert swapped_shape["untouched_kept"] == pytest.approx(2 / 3)
+    # cases drawn for the evaluation: one object changes its attribute, the other and the background stay
+    for c in t2i_stage.edit_cases(spec, "pair_shape_swap", 12, 0, 1.0):
+        src, tgt = shapes.parse_pair_caption(spec, c.source), shapes.parse_pair_caption(spec, c.target)
+        assert src["objects"][1 - c.obj] == tgt["objects"][1 - c.obj] and src["background"] == tgt["background"]
+        assert src["objects"][c.obj][0] == tgt["objects"][c.obj][0] and tgt["objects"][c.obj][1] == c.target_value != src["objects"][c.obj][1]
+    assert {c.obj for c in t2i_stage.edit_cases(spec, "pair_colour_swap", 12, 0, 1.0)} == {0, 1}
+    with pytest.raises(ValueError, match="two_objects > 0"):
+        t2i_stage.edit_cases(shapes.ShapeSpec(), "pair_colour_swap", 2, 0, 1.0)
+
+
+def test_showcased_pair_edits_are_typed_and_judged(reader):
+    spec = pair_spec()
+    src = shapes.pair_caption([("red", "circle"), ("blue", "square")], "white")
+
+    def kind(tgt, mode="replace"):
+        return t2i_stage.edit_type(spec, {"source": src, "target": tgt, "mode": mode})
+
+    assert kind(shapes.pair_caption([("red", "circle"), ("green", "square")], "white")) == ("pair_colour_swap", "")
+    assert kind(shapes.pair_caption([("red", "triangle"), ("blue", "square")], "white")) == ("pair_shape_swap", "")
+    none, why = kind(shapes.pair_caption([("green", "circle"), ("green", "square")], "white"))
+    assert none is None and "object 1's colour, object 2's colour" in why
+    none, why = kind(shapes.pair_caption([("red", "circle"), ("blue", "square")], "gray"))
+    assert none is None and "background" in why
+    caps = [shapes.parse_pair_caption(spec, c) for c in (src, shapes.pair_caption([("red", "circle"), ("green", "square")], "white"))]
+    source = draw([("red", "circle"), ("blue", "square")])
+    ok = t2i_stage.judge_pair(reader, "pair_colour_swap", *caps, source, draw([("red", "circle"), ("green", "square")]))
+    assert ok["success"] and ok["cause"] == "" and ok["untouched_kept"]
+    bad = t2i_stage.judge_pair(reader, "pair_colour_swap", *caps, source, draw([("red", "circle"), ("green", "square")], cy=(10.0, 8.0)))
+    assert not bad["success"] and bad["reached"] and "the left object, which the edit does not name, changed or moved" in bad["cause"]
+    assert "2.0 px" in bad["cause"]
+
+
+# --------------------------------------------------------------------------- config and report
+def test_pair_edit_types_need_a_two_object_model():
+    from test_t2i import TINY
+
+    t2i_cfg = copy.deepcopy(TINY)
+    t2i_cfg["eval"]["edits"] = ["colour_swap", "pair_colour_swap"]
+    p2p = {"num_inference_steps": 5, "edits": []}
+    errs = config_mod.t2i_errors(t2i_cfg, p2p)
+    assert any(e.startswith("t2i.eval.edits: pair_colour_swap edit two-object captions") for e in errs), errs
+    t2i_cfg["data"].update(image_size=16, two_objects=0.5, pair_radius=[2.5, 3.25])
+    errs = config_mod.t2i_errors(t2i_cfg, p2p)
+    assert any(e.startswith("t2i.model.max_length: 12 cannot hold a two-object caption") for e in errs), errs
+    t2i_cfg["model"]["max_length"] = 16
+    assert config_mod.t2i_errors(t2i_cfg, p2p) == []
+    t2i_cfg["data"]["pair_radius"] = [2.5, 4.0]
+    assert any(e.startswith("t2i.data.pair_radius: [2.5, 4.0] needs min <= max <= 3.75") for e in config_mod.t2i_errors(t2i_cfg, p2p))
+    assert "and" in config_mod.embedded_vocabulary(t2i_cfg) and "and" not in config_mod.embedded_vocabulary(TINY)
+
+
+def test_pair_goal_sentences_follow_the_numbers():
+    assert t2i_section.meets_pair_goals(0.9, 1.0, 0.9)["all"]
+    assert not t2i_section.meets_pair_goals(0.9, 1.0, 0.85)["other"]
+    assert not t2i_section.meets_pair_goals(0.8, 1.0, 0.95)["rate"]
+    assert not t2i_section.meets_pair_goals(1.0, 1.0, float("nan"))["other"]
+    ctx = {"comparisons": [{"edit": "pair_colour_swap", "n": 24, "p2p_success": 1.0, "baseline_success": 1.0, "p2p_other": 0.95,
+                            "baseline_other": 0.25}], "n_edits": 1, "n_better_iou": 1, "n_better_success": 0, "n_goal_types": 0}
+    ctx["pair_comparisons"] = ctx["comparisons"]
+    ctx["n_pair_goals"] = 1
+    text = " ".join(t2i_section.answer(ctx, {})["sentences"])
+    assert "keeps its shape, colour and place (centroid within 1 px) in 95% of the pair_colour_swap seeds (without control: 25%)" in text
+    assert "is met by 1 of the 1 two-object edit types" in text
