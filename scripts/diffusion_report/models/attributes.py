@@ -214,63 +214,32 @@ def reader_accuracy(reader: AttributeReader, n: int, seed: int, noise_levels=(0.
     read centroid from the ground-truth mask's centroid), radius_err_px.
     """
     rows = []
-    if reader.spec.two_objects > 0:
-        rows += pair_reader_accuracy(reader, n, seed, noise_levels)
     for noise in noise_levels:
         g = make_generator(seed, f"t2i/reader/test/{noise}")
         b = shapes.sample(reader.spec, n, g)
         images = (b.images + noise * torch.randn(b.images.shape, generator=g)).clamp(-1, 1)
-        hits = {"shape": 0, "colour": 0, "background": 0}
-        ious, cerr, rerr = [], [], []
-        for i in range(n):
-            r = reader.read(images[i])
-            hits["shape"] += r.shape == b.shape[i]
-            hits["colour"] += r.colour == b.colour[i]
-            hits["background"] += r.background == b.background[i]
-            gt = b.masks[i].numpy()
-            ious.append(iou(r.mask, gt))
-            ys, xs = np.nonzero(gt)
-            cerr.append(float(np.hypot(r.cx - (xs.mean() + 0.5), r.cy - (ys.mean() + 0.5))) if r.mask.any() else np.nan)
-            rerr.append(abs(r.radius - float(b.radius[i])))
-        rows.append(
-            {
-                "objects": 1,
-                "noise": noise,
-                "n": n,
-                "shape_acc": hits["shape"] / n,
-                "colour_acc": hits["colour"] / n,
-                "background_acc": hits["background"] / n,
-                "mask_iou": float(np.mean(ious)),
-                "centre_err_px": float(np.nanmean(cerr)),
-                "radius_err_px": float(np.mean(rerr)),
-            }
-        )
-    order = ["objects", "noise", "n", "shape_acc", "colour_acc", "background_acc", "mask_iou", "centre_err_px", "radius_err_px"]
-    return pd.DataFrame(rows, columns=order).sort_values(["objects", "noise"], kind="stable").reset_index(drop=True)
+        reads = [(reader.read(images[i]), (b.shape[i], b.colour[i], b.background[i]), b.masks[i].numpy(), float(b.radius[i]))
+                 for i in range(n)]
+        rows.append(_accuracy_row(1, noise, reads))
+    if reader.spec.two_objects > 0:
+        for noise in noise_levels:
+            g = make_generator(seed, f"t2i/reader/test/pairs/{noise}")
+            b = shapes.sample_pairs(reader.spec, n, g)
+            images = (b.images + noise * torch.randn(b.images.shape, generator=g)).clamp(-1, 1)
+            reads = [(r, (b.objects[i][k][1], b.objects[i][k][0], b.background[i]), b.masks[i, k].numpy(), float(b.radius[i, k]))
+                     for i in range(n) for k, r in enumerate(reader.read_pair(images[i]))]
+            rows.append(_accuracy_row(2, noise, reads))
+    return pd.DataFrame(rows)
 
 
-def pair_reader_accuracy(reader: AttributeReader, n: int, seed: int, noise_levels=(0.0, 0.1, 0.2)) -> list[dict]:
-    """:func:`reader_accuracy`'s rows for ``n`` held-out two-object images (2n objects) per noise level."""
-    rows = []
-    for noise in noise_levels:
-        g = make_generator(seed, f"t2i/reader/test/pairs/{noise}")
-        b = shapes.sample_pairs(reader.spec, n, g)
-        images = (b.images + noise * torch.randn(b.images.shape, generator=g)).clamp(-1, 1)
-        hits = {"shape": 0, "colour": 0, "background": 0}
-        ious, cerr, rerr = [], [], []
-        for i in range(n):
-            for k, r in enumerate(reader.read_pair(images[i])):
-                colour, shape = b.objects[i][k]
-                hits["shape"] += r.shape == shape
-                hits["colour"] += r.colour == colour
-                hits["background"] += r.background == b.background[i]
-                gt = b.masks[i, k].numpy()
-                ious.append(iou(r.mask, gt))
-                ys, xs = np.nonzero(gt)
-                cerr.append(float(np.hypot(r.cx - (xs.mean() + 0.5), r.cy - (ys.mean() + 0.5))) if r.mask.any() else np.nan)
-                rerr.append(abs(r.radius - float(b.radius[i, k])))
-        m = 2 * n
-        rows.append({"objects": 2, "noise": noise, "n": m, "shape_acc": hits["shape"] / m, "colour_acc": hits["colour"] / m,
-                     "background_acc": hits["background"] / m, "mask_iou": float(np.mean(ious)),
-                     "centre_err_px": float(np.nanmean(cerr)), "radius_err_px": float(np.mean(rerr))})
-    return rows
+def _accuracy_row(objects: int, noise: float, reads: list[tuple[Reading, tuple[str, str, str], np.ndarray, float]]) -> dict:
+    """One row of :func:`reader_accuracy` from (reading, (shape, colour, background), true mask, true radius) per object."""
+    cerr = []
+    for r, _, gt, _ in reads:
+        ys, xs = np.nonzero(gt)
+        cerr.append(float(np.hypot(r.cx - (xs.mean() + 0.5), r.cy - (ys.mean() + 0.5))) if r.mask.any() else np.nan)
+    m = len(reads)
+    return {"objects": objects, "noise": noise, "n": m,
+            **{f"{a}_acc": sum(getattr(r, a) == t[j] for r, t, _, _ in reads) / m for j, a in enumerate(("shape", "colour", "background"))},
+            "mask_iou": float(np.mean([iou(r.mask, gt) for r, _, gt, _ in reads])), "centre_err_px": float(np.nanmean(cerr)),
+            "radius_err_px": float(np.mean([abs(r.radius - rad) for r, _, _, rad in reads]))}
