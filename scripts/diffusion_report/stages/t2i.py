@@ -500,7 +500,8 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
     df = per_seed.copy()
     for c in ("source_ok", "success", "all_kept"):
         df[c] = df[c].astype(float)
-    out = df.groupby(["edit", "method"], sort=False)[SUMMARY_COLUMNS].mean().reset_index()
+    columns = [c for c in SUMMARY_COLUMNS if c in df]  # other_kept: written by t2i_eval, not by the drawn-image evaluation
+    out = df.groupby(["edit", "method"], sort=False)[columns].mean().reset_index()
     out.insert(2, "n", df.groupby(["edit", "method"], sort=False).size().values)
     return out
 
