@@ -385,17 +385,26 @@ def score_reads(case: EditCase, rs: attributes.Reading, re_: attributes.Reading,
         raise ValueError(f"{case.edit}: a two-object case is scored by score_pair_reads")
     reached = (re_.size_word == case.target_value) if case.attribute == "size" else getattr(re_, case.attribute) == case.target_value
     kept = [getattr(rs, a) == getattr(re_, a) for a in case.untouched]
-    shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
+    source_ok = all(getattr(rs, a) == case.source_truth[a] for a in ATTRS)
+    return _scores(source_ok, reached, kept, rs, re_, source_img, edited_img, float("nan"))
+
+
+def _scores(source_ok: bool, reached: bool, kept: list[bool], s: attributes.Reading, e: attributes.Reading,
+            source_img: torch.Tensor, edited_img: torch.Tensor, kept_other: float) -> dict:
+    """One metric row: the verdicts given, and the layout measures of the edited object read as ``s``
+    in the source and ``e`` in the edited image (mask IoU, centroid shift, radius change) and the
+    images' pixel MAE."""
+    shift = float(np.hypot(s.cx - e.cx, s.cy - e.cy)) if s.mask.any() and e.mask.any() else float("nan")
     return {
-        "source_ok": all(getattr(rs, a) == case.source_truth[a] for a in ATTRS),
+        "source_ok": bool(source_ok),
         "success": bool(reached),
         "untouched_kept": float(np.mean(kept)),
         "all_kept": bool(all(kept)),
-        "mask_iou": attributes.iou(rs.mask, re_.mask),
+        "mask_iou": attributes.iou(s.mask, e.mask),
         "centroid_shift_px": shift,
-        "radius_change_px": re_.radius - rs.radius,
+        "radius_change_px": e.radius - s.radius,
         "pixel_mae": float((source_img - edited_img).abs().mean()),
-        "other_kept": float("nan"),
+        "other_kept": kept_other,
     }
 
 
@@ -422,18 +431,7 @@ def score_pair_reads(case: EditCase, rs: tuple[attributes.Reading, attributes.Re
     kept = [getattr(s_k, same) == getattr(e_k, same), s_k.background == e_k.background, kept_other]
     truth = case.source_truth
     source_ok = rs[0].background == truth["background"] and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, truth["objects"]))
-    shift = float(np.hypot(s_k.cx - e_k.cx, s_k.cy - e_k.cy)) if s_k.mask.any() and e_k.mask.any() else float("nan")
-    return {
-        "source_ok": bool(source_ok),
-        "success": bool(reached),
-        "untouched_kept": float(np.mean(kept)),
-        "all_kept": bool(all(kept)),
-        "mask_iou": attributes.iou(s_k.mask, e_k.mask),
-        "centroid_shift_px": shift,
-        "radius_change_px": e_k.radius - s_k.radius,
-        "pixel_mae": float((source_img - edited_img).abs().mean()),
-        "other_kept": float(kept_other),
-    }
+    return _scores(source_ok, reached, kept, s_k, e_k, source_img, edited_img, float(kept_other))
 
 
 def case_batch(pipe, cases: list[EditCase], seed: int) -> tuple[list[str], torch.Tensor]:
