@@ -587,3 +587,18 @@ def test_rule_functions_and_report_section(tmp_path, root):
     assert list(loc.columns) == t2i_stage.LOCALISATION_COLUMNS and set(loc["word"]) <= set(t2i_stage.CAPTION_ROLES)
     assert html.count("<figure") == 3 and html.count("<table") == 3 + (ctx["localisation"] is not None)
     assert f"{ctx['summary']['steps']} steps" in html
+
+
+def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):
+    from diffusion_report.report import render as report
+
+    env = report.environment(root / "report" / "templates")
+
+    def text(p_success, p_radius):
+        c = {"edit": "refine_big", "p2p_radius": p_radius, "baseline_radius": 0.875,
+             "goals": t2i_section.meets_goals(p_success, 0.79, 0.9, 0.66, 0.25)}
+        return " ".join(env.get_template("sections/t2i_refine.html.j2").render(ctx={"goal_comparisons": [c]}).split())
+
+    assert "its radius changes by 0.21 px on average with prompt-to-prompt against 0.88 px without control" in text(0.42, 0.208)
+    assert text(0.75, 0.208) == ""  # the rate is met: no cause to give
+    assert text(0.42, 1.2) == ""  # the object grew more than without control: not the cause

@@ -490,14 +490,18 @@ def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: 
 
 
 SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae",
-                   "other_kept"]
+                   "other_kept", "other_kept_source_ok"]
 
 
 def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each metric per (edit, method), edits in first-seen order, p2p before baseline."""
+    """Mean of each metric per (edit, method), edits in first-seen order, p2p before baseline;
+    ``other_kept_source_ok`` is ``other_kept``'s mean over the seeds whose source the reader finds
+    as captioned (``source_ok``): it separates what the controller does from what the model draws."""
     df = per_seed.copy()
     for c in ("source_ok", "success", "all_kept"):
         df[c] = df[c].astype(float)
+    if "other_kept" in df:  # the other object kept over the seeds whose source is as captioned (nan where none is)
+        df["other_kept_source_ok"] = df["other_kept"].where(df["source_ok"] == 1.0)
     columns = [c for c in SUMMARY_COLUMNS if c in df]  # other_kept: written by t2i_eval, not by the drawn-image evaluation
     out = df.groupby(["edit", "method"], sort=False)[columns].mean().reset_index()
     out.insert(2, "n", df.groupby(["edit", "method"], sort=False).size().values)
