@@ -34,6 +34,13 @@ def meets_pair_goals(p_success: float, b_success: float, p_other: float, p_other
     return {"rate": rate, "other": other, "all": rate and other, "sources_cause": sources_cause}
 
 
+def pair_losses(p_other: float, n: int, p_other_ok: float, n_ok: int) -> tuple[int, int]:
+    """(seeds whose other object is not kept, how many of them have a source not as captioned), from
+    the kept shares over all ``n`` seeds and over the ``n_ok`` whose source is as captioned."""
+    losses = int(round((1 - p_other) * n))
+    return losses, losses - (int(round((1 - p_other_ok) * n_ok)) if n_ok else 0)
+
+
 def meets_goals(p_success: float, b_success: float, p_iou: float, b_iou: float, p_shift: float) -> dict:
     """Which of the three goals one prompt-to-prompt result meets against its baseline."""
     rate = bool(p_success >= GOAL_RATE * b_success)
@@ -157,6 +164,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         if edit in PAIR_EDIT_TYPES:
             c = comparisons[-1]
             c["pair_goals"] = meets_pair_goals(p["success"], b["success"], c["p2p_other"], c["p2p_other_ok"])
+            c["losses"], c["losses_elsewhere"] = pair_losses(c["p2p_other"], c["n"], c["p2p_other_ok"], c["n_source_ok"])
     rows = [
         {
             "edit": r["edit"],
