@@ -597,7 +597,9 @@ def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):
     def text(p_success, p_radius):
         c = {"edit": "refine_big", "p2p_radius": p_radius, "baseline_radius": 0.875,
              "goals": t2i_section.meets_goals(p_success, 0.79, 0.9, 0.66, 0.25)}
-        return " ".join(env.get_template("sections/t2i_refine.html.j2").render(ctx={"goal_comparisons": [c]}).split())
+        out = env.get_template("sections/t2i_refine.html.j2").render(ctx={"goal_comparisons": [c]})
+        assert not out.strip() or out.lstrip("\n").startswith(" Refinement")  # a space from the sentence before it
+        return " ".join(out.split())
 
     assert "its radius changes by 0.21 px on average with prompt-to-prompt against 0.88 px without control" in text(0.42, 0.208)
     assert text(0.75, 0.208) == ""  # the rate is met: no cause to give
