@@ -26,8 +26,8 @@ def meets_pair_goals(p_success: float, b_success: float, p_other: float, p_other
     """Which goals one two-object prompt-to-prompt result meets: the target rate against the
     baseline's (as :func:`meets_goals`) and the object not named kept in >= :data:`GOAL_OTHER_KEPT`.
     ``sources_cause``: the other object is kept too rarely over all seeds but often enough over the
-    seeds whose source is as captioned (``p_other_ok``), so the misses lie where the model drew the
-    source wrong."""
+    seeds whose source is as captioned (``p_other_ok``); the report then counts the misses whose
+    source the model drew otherwise (:func:`pair_losses`)."""
     rate = bool(p_success >= GOAL_RATE * b_success)
     other = bool(p_other == p_other and p_other >= GOAL_OTHER_KEPT)
     sources_cause = bool(not other and p_other_ok == p_other_ok and p_other_ok >= GOAL_OTHER_KEPT)
