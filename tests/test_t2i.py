@@ -347,6 +347,7 @@ def test_the_reader_and_the_report_share_one_in_place_bound():
     """The stage judges "in place" with the bound the report's sentences state (the report layer
     cannot import the stage, which needs torch)."""
     assert t2i_stage.MAX_SHIFT_PX == t2i_section.GOAL_SHIFT_PX
+    assert t2i_stage.PAIR_EDIT_TYPES == t2i_section.PAIR_EDIT_TYPES  # the two-object edit types, written in both layers
 
 
 def test_showcase_sentences_follow_the_verdicts():

@@ -394,14 +394,13 @@ def _scores(source_ok: bool, reached: bool, kept: list[bool], s: attributes.Read
     """One metric row: the verdicts given, and the layout measures of the edited object read as ``s``
     in the source and ``e`` in the edited image (mask IoU, centroid shift, radius change) and the
     images' pixel MAE."""
-    shift = float(np.hypot(s.cx - e.cx, s.cy - e.cy)) if s.mask.any() and e.mask.any() else float("nan")
     return {
         "source_ok": bool(source_ok),
         "success": bool(reached),
         "untouched_kept": float(np.mean(kept)),
         "all_kept": bool(all(kept)),
         "mask_iou": attributes.iou(s.mask, e.mask),
-        "centroid_shift_px": shift,
+        "centroid_shift_px": centroid_shift(s, e),
         "radius_change_px": e.radius - s.radius,
         "pixel_mae": float((source_img - edited_img).abs().mean()),
         "other_kept": kept_other,
@@ -411,9 +410,19 @@ def _scores(source_ok: bool, reached: bool, kept: list[bool], s: attributes.Read
 def other_kept(rs: attributes.Reading, re_: attributes.Reading) -> bool:
     """The object an edit does not name keeps its shape, its colour and its place (centroid moved
     at most :data:`MAX_SHIFT_PX`) between the source reading ``rs`` and the edited one ``re_``."""
-    if not (rs.mask.any() and re_.mask.any()):
-        return False
-    return rs.shape == re_.shape and rs.colour == re_.colour and float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) <= MAX_SHIFT_PX
+    return rs.shape == re_.shape and rs.colour == re_.colour and centroid_shift(rs, re_) <= MAX_SHIFT_PX
+
+
+def centroid_shift(s: attributes.Reading, e: attributes.Reading) -> float:
+    """How far (px) the object read as ``s`` in one image and ``e`` in another moved; nan when
+    either image has no object (a nan compares false with any bound)."""
+    return float(np.hypot(s.cx - e.cx, s.cy - e.cy)) if s.mask.any() and e.mask.any() else float("nan")
+
+
+def pair_source_ok(rs: tuple[attributes.Reading, attributes.Reading], objects, background: str) -> bool:
+    """Whether :meth:`~attributes.AttributeReader.read_pair`'s readings (left, right) of a source
+    show its caption: ``objects`` [(colour, shape) left, right] on ``background``."""
+    return rs[0].background == background and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, objects))
 
 
 def score_pair_reads(case: EditCase, rs: tuple[attributes.Reading, attributes.Reading], re_: tuple[attributes.Reading, attributes.Reading],
@@ -429,8 +438,7 @@ def score_pair_reads(case: EditCase, rs: tuple[attributes.Reading, attributes.Re
     kept_other = other_kept(rs[1 - k], re_[1 - k])
     same = "shape" if case.attribute == "colour" else "colour"
     kept = [getattr(s_k, same) == getattr(e_k, same), s_k.background == e_k.background, kept_other]
-    truth = case.source_truth
-    source_ok = rs[0].background == truth["background"] and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, truth["objects"]))
+    source_ok = pair_source_ok(rs, case.source_truth["objects"], case.source_truth["background"])
     return _scores(source_ok, reached, kept, s_k, e_k, source_img, edited_img, float(kept_other))
 
 
@@ -682,13 +690,13 @@ def judge_pair(reader: attributes.AttributeReader, etype: str, source_caption: d
     src_objs, tgt_objs = source_caption["objects"], target_caption["objects"]
     k = next(i for i in range(2) if tuple(src_objs[i]) != tuple(tgt_objs[i]))
     rs, re_ = reader.read_pair(source_img), reader.read_pair(edited_img)
-    source_ok = rs[0].background == source_caption["background"] and all((r.colour, r.shape) == tuple(o) for r, o in zip(rs, src_objs))
+    source_ok = pair_source_ok(rs, src_objs, source_caption["background"])
     reached = getattr(re_[k], attr) == tgt_objs[k][0 if attr == "colour" else 1]
     same = "shape" if attr == "colour" else "colour"
     changed = [f"{a} {x} -> {y}" for a, x, y in ((same, getattr(rs[k], same), getattr(re_[k], same)),
                                                 ("background", rs[k].background, re_[k].background)) if x != y]
     kept_other = other_kept(rs[1 - k], re_[1 - k])
-    shift = float(np.hypot(rs[k].cx - re_[k].cx, rs[k].cy - re_[k].cy)) if rs[k].mask.any() and re_[k].mask.any() else float("nan")
+    shift = centroid_shift(rs[k], re_[k])
     side = ("left", "right")
     cause = []
     if not source_ok:
@@ -702,7 +710,7 @@ def judge_pair(reader: attributes.AttributeReader, etype: str, source_caption: d
     if not kept_other:
         o, e = rs[1 - k], re_[1 - k]
         cause.append(f"the {side[1 - k]} object, which the edit does not name, changed or moved "
-                     f"({o.colour} {o.shape} -> {e.colour} {e.shape}, {float(np.hypot(o.cx - e.cx, o.cy - e.cy)):.1f} px)")
+                     f"({o.colour} {o.shape} -> {e.colour} {e.shape}, {centroid_shift(o, e):.1f} px)")
     return {"measured": True, "source_ok": source_ok, "reached": bool(reached), "untouched_kept": not changed and kept_other,
             "centroid_shift_px": shift, "mask_iou": attributes.iou(rs[k].mask, re_[k].mask),
             "success": bool(source_ok and reached and not changed and kept_other and shift <= MAX_SHIFT_PX), "cause": "; ".join(cause)}
@@ -722,7 +730,7 @@ def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, 
         reached = getattr(re_, attr) == target_caption[attr]
     untouched = [a for a in ATTRS if a != attr]
     changed = [f"{a} {getattr(rs, a)} -> {getattr(re_, a)}" for a in untouched if getattr(rs, a) != getattr(re_, a)]
-    shift = float(np.hypot(rs.cx - re_.cx, rs.cy - re_.cy)) if rs.mask.any() and re_.mask.any() else float("nan")
+    shift = centroid_shift(rs, re_)
     in_place = shift <= MAX_SHIFT_PX
     cause = []
     if not source_ok:
