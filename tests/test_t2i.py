@@ -605,3 +605,15 @@ def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):
     assert "its radius changes by 0.21 px on average with prompt-to-prompt against 0.88 px without control" in text(0.42, 0.208)
     assert text(0.75, 0.208) == ""  # the rate is met: no cause to give
     assert text(0.42, 1.2) == ""  # the object grew more than without control: not the cause
+
+
+def test_grid_column_titles_wrap_to_their_cell(tmp_path, monkeypatch):
+    """A title wider than its cell is wrapped (the examples figure's "prompt-to-prompt" and "no
+    control" ran together in print); a short one stays on one line."""
+    import diffusion_report.io as io_mod
+
+    titles = []
+    monkeypatch.setattr(io_mod, "save_figure", lambda path, fig: titles.extend(ax.get_title() for ax in fig.axes[:3]))
+    images = [[torch.zeros(3, 16, 16)] * 3 for _ in range(10)]
+    t2i_stage.image_grid_figure(tmp_path / "g.png", images, [f"row {i}" for i in range(10)], ["source", "prompt-to-prompt", "no control"], cell=1.0)
+    assert titles == ["source", "prompt-to-\nprompt", "no control"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,8 +245,9 @@ def image_grid_figure(path, images: list[list[torch.Tensor]], row_labels: list[s
                 ax.imshow(to_uint8(row[j]), interpolation="nearest")
             else:
                 ax.axis("off")
-            if i == 0 and col_labels:
-                ax.set_title(col_labels[j], fontsize=figures.MIN_FONT_PT)
+            if i == 0 and col_labels:  # wrapped to the cell's width (at hyphens and spaces), or neighbours run together
+                ax.set_title(textwrap.fill(col_labels[j], width=max(6, int(cell * 72 / (0.6 * figures.MIN_FONT_PT)))),
+                             fontsize=figures.MIN_FONT_PT)
         axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=figures.MIN_FONT_PT)
     fig.tight_layout(pad=0.3)
     save_figure(path, fig)
