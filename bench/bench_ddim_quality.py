@@ -23,7 +23,6 @@ from _common import side_by_side, write_rows
 
 from diffusion_report.core import samplers
 from diffusion_report.core.schedules import Schedule
-from diffusion_report.io import make_generator
 from diffusion_report.models import ddpm
 from diffusion_report.models.loading import autocast
 from diffusion_report.stages import ddim as ddim_stage
@@ -55,19 +54,19 @@ def main(argv=None) -> None:
     x_T = ddim_stage.make_x_T((args.num_samples, *ddpm.image_shape(unet)), SEED).to(dev)
     variants = quality_variants(args.etas, True)
 
-    def gens():
-        return {v: make_generator(SEED, v) for v in variants}
+    def gens():  # the rule's noise: every variant on the stage's one Brownian path
+        return {v: ddim_stage.noise_path(SEED, schedule.T, x_T.shape) for v in variants}
 
     rows = []
     for S in args.steps:
         def stacked():
             with autocast(dev, args.precision):
-                return samplers.sample_variants(unet, x_T, schedule, S, variants, generators=gens())
+                return samplers.sample_variants(unet, x_T, schedule, S, variants, noise=gens())
 
         def separate():
             g = gens()
             with autocast(dev, args.precision):
-                return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], generators={v: g[v]})[v] for v in variants}
+                return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], noise={v: g[v]})[v] for v in variants}
 
         a, b = stacked(), separate()
         worst = max(float((a[v] - b[v]).abs().max()) for v in variants)

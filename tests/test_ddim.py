@@ -307,6 +307,87 @@ def test_image_metrics():
 
 
 # ------------------------------------------------------------------------------------------
+# the noise: one Brownian path shared across step counts (common random numbers)
+# ------------------------------------------------------------------------------------------
+def test_brownian_noise_is_standard_normal_and_independent_per_step():
+    """Each z of a strided chain is N(0, 1) (mean, variance) and uncorrelated with the chain's
+    other steps, whatever the stride: the sampler's law is not changed by sharing the path."""
+    T, shape = 100, (20000,)
+    ts = [100, 73, 70, 41, 40, 1, 0]  # strides 27, 3, 29, 1, 39, 1
+    noise = samplers.BrownianNoise(torch.Generator().manual_seed(0), T, shape, dtype=torch.float64)
+    zs = torch.stack([noise(t, tp) for t, tp in zip(ts, ts[1:])])
+    assert zs.mean(1).abs().max() < 0.03  # 4 sigma of a mean of 20000 N(0, 1)
+    assert (zs.var(1) - 1).abs().max() < 0.05
+    corr = torch.corrcoef(zs)
+    off = corr - torch.eye(len(zs), dtype=corr.dtype)
+    assert off.abs().max() < 0.04
+
+
+def test_brownian_noise_coarse_step_is_the_sum_of_fine_steps():
+    """A coarse step's z * sqrt(stride) is the sum of the fine steps' z * sqrt(their strides) on
+    the same path: the property that couples samplers with different S; a path started at a
+    lower t is the same path (increments above it are drawn and dropped)."""
+    T, shape = 40, (3, 1, 4, 4)
+    fine_ts = list(range(37, -1, -1))
+    fine = samplers.BrownianNoise(torch.Generator().manual_seed(5), T, shape, dtype=torch.float64)
+    fine_z = {t: fine(t, t - 1) for t in fine_ts[:-1]}
+    coarse = samplers.BrownianNoise(torch.Generator().manual_seed(5), T, shape, dtype=torch.float64)
+    for t, tp in ((37, 30), (30, 29), (29, 10), (10, 0)):
+        want = sum(fine_z[k] for k in range(t, tp, -1)) / math.sqrt(t - tp)
+        torch.testing.assert_close(coarse(t, tp), want, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="out of order"):
+        coarse(5, 3)  # the path is at t = 0 now
+    # rows: a batch's slice of the full-shape draws
+    part = samplers.BrownianNoise(torch.Generator().manual_seed(5), T, shape, dtype=torch.float64, rows=slice(1, 3))
+    torch.testing.assert_close(part(37, 30), (sum(fine_z[k] for k in range(37, 30, -1)) / math.sqrt(7))[1:3])
+
+
+def test_brownian_noise_at_S_equal_T_is_the_generators_draws(unet, x_T):
+    """At S = T the path's increments are the generator's draws in order: DDPM and DDIM (eta = 1)
+    on a BrownianNoise give the bytes of the same samplers drawing from the generator."""
+    schedule = Schedule.from_betas(DDIMScheduler(num_train_timesteps=T_TINY).betas.double())
+
+    def path():
+        return samplers.BrownianNoise(torch.Generator().manual_seed(11), T_TINY, x_T.shape)
+
+    ddpm_gen = samplers.ddpm_sample(unet, x_T, schedule, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(samplers.ddpm_sample(unet, x_T, schedule, noise_sampler=path()), ddpm_gen)
+    ddim_gen = samplers.ddim_sample(unet, x_T, schedule, T_TINY, eta=1.0, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(samplers.ddim_sample(unet, x_T, schedule, T_TINY, eta=1.0, noise_sampler=path()), ddim_gen)
+
+
+def test_brownian_noise_couples_step_counts(unet, x_T):
+    """The point of the shared path: eta = 1 samples at S = 25 and S = T land much closer to each
+    other on one path than with independent draws per S (computed, both ways)."""
+    schedule = Schedule.from_betas(DDIMScheduler(num_train_timesteps=T_TINY).betas.double())
+
+    def run(S, noise):
+        return samplers.ddim_sample(unet, x_T, schedule, S, eta=1.0, noise_sampler=noise)
+
+    shared = [run(S, samplers.BrownianNoise(torch.Generator().manual_seed(1), T_TINY, x_T.shape)) for S in (25, T_TINY)]
+    indep = [run(S, samplers.independent_noise(torch.Generator().manual_seed(S), x_T.shape)) for S in (25, T_TINY)]
+    d_shared = float((shared[0] - shared[1]).pow(2).mean())
+    d_indep = float((indep[0] - indep[1]).pow(2).mean())
+    assert d_shared < 0.25 * d_indep, (d_shared, d_indep)
+
+
+def test_stage_noise_does_not_depend_on_the_batch_size(model_dir, tmp_path):
+    """ddim_sample at eta > 0 and the DDPM baseline take row i's noise from row i of the stage's
+    path, so splitting x_T into batches changes nothing beyond float rounding."""
+    x_T_path = tmp_path / "x_T.safetensors"
+    ddim_stage.ddim_x_T(x_T_path, str(model_dir), num_samples=5, step_counts=[4], seed=2)
+    out = {}
+    for sampler in ("ddim", "ddpm"):
+        for bs in (None, 2):
+            dcfg = {"eta": 0.7, "skip_type": "uniform", "clip_sample": False, "batch_size": bs, "precision": "float32"}
+            path = tmp_path / f"{sampler}_{bs}.safetensors"
+            ddim_stage.ddim_sample(x_T_path, path, tmp_path / f"{sampler}_{bs}.json", str(model_dir), dcfg, seed=2,
+                                   device="cpu", sampler=sampler, num_steps=4 if sampler == "ddim" else None)
+            out[(sampler, bs)] = io.load_tensor(path)[0]
+        torch.testing.assert_close(out[(sampler, None)], out[(sampler, 2)], atol=1e-5, rtol=0)
+    assert (out[("ddim", None)] - out[("ddpm", None)]).abs().max() > 1e-2  # two samplers, not one
+
+
 # DDIM paper experiments: Table 1 variants, inversion (Table 2), interpolation (Figure 6)
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("steps", [5, T_TINY])
@@ -322,8 +403,8 @@ def test_sample_variants_match_diffusers(unet, x_T, steps):
         sched.alphas_cumprod = sched.alphas_cumprod.double()
         ref = diffusers_ddim(unet64, x64, sched, steps, eta=eta, seed=3)
         schedule = schedule_of(sched)
-        got = samplers.sample_variants(unet64, x64, schedule, steps, [f"eta={eta}"],
-                                   generators={f"eta={eta}": torch.Generator().manual_seed(3)})[f"eta={eta}"]
+        noise = {f"eta={eta}": samplers.independent_noise(torch.Generator().manual_seed(3), x64.shape, x64.dtype)}
+        got = samplers.sample_variants(unet64, x64, schedule, steps, [f"eta={eta}"], noise=noise)[f"eta={eta}"]
         assert (got - ref).abs().max().item() <= 1e-5, eta
         out[eta] = got
     sched = DDPMScheduler(num_train_timesteps=T_TINY, clip_sample=False, variance_type="fixed_large")
@@ -334,8 +415,8 @@ def test_sample_variants_match_diffusers(unet, x_T, steps):
     with torch.no_grad():
         for k in sched.timesteps:
             x = sched.step(unet64(x, k).sample, k, x, generator=gen).prev_sample
-    got = samplers.sample_variants(unet64, x64, schedule_of(sched), steps, ["sigma_hat"],
-                               generators={"sigma_hat": torch.Generator().manual_seed(4)})["sigma_hat"]
+    noise = {"sigma_hat": samplers.independent_noise(torch.Generator().manual_seed(4), x64.shape, x64.dtype)}
+    got = samplers.sample_variants(unet64, x64, schedule_of(sched), steps, ["sigma_hat"], noise=noise)["sigma_hat"]
     assert (got - x).abs().max().item() <= 1e-5
     # the variants really differ: eta = 0 is not eta = 1 is not sigma_hat
     assert (out[0.0] - out[1.0]).abs().max() > 1e-2 and (got - out[1.0]).abs().max() > 1e-2
@@ -343,10 +424,11 @@ def test_sample_variants_match_diffusers(unet, x_T, steps):
 
 def test_sample_variants_batched_equal_separate(unet, x_T):
     """Stacking variants into one UNet batch changes nothing beyond float rounding."""
-    gens = lambda: {"eta=0.0": torch.Generator().manual_seed(1), "sigma_hat": torch.Generator().manual_seed(2)}  # noqa: E731
     schedule = Schedule.from_betas(DDIMScheduler(num_train_timesteps=T_TINY).betas.double())
-    both = samplers.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], generators=gens())
-    alone = samplers.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], generators=gens())
+    gens = lambda: {v: samplers.BrownianNoise(torch.Generator().manual_seed(2), schedule.T, x_T.shape)  # noqa: E731
+                    for v in ("eta=0.0", "sigma_hat")}
+    both = samplers.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], noise=gens())
+    alone = samplers.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], noise=gens())
     torch.testing.assert_close(both["sigma_hat"], alone["sigma_hat"], atol=1e-5, rtol=0)
     torch.testing.assert_close(both["eta=0.0"], samplers.ddim_sample(unet, x_T, schedule, 10), atol=1e-5, rtol=0)
 
@@ -429,6 +511,8 @@ def _quality_table(fd: dict, err: float = 0.5, conf: float = 0.95, pix: float = 
 def test_ordering_claims_follow_the_numbers():
     """The paper's ordering (eta = 0 best at few steps, sigma-hat best at 1000) is claimed only when
     the numbers show it beyond twice the bootstrap error; contrary numbers flip the verdict."""
+    import pandas as pd
+
     from diffusion_report.report.sections.ddim import ordering_claims
 
     paper_like = {("eta=0", 10): 5.0, ("eta=1", 10): 20.0, ("sigma_hat", 10): 90.0,
@@ -445,6 +529,12 @@ def test_ordering_claims_follow_the_numbers():
     close = dict(paper_like)
     close[("eta=1", 1000)] = 1.5  # within 2 x sqrt(2) x 0.5 of sigma-hat
     assert ordering_claims(_quality_table(close))["many"]["verdict"] == "tied"
+    # with the paired errors of the pairs table (the cells share x_T and the noise path), a
+    # difference the quadrature bound cannot resolve is resolved: eta = 1 is below eta = 0
+    paired = pd.DataFrame([{"variant": "eta=0 -> eta=1", "steps_from": 10, "steps_to": 10, "fd_change": -0.5,
+                            "change_boot_std": 0.1, "neighbours": True}])
+    assert ordering_claims(_quality_table(noisy), paired)["few"]["verdict"] == "differs"
+    assert ordering_claims(_quality_table(noisy), paired.assign(change_boot_std=0.4))["few"]["verdict"] == "tied"
 
 
 def test_quality_goals_and_neighbour_resolution_flip():
@@ -459,6 +549,10 @@ def test_quality_goals_and_neighbour_resolution_flip():
     assert not bad["confident_ok"] and not bad["recog_ok"] and not bad["pixel_ok"]
     pairs = pd.DataFrame({"fd_change": [-1.0, -0.1], "change_boot_std": [0.2, 0.2]})
     assert neighbours_resolved(pairs) == {"resolved": 1, "total": 2, "factor": 2.0}
+    # rows of two variants that are not neighbours in the table are not counted
+    pairs["neighbours"] = [True, True]
+    far = pd.DataFrame({"fd_change": [-5.0], "change_boot_std": [0.1], "neighbours": [False]})
+    assert neighbours_resolved(pd.concat([pairs, far])) == {"resolved": 1, "total": 2, "factor": 2.0}
 
 
 def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):

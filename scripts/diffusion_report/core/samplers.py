@@ -19,6 +19,12 @@ Timestep selection (``skip_type``), as in ermongroup/ddim's ``runners/diffusion.
 * ``quadratic`` tau_i = floor((i * sqrt(0.8 T) / (S - 1))^2) + 1, duplicates removed.
 
 
+The noise z of a stochastic step t -> t' comes from a *noise sampler*, a callable ``(t, t') -> z`` of x_T's shape:
+:func:`independent_noise` draws one fresh tensor per step (the order of diffusers' schedulers);
+:class:`BrownianNoise` takes z from one Brownian path on the timestep grid 0..T, so samplers with
+different S (and different eta) that share the path share their randomness (common random numbers),
+while every z is still exactly N(0, I) and independent of the other steps of its own chain.
+
 Every sampler takes ``(unet, scheduler-free schedule, x_T, ...)`` and returns x_0 of x_T's shape
 (B, C, H, W); the model is only called, never loaded, here (see :mod:`diffusion_report.models`).
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,6 +41,77 @@ import torch
 from diffusion_report.core.schedules import Schedule
 
 SKIP_TYPES = ("uniform", "quadratic")
+
+
+# --------------------------------------------------------------------------------------------
+# noise samplers: (t, t') -> z for the step t -> t', x_T's shape, on the CPU
+# --------------------------------------------------------------------------------------------
+NoiseSampler = Callable[[int, int], torch.Tensor]
+
+
+def independent_noise(generator: torch.Generator, shape, dtype=torch.float32) -> NoiseSampler:
+    """One fresh N(0, I) draw of ``shape`` from ``generator`` per call, whatever (t, t') is:
+    the draws diffusers' schedulers make with the same generator."""
+
+    def draw(t: int, t_prev: int) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype)
+
+    return draw
+
+
+class BrownianNoise:
+    """z for a step t -> t' from one Brownian path W on the timestep grid (common random numbers).
+
+    The path's unit increments xi_k = W(k) - W(k - 1) ~ N(0, I), k = T..1, are drawn from
+    ``generator`` in that order, each of shape ``shape``; a step t -> t' (t > t') gets
+
+        z = (W(t) - W(t')) / sqrt(t - t') = sum_{k = t'+1..t} xi_k / sqrt(t - t'),
+
+    which is exactly N(0, I), independent of the other (disjoint) steps of the chain. So a sampler's
+    law is unchanged, but two samplers that use the same path (same seed) at different S see the
+    same randomness: at S = T, z_t = xi_t is the ancestral sampler's draw in order (DDPM drawn from
+    ``generator`` directly gives the same bytes), and a coarse step's z is the normalised sum of the
+    fine steps' z it spans (the idea of k-diffusion's ``BrownianTreeNoiseSampler``, here on the
+    discrete grid, drawn sequentially). Differences between cells of DDIM's Table 1 then carry much
+    less sampling noise than with independent draws per cell.
+
+    Steps must be asked for in decreasing, non-overlapping order (t of a call <= t' of the last);
+    increments above the first t are drawn and dropped, so the path does not depend on where a
+    sampler starts. ``rows`` returns those rows of each z (a batch of a larger x_T: drawing the
+    full shape keeps a sample's noise independent of the batch size).
+    """
+
+    def __init__(self, generator: torch.Generator, T: int, shape, dtype=torch.float32, rows: slice | None = None):
+        self.generator, self.shape, self.dtype, self.rows = generator, tuple(shape), dtype, rows
+        self.k = int(T)  # the next increment to draw is xi_k, the interval (k - 1, k]
+
+    def _draw(self) -> torch.Tensor:
+        self.k -= 1
+        return torch.randn(self.shape, generator=self.generator, dtype=self.dtype)
+
+    def __call__(self, t: int, t_prev: int) -> torch.Tensor:
+        t, t_prev = int(t), int(t_prev)
+        if not 0 <= t_prev < t <= self.k:
+            raise ValueError(
+                f"BrownianNoise: step {t} -> {t_prev} is out of order (steps must decrease and not overlap; "
+                f"the path is at t = {self.k})"
+            )
+        while self.k > t:  # above the sampler's first timestep
+            self._draw()
+        z = self._draw()
+        while self.k > t_prev:
+            z = z + self._draw()
+        if t - t_prev > 1:
+            z = z / math.sqrt(t - t_prev)
+        return z if self.rows is None else z[self.rows]
+
+
+def _noise_for(noise_sampler, generator, x: torch.Tensor, who: str):
+    if noise_sampler is not None:
+        return noise_sampler
+    if generator is None:
+        raise ValueError(f"{who}: a stochastic sampler needs a generator or a noise sampler (randomness is always explicit)")
+    return independent_noise(generator, x.shape, x.dtype)
 
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -214,16 +292,17 @@ def ddim_sample(
     clip_sample: bool = False,
     prediction_type: str = "epsilon",
     generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Run DDIM from x_T (B, C, H, W) with ``num_steps`` network evaluations; returns x_0 (B, C, H, W).
 
     The timestep pairs (t, t') are consecutive entries of :func:`select_timesteps` followed by
-    t' = 0. With eta > 0 the noise z is drawn from ``generator`` (required then), one draw of
-    shape x_T.shape per step, on the CPU, so results do not depend on the device's RNG.
+    t' = 0. With eta > 0 the noise z of each step comes from ``noise_sampler`` (t, t') -> z, or,
+    without one, from ``generator`` (:func:`independent_noise`); one of them is required then. Noise
+    is drawn on the CPU, so results do not depend on the device's RNG.
     """
-    if eta > 0 and generator is None:
-        raise ValueError("ddim_sample: eta > 0 needs a generator (randomness is always explicit)")
+    noise_of = _noise_for(noise_sampler, generator, x_T, "ddim_sample") if eta > 0 else None
     f = _eps_model(unet)
     ts = select_timesteps(num_steps, schedule.T, skip_type)
     prevs = ts[1:] + [0]
@@ -231,9 +310,7 @@ def ddim_sample(
     x = x_T
     for t, t_prev in _progress(list(zip(ts, prevs)), f"DDIM {num_steps}", progress):
         out = f(x, t)
-        noise = None
-        if eta > 0:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = noise_of(t, t_prev).to(x.device, x.dtype) if noise_of is not None else None
         x, _ = ddim_step(
             out, x, float(ab[t]), float(ab[t_prev]), eta=eta, clip_sample=clip_sample,
             prediction_type=prediction_type, noise=noise,
@@ -249,7 +326,7 @@ def sample_variants(
     num_steps: int,
     variants: list[str],
     *,
-    generators: dict[str, torch.Generator],
+    noise: dict[str, NoiseSampler],
     skip_type: str = "uniform",
     clip_sample: bool = False,
     prediction_type: str = "epsilon",
@@ -259,9 +336,9 @@ def sample_variants(
     ``variants``: ``"eta=<value>"`` (DDIM eq. 12 with sigma of eq. 16) or ``"sigma_hat"`` (the
     strided DDPM step with sigma^2 = 1 - abar_t / abar_{t'}, see :func:`ddpm_posterior_step`).
     One UNet call per step serves every variant (their x_t are stacked into one batch); each
-    variant draws its noise z from its own generator, one x_T-shaped CPU draw per step that
-    needs noise, so a variant's samples do not depend on which others run beside it.
-    Returns {variant: x_0 (B, C, H, W)}.
+    variant takes its noise z from its own noise sampler ``noise[variant]`` ((t, t') -> z, called
+    only for the steps that need noise), so a variant's samples do not depend on which others run
+    beside it. Returns {variant: x_0 (B, C, H, W)}.
     """
     f = _eps_model(unet)
     ts = select_timesteps(num_steps, schedule.T, skip_type)
@@ -279,13 +356,13 @@ def sample_variants(
         for v, o in zip(variants, out):
             a_t, a_prev = float(ab[t]), float(ab[t_prev])
             if v == "sigma_hat":
-                noise = torch.randn(x_T.shape, generator=generators[v], dtype=x_T.dtype).to(x_T.device) if t_prev > 0 else None
+                z = noise[v](t, t_prev).to(x_T.device, x_T.dtype) if t_prev > 0 else None
                 xs[v] = ddpm_posterior_step(o, xs[v], a_t, a_prev, variance="large", clip_sample=clip_sample,
-                                            prediction_type=prediction_type, noise=noise)
+                                            prediction_type=prediction_type, noise=z)
             else:
-                noise = torch.randn(x_T.shape, generator=generators[v], dtype=x_T.dtype).to(x_T.device) if etas[v] > 0 else None
+                z = noise[v](t, t_prev).to(x_T.device, x_T.dtype) if etas[v] > 0 else None
                 xs[v], _ = ddim_step(o, xs[v], a_t, a_prev, eta=etas[v], clip_sample=clip_sample,
-                                     prediction_type=prediction_type, noise=noise)
+                                     prediction_type=prediction_type, noise=z)
     return xs
 
 
@@ -345,20 +422,24 @@ def ddpm_sample(
     x_T: torch.Tensor,
     schedule: Schedule,
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     clip_sample: bool = False,
     prediction_type: str = "epsilon",
     progress: bool = False,
 ) -> torch.Tensor:
     """DDPM ancestral sampling (Algorithm 2) over all T steps from x_T (B, C, H, W) -> x_0.
 
-    z is drawn from ``generator`` on the CPU, one x_T-shaped draw for each t = T..2.
+    z for t = T..2 comes from ``noise_sampler`` (t, t - 1) -> z or, without one, from
+    ``generator``, one x_T-shaped CPU draw per step; both give the same bytes for a
+    :class:`BrownianNoise` on that generator.
     """
+    noise_of = _noise_for(noise_sampler, generator, x_T, "ddpm_sample")
     f = _eps_model(unet)
     x = x_T
     for t in _progress(range(schedule.T, 0, -1), f"DDPM {schedule.T}", progress):
         out = f(x, t)
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if t > 1 else None
+        noise = noise_of(t, t - 1).to(x.device, x.dtype) if t > 1 else None
         x = ddpm_step(out, x, t, schedule, clip_sample=clip_sample, prediction_type=prediction_type, noise=noise)
     return x
 

@@ -52,9 +52,26 @@ def ddim_x_T(out_path: str | Path, model: str, *, num_samples: int, step_counts,
     save_tensor(out_path, x_T, {"seed": int(seed), "name": "ddim_x_T"})
 
 
+NOISE_PATH = "ddim_noise"
+
+
+def noise_path(seed: int, T: int, shape, rows: slice | None = None) -> samplers.BrownianNoise:
+    """The stage's one Brownian noise path over x_T's full ``shape`` (``rows`` of it for a batch),
+    from generator (``ddim_noise``). Every stochastic sampler of the stage takes its z from it (DDIM
+    at eta > 0, the DDPM baseline, the cells of the DDIM paper's Table 1), so cells that differ by
+    their sampler or their S share x_T *and* their randomness, and a sample's noise does not
+    depend on the batch it was drawn in (:class:`~diffusion_report.core.samplers.BrownianNoise`)."""
+    return samplers.BrownianNoise(make_generator(int(seed), NOISE_PATH), int(T), tuple(shape), rows=rows)
+
+
 def _sample_batches(fn, x_T: torch.Tensor, device, batch_size: int | None) -> torch.Tensor:
-    xs = [x_T] if not batch_size else list(x_T.split(batch_size))
-    return torch.cat([fn(x.to(device)).to("cpu", torch.float32) for x in xs])
+    """``fn(x_batch, rows)`` over x_T split into batches (``rows``: the batch's slice of x_T)."""
+    size = int(batch_size) if batch_size else x_T.shape[0]
+    outs = []
+    for i in range(0, x_T.shape[0], size):
+        rows = slice(i, min(i + size, x_T.shape[0]))
+        outs.append(fn(x_T[rows].to(device), rows).to("cpu", torch.float32))
+    return torch.cat(outs)
 
 
 def ddim_sample(
@@ -73,7 +90,8 @@ def ddim_sample(
 
     ``dcfg`` is the ``ddim`` config block (eta, skip_type, clip_sample, batch_size, precision). ``sampler``
     is ``ddim`` (with ``num_steps``) or ``ddpm`` (all T steps). Writes the samples (safetensors,
-    deterministic) and, separately, the wall time (JSON; times vary run to run).
+    deterministic) and, separately, the wall time (JSON; times vary run to run). The noise of
+    DDIM at eta > 0 and of DDPM is the stage's one path (:func:`noise_path`).
     """
     from diffusion_report.models.loading import autocast, resolve_device, resolve_precision
 
@@ -89,20 +107,19 @@ def ddim_sample(
     seed = int(seed)
     if sampler == "ddim":
         S = int(num_steps)
-        gen = make_generator(seed, f"ddim_eta_noise_{S}")
         nfe = len(samplers.select_timesteps(S, schedule.T, skip))
 
-        def fn(x):
+        def fn(x, rows):
             return samplers.ddim_sample(unet, x, schedule, S, eta=eta, skip_type=skip, clip_sample=clip,
-                               prediction_type=prediction_type, generator=gen, progress=True)
+                               prediction_type=prediction_type, progress=True,
+                               noise_sampler=noise_path(seed, schedule.T, x_T.shape, rows))
 
         meta = {"sampler": "ddim", "steps": S, "nfe": nfe, "eta": eta, "skip_type": skip, "clip_sample": clip}
     elif sampler == "ddpm":
-        gen = make_generator(seed, "ddpm_baseline_noise")
 
-        def fn(x):
-            return samplers.ddpm_sample(unet, x, schedule, generator=gen, clip_sample=clip,
-                               prediction_type=prediction_type, progress=True)
+        def fn(x, rows):
+            return samplers.ddpm_sample(unet, x, schedule, noise_sampler=noise_path(seed, schedule.T, x_T.shape, rows),
+                               clip_sample=clip, prediction_type=prediction_type, progress=True)
 
         meta = {"sampler": "ddpm", "steps": schedule.T, "nfe": schedule.T, "eta": 1.0, "skip_type": "all", "clip_sample": clip}
     else:

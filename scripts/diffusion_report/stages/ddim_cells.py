@@ -32,7 +32,8 @@ def reused_cells(sampling: dict, steps: int, step_counts, variants, *, ddpm_base
     * rule ``ddim_sample`` made the stage's own eta at each S of ``ddim.step_counts``;
     * rule ``ddim_ddpm_baseline`` is DDIM's eta = 1 at S = T with uniform steps: with consecutive
       timesteps, eq. 16's sigma at eta = 1 is the posterior variance beta-tilde that the baseline
-      uses (same update, same clipping; only the noise draws differ, from their own generator).
+      uses (same update, same clipping, and the same noise: the stage's one Brownian path, whose
+      increments at S = T are the baseline's draws).
     """
     out = {}
     steps = int(steps)

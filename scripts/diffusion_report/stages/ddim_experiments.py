@@ -5,8 +5,10 @@
   x_T. Each cell is scored by a Frechet distance on the digit reader's penultimate features
   against held-out real digits ("FID on classifier features": the same formula as FID, another
   feature space, so the numbers are not comparable to the paper's, only their ordering is), with
-  a paired bootstrap error: every cell starts from the same x_T, so resampling the sample indices
-  jointly gives the error of each cell and of each difference between neighbouring cells.
+  a paired bootstrap error: every cell starts from the same x_T and takes its noise from the same
+  Brownian path (:func:`diffusion_report.stages.ddim.noise_path`: common random numbers), so
+  resampling the sample indices jointly gives the error of each cell and of each difference
+  between cells, and those differences carry far less sampling noise than independent cells would.
 * **Reconstruction** (Table 2): held-out real digits encoded to x_T with the DDIM ODE run forward
   (:func:`diffusion_report.core.samplers.ddim_invert`) and decoded with DDIM (eta = 0) at the same S; per-pixel MSE on the
   [0, 1] scale.
@@ -55,11 +57,13 @@ def ddim_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int
                         sampling: dict, seed: int, device: str = "auto") -> None:
     """Rule ``ddim_quality_samples``: the Table 1 variants at one S from the stage's x_T.
 
-    ``sampling``: skip_type, clip_sample (as for the stage's samplers). Each variant's noise comes
-    from its own generator ``ddim_quality_<variant>_<S>``.
+    ``sampling``: skip_type, clip_sample (as for the stage's samplers). Every variant's noise comes
+    from the stage's one Brownian path (:func:`diffusion_report.stages.ddim.noise_path`), the same
+    at every S and for every variant: the cells differ by their sampler, not by their draws.
     """
     from diffusion_report.models.ddpm import load_model
     from diffusion_report.models.loading import autocast, resolve_device, resolve_precision
+    from diffusion_report.stages.ddim import noise_path
 
     dev = resolve_device(device)
     precision = resolve_precision(sampling.get("precision", "float32"), dev)
@@ -67,9 +71,9 @@ def ddim_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int
     x_T, _ = load_tensor(x_T_path)
     # all variants stacked into one UNet batch: the same bytes as one variant after another, and on
     # 2 CPU cores 1.13-1.18x faster in bfloat16, even (0.99-1.03x) in float32 (bench/bench_ddim_quality.py)
-    gens = {v: make_generator(seed, f"ddim_quality_{v}_{int(steps)}") for v in variants}
+    noise = {v: noise_path(seed, schedule.T, x_T.shape) for v in variants}
     with autocast(dev, precision):
-        out = sample_variants(unet, x_T.to(dev), schedule, int(steps), list(variants), generators=gens,
+        out = sample_variants(unet, x_T.to(dev), schedule, int(steps), list(variants), noise=noise,
                               skip_type=sampling["skip_type"], clip_sample=bool(sampling["clip_sample"]),
                               prediction_type=prediction_type)
     save_tensors(out_path, out, {"steps": int(steps), "variants": list(variants), "precision": precision,
@@ -92,7 +96,9 @@ def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, list[tup
                       pairs_csv: str, out_png: str, variants: list[str], image_size: int, seed: int,
                       n_boot: int) -> None:
     """Rule ``ddim_quality``: Frechet distance, recognisability and pixel range per cell, with
-    paired-bootstrap errors, the differences between neighbouring step counts, and a plot.
+    paired-bootstrap errors, and a plot. ``pairs_csv`` holds the differences, each with its paired
+    error: one variant between neighbouring step counts, and every two variants at one S (column
+    ``neighbours``: the two are next to each other in the table).
 
     ``quality_files``: {S: file of :func:`ddim_quality_samples`}; ``reused_files``: {S: [(variant,
     samples file of rule ddim_sample or ddim_ddpm_baseline)]} (``ddim_cells.reused_cells``).
@@ -133,13 +139,14 @@ def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, list[tup
     df["paper_cifar10_fid"] = [paper.get(r["variant"], {}).get(int(r["steps"]), float("nan")) for _, r in df.iterrows()]
     write_csv(out_csv, df)
 
-    def change(a, b, label, s0, s1):  # cell a -> cell b, with the paired-bootstrap error of the difference
+    def change(a, b, label, s0, s1, neighbours):  # cell a -> cell b, with the paired-bootstrap error of the difference
         return {"variant": label, "steps_from": s0, "steps_to": s1, "fd_change": fd[b] - fd[a],
-                "change_boot_std": float((boot[b] - boot[a]).std(ddof=1))}
+                "change_boot_std": float((boot[b] - boot[a]).std(ddof=1)), "neighbours": bool(neighbours)}
 
-    pairs = [change((v, s0), (v, s1), v, s0, s1) for v in variants for s0, s1 in zip(steps_all, steps_all[1:])]
-    pairs += [change((v0, s), (v1, s), f"{v0} -> {v1}", s, s)  # neighbouring variants at one S
-              for s in steps_all for v0, v1 in zip(variants, variants[1:])]
+    pairs = [change((v, s0), (v, s1), v, s0, s1, True) for v in variants for s0, s1 in zip(steps_all, steps_all[1:])]
+    pairs += [change((v0, s), (v1, s), f"{v0} -> {v1}", s, s, j == i + 1)  # every two variants at one S (the
+              for s in steps_all                                           # report's orderings need them all)
+              for i, v0 in enumerate(variants) for j, v1 in enumerate(variants) if j > i]
     write_csv(pairs_csv, pd.DataFrame(pairs))
     save_figure(out_png, quality_figure(df, variants))
 

@@ -159,7 +159,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
         eta_label = C.variant_label(ctx["eta"])
         out["quality"] = {
             "png": files["quality_png"], "rows": rows, "paper_rows": paper_rows, "steps": steps,
-            "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q),
+            "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q, pairs),
             "resolved": neighbours_resolved(pairs), "goals": quality_goals(q, eta_label, ddpm_recog),
             "eta_label": eta_label, "variants": variants,
             # each variant as the prose names it (the claims and goals name variants by their labels)
@@ -192,15 +192,26 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ claims
-def _resolved(sub, a: str, b: str) -> bool:
-    """Is cell ``a`` below cell ``b`` by more than twice the error of the difference (the two
-    cells' bootstrap errors in quadrature, an upper bound of the paired error)?"""
-    err = float(np.hypot(sub.loc[a, "fd_boot_std"], sub.loc[b, "fd_boot_std"]))
+def _diff_error(sub, pairs, steps: int, a: str, b: str) -> float:
+    """The bootstrap error of cell b - cell a at one S: the paired error from ``ddim_quality``'s
+    pairs table when it has the two (either order), else the cells' errors in quadrature (an upper
+    bound of the paired error when the cells are positively correlated)."""
+    if pairs is not None and "steps_to" in pairs.columns:
+        at = pairs[(pairs["steps_from"] == steps) & (pairs["steps_to"] == steps)]
+        hit = at[at["variant"].isin([f"{a} -> {b}", f"{b} -> {a}"])]
+        if len(hit):
+            return float(hit["change_boot_std"].iloc[0])
+    return float(np.hypot(sub.loc[a, "fd_boot_std"], sub.loc[b, "fd_boot_std"]))
+
+
+def _resolved(sub, a: str, b: str, err: float) -> bool:
+    """Is cell ``a`` below cell ``b`` by more than twice ``err``, the error of their difference?"""
     return float(sub.loc[b, "fd"]) - float(sub.loc[a, "fd"]) > 2.0 * err
 
 
-def ordering_claims(df) -> dict:
-    """The paper's orderings, tested on this run's table (a DataFrame of :func:`ddim_quality`).
+def ordering_claims(df, pairs=None) -> dict:
+    """The paper's orderings, tested on this run's table (a DataFrame of :func:`ddim_quality`;
+    ``pairs``: its pairs table, for the paired errors of the differences).
 
     For the smallest and the largest S: ``best`` (lowest-FD variant here), ``paper_best`` (the
     paper's), and ``verdict``:
@@ -219,14 +230,15 @@ def ordering_claims(df) -> dict:
     for key, s in (("few", steps[0]), ("many", steps[-1])):
         sub = cells[cells["steps"] == s].set_index("variant")
         best = str(sub["fd"].idxmin())
+        err = {v: _diff_error(sub, pairs, s, best, v) for v in sub.index if v != best}
         paper_col = {v: dict(zip(C.PAPER_STEPS, vals)).get(s) for v, vals in C.PAPER_FID.items() if v in sub.index}
         paper_col = {v: x for v, x in paper_col.items() if x is not None}
         paper_best = min(paper_col, key=paper_col.get) if paper_col else None
         if paper_best is None:
             verdict = "no paper value"
-        elif best == paper_best and all(_resolved(sub, best, v) for v in sub.index if v != best):
+        elif best == paper_best and all(_resolved(sub, best, v, e) for v, e in err.items()):
             verdict = "agrees"
-        elif best != paper_best and _resolved(sub, best, paper_best):
+        elif best != paper_best and _resolved(sub, best, paper_best, err[paper_best]):
             verdict = "differs"
         else:
             verdict = "tied"
@@ -255,6 +267,8 @@ def neighbours_resolved(pairs_df) -> dict:
     """How many neighbouring-cell differences exceed their paired-bootstrap error (|change| > 2 std)."""
     if pairs_df is None or pairs_df.empty:
         return {"resolved": 0, "total": 0}
+    if "neighbours" in pairs_df.columns:  # the table also holds every two variants at one S
+        pairs_df = pairs_df[pairs_df["neighbours"].astype(bool)]
     ok = (pairs_df["fd_change"].abs() > 2.0 * pairs_df["change_boot_std"])
     return {"resolved": int(ok.sum()), "total": int(len(ok)), "factor": 2.0}
 
