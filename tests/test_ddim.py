@@ -537,6 +537,29 @@ def test_ordering_claims_follow_the_numbers():
     assert ordering_claims(_quality_table(noisy), paired.assign(change_boot_std=0.4))["few"]["verdict"] == "tied"
 
 
+def test_coupling_gain_is_quadrature_over_paired_error():
+    """The report's "n times smaller" sentence: cells' errors in quadrature over the paired error,
+    along S, for the stochastic samplers only (eta = 0 and variant pairs do not count)."""
+    import pandas as pd
+
+    from diffusion_report.report.sections.ddim import coupling_gain
+
+    df = pd.DataFrame([{"variant": v, "steps": s_, "fd_boot_std": e} for v, s_, e in
+                       [("eta=1", 10, 3.0), ("eta=1", 20, 4.0), ("sigma_hat", 10, 6.0), ("sigma_hat", 20, 8.0),
+                        ("eta=0", 10, 1.0), ("eta=0", 20, 1.0)]])
+    pairs = pd.DataFrame([
+        {"variant": "eta=1", "steps_from": 10, "steps_to": 20, "change_boot_std": 1.0},      # 5 / 1
+        {"variant": "sigma_hat", "steps_from": 10, "steps_to": 20, "change_boot_std": 5.0},  # 10 / 5
+        {"variant": "eta=0", "steps_from": 10, "steps_to": 20, "change_boot_std": 0.01},     # deterministic
+        {"variant": "eta=1 -> sigma_hat", "steps_from": 10, "steps_to": 10, "change_boot_std": 0.01},
+    ])
+    assert coupling_gain(df, pairs) == {"median": 3.5, "min": 2.0, "n": 2}
+    # independent cells: the paired error is the quadrature, no gain
+    indep = pairs.iloc[:2].assign(change_boot_std=[5.0, 10.0])
+    assert coupling_gain(df, indep) == {"median": 1.0, "min": 1.0, "n": 2}
+    assert coupling_gain(df, pairs.iloc[2:]) is None
+
+
 def test_quality_goals_and_neighbour_resolution_flip():
     import pandas as pd
 

@@ -161,6 +161,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
             "png": files["quality_png"], "rows": rows, "paper_rows": paper_rows, "steps": steps,
             "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q, pairs),
             "resolved": neighbours_resolved(pairs), "goals": quality_goals(q, eta_label, ddpm_recog),
+            "coupling": coupling_gain(q, pairs),
             "eta_label": eta_label, "variants": variants,
             # each variant as the prose names it (the claims and goals name variants by their labels)
             "names": {v: variant_markup(v) for v in dict.fromkeys([*variants, *C.PAPER_FID, eta_label])},
@@ -261,6 +262,28 @@ def quality_goals(df, eta_label: str, ddpm_recognisability: float | None) -> dic
         "recog_ok": None if ddpm_recognisability is None else worst_recog >= ddpm_recognisability - C.RECOG_GAP,
         "max_abs_pixel": max_pix, "pixel_bound": C.PIXEL_BOUND, "pixel_ok": max_pix <= C.PIXEL_BOUND,
     }
+
+
+def coupling_gain(df, pairs_df) -> dict | None:
+    """What the shared noise path buys, from the run: for each stochastic variant (eta > 0 and
+    sigma-hat) and two neighbouring step counts, the two cells' bootstrap errors in quadrature (the
+    error of their difference if the cells were drawn independently) over the paired error of the
+    difference. ``{"median": ..., "min": ..., "n": ...}``, or None without such pairs."""
+    if pairs_df is None or pairs_df.empty or df is None or df.empty:
+        return None
+    err = {(str(r["variant"]), int(r["steps"])): float(r["fd_boot_std"]) for _, r in df.iterrows()}
+    ratios = []
+    for _, r in pairs_df.iterrows():
+        v = str(r["variant"])
+        if v == "eta=0" or " -> " in v or int(r["steps_from"]) == int(r["steps_to"]) or float(r["change_boot_std"]) <= 0:
+            continue  # the deterministic sampler has no noise; variant pairs are not along S
+        a, b = err.get((v, int(r["steps_from"]))), err.get((v, int(r["steps_to"])))
+        if a is None or b is None:
+            continue
+        ratios.append(float(np.hypot(a, b)) / float(r["change_boot_std"]))
+    if not ratios:
+        return None
+    return {"median": float(np.median(ratios)), "min": float(np.min(ratios)), "n": len(ratios)}
 
 
 def neighbours_resolved(pairs_df) -> dict:
