@@ -54,8 +54,11 @@ def main(argv=None) -> None:
     x_T = ddim_stage.make_x_T((args.num_samples, *ddpm.image_shape(unet)), SEED).to(dev)
     variants = quality_variants(args.etas, True)
 
-    def gens():  # the rule's noise: every variant on the stage's one Brownian path
-        return {v: ddim_stage.noise_path(SEED, schedule.T, x_T.shape) for v in variants}
+    def gens(shared: bool = True):  # the rule's noise: every variant on the stage's one Brownian path; stacked,
+        if not shared:              # the variants share its draws, one after the other each needs a path of its own
+            return {v: ddim_stage.noise_path(SEED, schedule.T, x_T.shape) for v in variants}
+        path = ddim_stage.noise_path(SEED, schedule.T, x_T.shape)
+        return {v: path for v in variants}
 
     rows = []
     for S in args.steps:
@@ -64,7 +67,7 @@ def main(argv=None) -> None:
                 return samplers.sample_variants(unet, x_T, schedule, S, variants, noise=gens())
 
         def separate():
-            g = gens()
+            g = gens(shared=False)
             with autocast(dev, args.precision):
                 return {v: samplers.sample_variants(unet, x_T, schedule, S, [v], noise={v: g[v]})[v] for v in variants}
 

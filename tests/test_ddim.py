@@ -335,6 +335,7 @@ def test_brownian_noise_coarse_step_is_the_sum_of_fine_steps():
     for t, tp in ((37, 30), (30, 29), (29, 10), (10, 0)):
         want = sum(fine_z[k] for k in range(t, tp, -1)) / math.sqrt(t - tp)
         torch.testing.assert_close(coarse(t, tp), want, atol=1e-12, rtol=0)
+    assert coarse(10, 0) is coarse(10, 0)  # the last step asked again: the same z (samplers side by side)
     with pytest.raises(ValueError, match="out of order"):
         coarse(5, 3)  # the path is at t = 0 now
     # rows: a batch's slice of the full-shape draws
@@ -429,6 +430,14 @@ def test_sample_variants_batched_equal_separate(unet, x_T):
                     for v in ("eta=0.0", "sigma_hat")}
     both = samplers.sample_variants(unet, x_T, schedule, 10, ["eta=0.0", "sigma_hat"], noise=gens())
     alone = samplers.sample_variants(unet, x_T, schedule, 10, ["sigma_hat"], noise=gens())
+    # one path shared by several stochastic variants gives each the bytes of a path of its own
+    variants = ["eta=0.5", "eta=1.0", "sigma_hat"]
+    path = samplers.BrownianNoise(torch.Generator().manual_seed(2), schedule.T, x_T.shape)
+    shared = samplers.sample_variants(unet, x_T, schedule, 10, variants, noise={v: path for v in variants})
+    own = samplers.sample_variants(unet, x_T, schedule, 10, variants, noise={
+        v: samplers.BrownianNoise(torch.Generator().manual_seed(2), schedule.T, x_T.shape) for v in variants})
+    for v in variants:
+        assert torch.equal(shared[v], own[v]), v
     torch.testing.assert_close(both["sigma_hat"], alone["sigma_hat"], atol=1e-5, rtol=0)
     torch.testing.assert_close(both["eta=0.0"], samplers.ddim_sample(unet, x_T, schedule, 10), atol=1e-5, rtol=0)
 

@@ -77,13 +77,15 @@ class BrownianNoise:
 
     Steps must be asked for in decreasing, non-overlapping order (t of a call <= t' of the last);
     increments above the first t are drawn and dropped, so the path does not depend on where a
-    sampler starts. ``rows`` returns those rows of each z (a batch of a larger x_T: drawing the
+    sampler starts. Asking for the last step again returns the same z, so several samplers run
+    side by side (:func:`sample_variants`) can share one path and its draws. ``rows`` returns those rows of each z (a batch of a larger x_T: drawing the
     full shape keeps a sample's noise independent of the batch size).
     """
 
     def __init__(self, generator: torch.Generator, T: int, shape, dtype=torch.float32, rows: slice | None = None):
         self.generator, self.shape, self.dtype, self.rows = generator, tuple(shape), dtype, rows
         self.k = int(T)  # the next increment to draw is xi_k, the interval (k - 1, k]
+        self._last: tuple[int, int, torch.Tensor] | None = None
 
     def _draw(self) -> torch.Tensor:
         self.k -= 1
@@ -91,6 +93,8 @@ class BrownianNoise:
 
     def __call__(self, t: int, t_prev: int) -> torch.Tensor:
         t, t_prev = int(t), int(t_prev)
+        if self._last is not None and self._last[:2] == (t, t_prev):
+            return self._last[2]
         if not 0 <= t_prev < t <= self.k:
             raise ValueError(
                 f"BrownianNoise: step {t} -> {t_prev} is out of order (steps must decrease and not overlap; "
@@ -103,7 +107,9 @@ class BrownianNoise:
             z = z + self._draw()
         if t - t_prev > 1:
             z = z / math.sqrt(t - t_prev)
-        return z if self.rows is None else z[self.rows]
+        z = z if self.rows is None else z[self.rows]
+        self._last = (t, t_prev, z)
+        return z
 
 
 def _noise_for(noise_sampler, generator, x: torch.Tensor, who: str):

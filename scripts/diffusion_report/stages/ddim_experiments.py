@@ -71,7 +71,8 @@ def ddim_quality_samples(model: str, x_T_path: str, out_path: str, *, steps: int
     x_T, _ = load_tensor(x_T_path)
     # all variants stacked into one UNet batch: the same bytes as one variant after another, and on
     # 2 CPU cores 1.13-1.18x faster in bfloat16, even (0.99-1.03x) in float32 (bench/bench_ddim_quality.py)
-    noise = {v: noise_path(seed, schedule.T, x_T.shape) for v in variants}
+    path = noise_path(seed, schedule.T, x_T.shape)  # one path, its draws shared by the variants (the same
+    noise = {v: path for v in variants}              # bytes as one path each, 1/len(variants) of the draws)
     with autocast(dev, precision):
         out = sample_variants(unet, x_T.to(dev), schedule, int(steps), list(variants), noise=noise,
                               skip_type=sampling["skip_type"], clip_sample=bool(sampling["clip_sample"]),
