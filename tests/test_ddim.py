@@ -585,6 +585,15 @@ def test_quality_goals_and_neighbour_resolution_flip():
     pairs["neighbours"] = [True, True]
     far = pd.DataFrame({"fd_change": [-5.0], "change_boot_std": [0.1], "neighbours": [False]})
     assert neighbours_resolved(pd.concat([pairs, far])) == {"resolved": 1, "total": 2, "factor": 2.0}
+    # samples for the median unresolved difference to pass 2 std: n (2 std / |change|)^2
+    unresolved = pd.DataFrame({"fd_change": [-1.0, 0.5, 2.0, 1.0], "change_boot_std": [0.2, 0.5, 2.0, 1.0],
+                               "neighbours": [True] * 4})  # the last three unresolved: n x 4, 4, 4
+    assert neighbours_resolved(unresolved, 64)["n_half"] == 256
+    unresolved.loc[1, "change_boot_std"] = 1.0  # now 64 x 16 = 1024 for one of them: the median stays 256
+    assert neighbours_resolved(unresolved, 64)["n_half"] == 256
+    unresolved.loc[2:3, "change_boot_std"] = 1.5  # 64 x 2.25 and 64 x 9 beside 64 x 16: median 576
+    assert neighbours_resolved(unresolved, 64)["n_half"] == 576
+    assert neighbours_resolved(pairs.iloc[:1], 64)["n_half"] is None  # everything resolved
 
 
 def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):

@@ -7,6 +7,8 @@ whether neighbouring cells are resolved by the bootstrap, the goals of the embed
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from markupsafe import Markup, escape
 
@@ -160,7 +162,7 @@ def experiments_context(files: dict[str, str], ctx: dict) -> dict:
         out["quality"] = {
             "png": files["quality_png"], "rows": rows, "paper_rows": paper_rows, "steps": steps,
             "num_samples": int(cells["num_samples"].iloc[0]), "claims": ordering_claims(q, pairs),
-            "resolved": neighbours_resolved(pairs), "goals": quality_goals(q, eta_label, ddpm_recog),
+            "resolved": neighbours_resolved(pairs, int(cells["num_samples"].iloc[0])), "goals": quality_goals(q, eta_label, ddpm_recog),
             "coupling": coupling_gain(q, pairs),
             "eta_label": eta_label, "variants": variants,
             # each variant as the prose names it (the claims and goals name variants by their labels)
@@ -286,14 +288,25 @@ def coupling_gain(df, pairs_df) -> dict | None:
     return {"median": float(np.median(ratios)), "min": float(np.min(ratios)), "n": len(ratios)}
 
 
-def neighbours_resolved(pairs_df) -> dict:
-    """How many neighbouring-cell differences exceed their paired-bootstrap error (|change| > 2 std)."""
+def neighbours_resolved(pairs_df, num_samples: int | None = None) -> dict:
+    """How many neighbouring-cell differences exceed their paired-bootstrap error (|change| > 2 std).
+
+    With ``num_samples`` (per cell), also ``n_half``: the samples per cell at which the median
+    unresolved difference, at its observed size, would exceed twice its error, which shrinks as
+    1/sqrt(n): n (2 std / |change|)^2 (None when every difference is resolved). A rough guide for
+    sizing a larger run: the observed differences are noisy themselves.
+    """
     if pairs_df is None or pairs_df.empty:
         return {"resolved": 0, "total": 0}
     if "neighbours" in pairs_df.columns:  # the table also holds every two variants at one S
         pairs_df = pairs_df[pairs_df["neighbours"].astype(bool)]
-    ok = (pairs_df["fd_change"].abs() > 2.0 * pairs_df["change_boot_std"])
-    return {"resolved": int(ok.sum()), "total": int(len(ok)), "factor": 2.0}
+    change, err = pairs_df["fd_change"].abs(), pairs_df["change_boot_std"]
+    ok = change > 2.0 * err
+    out = {"resolved": int(ok.sum()), "total": int(len(ok)), "factor": 2.0}
+    if num_samples:
+        need = [int(num_samples) * (2.0 * e / c) ** 2 for c, e in zip(change[~ok], err[~ok]) if c > 0]
+        out["n_half"] = int(math.ceil(float(np.median(need)))) if need else None
+    return out
 
 
 
