@@ -43,6 +43,9 @@ from diffusion_report.core.schedules import Schedule
 SKIP_TYPES = ("uniform", "quadratic")
 
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
 # --------------------------------------------------------------------------------------------
 # noise samplers: (t, t') -> z for the step t -> t', x_T's shape, on the CPU
 # --------------------------------------------------------------------------------------------
@@ -78,8 +81,9 @@ class BrownianNoise:
     Steps must be asked for in decreasing, non-overlapping order (t of a call <= t' of the last);
     increments above the first t are drawn and dropped, so the path does not depend on where a
     sampler starts. Asking for the last step again returns the same z, so several samplers run
-    side by side (:func:`sample_variants`) can share one path and its draws. ``rows`` returns those rows of each z (a batch of a larger x_T: drawing the
-    full shape keeps a sample's noise independent of the batch size).
+    side by side (:func:`sample_variants`) can share one path and its draws. ``rows`` returns
+    those rows of each z (a batch of a larger x_T: drawing the full shape keeps a sample's noise
+    independent of the batch size).
     """
 
     def __init__(self, generator: torch.Generator, T: int, shape, dtype=torch.float32, rows: slice | None = None):
@@ -118,9 +122,6 @@ def _noise_for(noise_sampler, generator, x: torch.Tensor, who: str):
     if generator is None:
         raise ValueError(f"{who}: a stochastic sampler needs a generator or a noise sampler (randomness is always explicit)")
     return independent_noise(generator, x.shape, x.dtype)
-
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 # --------------------------------------------------------------------------------------------
