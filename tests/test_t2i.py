@@ -28,6 +28,7 @@ TINY = {
         "small_below": 2.5,
         "big_above": 3.5,
         "size_word_prob": 0.5,
+        "colour_word_prob": 0.75,  # some captions name no colour: the refine_colour edit type starts from them
     },
     "model": {"channels": [16, 32], "attention_levels": 2, "layers_per_block": 1, "attention_heads": 2,
               "text_width": 16, "text_layers": 1, "text_heads": 2, "max_length": 12},

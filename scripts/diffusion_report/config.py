@@ -299,6 +299,10 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
     if pair_edits and two <= 0:
         out.append(f"t2i.eval.edits: {', '.join(pair_edits)} edit two-object captions, which this model was not trained on "
                    "(t2i.data.two_objects is 0); set t2i.data.two_objects above 0 and retrain, or drop them")
+    colourless = sorted({e for key in ("eval", "tradeoff") for e in (t2i.get(key) or {}).get("edits", []) if e == "refine_colour"})
+    if colourless and float(data.get("colour_word_prob", 1.0)) >= 1.0:
+        out.append("t2i.eval.edits: refine_colour starts from captions that name no colour, which this model was not trained on "
+                   "(t2i.data.colour_word_prob is 1); set t2i.data.colour_word_prob below 1 and retrain, or drop it")
     both = sorted(set(data["colours"]) & set(data["backgrounds"]))
     if both:
         out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")

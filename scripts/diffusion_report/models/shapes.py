@@ -53,6 +53,7 @@ class ShapeSpec:
     small_below: float = 3.8  # radius < small_below may be called "small"
     big_above: float = 5.2  # radius > big_above may be called "big"
     size_word_prob: float = 0.5  # probability that an eligible size word appears in the caption
+    colour_word_prob: float = 1.0  # probability that a one-object caption names the colour (else "a circle on ...")
     two_objects: float = 0.0  # probability that an image holds two objects (left, right) instead of one
     pair_radius: tuple[float, float] = (2.5, 3.25)  # half-extent range of each object of a pair
     supersample: int = 4
@@ -68,6 +69,8 @@ class ShapeSpec:
             raise ValueError(f"t2i.data.radius {self.radius} must satisfy 1 <= min < max <= image_size / 2")
         if not 0.0 <= self.two_objects <= 1.0:
             raise ValueError(f"t2i.data.two_objects {self.two_objects} must lie in [0, 1]")
+        if not 0.0 <= self.colour_word_prob <= 1.0:
+            raise ValueError(f"t2i.data.colour_word_prob {self.colour_word_prob} must lie in [0, 1]")
         lo, hi = self.pair_radius
         half = (self.image_size - PAIR_GAP) / 4
         if self.two_objects > 0 and not (1.0 <= lo <= hi <= half):
@@ -85,6 +88,7 @@ class ShapeSpec:
             small_below=float(data["small_below"]),
             big_above=float(data["big_above"]),
             size_word_prob=float(data["size_word_prob"]),
+            colour_word_prob=float(data.get("colour_word_prob", 1.0)),
             two_objects=float(data.get("two_objects", 0.0)),
             pair_radius=tuple(float(v) for v in data.get("pair_radius", (2.5, 3.25))),
         )
@@ -107,9 +111,10 @@ class ShapeSpec:
 
 
 def caption(colour: str, shape: str, background: str, size_word: str = "") -> str:
-    """'a [size] <colour> <shape> on a <background> background'."""
+    """'a [size] [colour] <shape> on a <background> background' (``colour`` "": no colour word)."""
     size = f"{size_word} " if size_word else ""
-    return f"a {size}{colour} {shape} on a {background} background"
+    col = f"{colour} " if colour else ""
+    return f"a {size}{col}{shape} on a {background} background"
 
 
 def pair_caption(objects: list[tuple[str, str]], background: str) -> str:
@@ -133,15 +138,16 @@ def parse_pair_caption(spec: "ShapeSpec", text: str) -> dict | None:
 
 def parse_caption(spec: "ShapeSpec", text: str) -> dict | None:
     """The attributes of a caption in :func:`caption`'s form ({size_word, colour, shape,
-    background}), or None when the text is not such a caption in ``spec``'s vocabulary."""
+    background}; ``colour`` "" when the caption names none), or None when the text is not such a
+    caption in ``spec``'s vocabulary."""
     words = " ".join(str(text).lower().split()).split(" ")
-    size = ""
-    if len(words) == 8 and words[1] in spec.size_words:
-        size = words.pop(1)
-    if len(words) != 7 or words[0] != "a" or words[3:5] != ["on", "a"] or words[6] != "background":
+    if len(words) < 6 or words[0] != "a" or words[-4:-2] != ["on", "a"] or words[-1] != "background":
         return None
-    colour, shape, background = words[1], words[2], words[5]
-    if colour not in spec.colours or shape not in spec.shapes or background not in spec.backgrounds:
+    *adjectives, shape = words[1:-4]  # [size] [colour] shape
+    size = adjectives.pop(0) if adjectives and adjectives[0] in spec.size_words else ""
+    colour = adjectives.pop(0) if adjectives and adjectives[0] in spec.colours else ""
+    background = words[-2]
+    if adjectives or shape not in spec.shapes or background not in spec.backgrounds:
         return None
     return {"size_word": size, "colour": colour, "shape": shape, "background": background}
 
@@ -182,6 +188,10 @@ class ShapeBatch:
     cx: torch.Tensor  # (B,) centre x in pixels
     cy: torch.Tensor  # (B,) centre y in pixels
     radius: torch.Tensor  # (B,) half-extent in pixels
+    colour_named: list[bool] | None = None  # whether each caption names the colour (None: all do)
+
+    def names_colour(self, i: int) -> bool:
+        return self.colour_named is None or bool(self.colour_named[i])
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -222,9 +232,13 @@ def sample(spec: ShapeSpec, batch_size: int, generator: torch.Generator) -> Shap
     size_words = []
     for r, w in zip(radius.tolist(), use_word.tolist()):
         size_words.append(spec.size_word(r) if w else "")
+    named = None
+    if spec.colour_word_prob < 1.0:  # drawn after everything else: at 1 the batch is the same as without the key
+        named = (torch.rand(batch_size, generator=g) < spec.colour_word_prob).tolist()
     images, masks = render(spec, shapes, colours, backgrounds, cx, cy, radius)
-    caps = [caption(c, s, b, w) for c, s, b, w in zip(colours, shapes, backgrounds, size_words)]
-    return ShapeBatch(images, masks, caps, shapes, colours, backgrounds, size_words, cx, cy, radius)
+    caps = [caption(c if named is None or named[i] else "", s, b, w)
+            for i, (c, s, b, w) in enumerate(zip(colours, shapes, backgrounds, size_words))]
+    return ShapeBatch(images, masks, caps, shapes, colours, backgrounds, size_words, cx, cy, radius, named)
 
 
 # --------------------------------------------------------------------------- two objects

@@ -383,6 +383,8 @@ def model_config(cfg: dict) -> dict:
     if not float(out["data"].get("two_objects", 0.0)):  # one object per image: the pair keys draw nothing
         out["data"].pop("two_objects", None)
         out["data"].pop("pair_radius", None)
+    if float(out["data"].get("colour_word_prob", 1.0)) == 1.0:  # every caption names the colour: nothing drawn
+        out["data"].pop("colour_word_prob", None)
     return out
 
 

@@ -163,6 +163,8 @@ def caption_accuracy(
         images[g] = out
         reads = [reader.read(im) for im in out]
         ok = {a: np.array([getattr(r, a) == getattr(b, a)[i] for i, r in enumerate(reads)]) for a in ATTRS}
+        named = np.array([b.names_colour(i) for i in range(len(b))])  # a caption without a colour word: any colour is right
+        ok["colour"] = ok["colour"] | ~named
         sized = [i for i, w in enumerate(b.size_word) if w]
         size_ok = [reads[i].size_word == b.size_word[i] for i in sized]
         rows.append(
@@ -170,7 +172,7 @@ def caption_accuracy(
                 "guidance": float(g),
                 "n": n,
                 "shape_acc": ok["shape"].mean(),
-                "colour_acc": ok["colour"].mean(),
+                "colour_acc": ok["colour"][named].mean() if named.any() else float("nan"),
                 "background_acc": ok["background"].mean(),
                 "size_acc": float(np.mean(size_ok)) if size_ok else float("nan"),
                 "all_acc": (ok["shape"] & ok["colour"] & ok["background"]).mean(),
@@ -277,7 +279,7 @@ def t2i_samples(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, reader_
 
 # --------------------------------------------------------------------------- prompt-to-prompt evaluation
 MAX_SHIFT_PX = 1.0  # "in place": the object's centroid moves at most this far (the issue's layout goal)
-EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big", "reweight_big")
+EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big", "refine_colour", "reweight_big")
 PAIR_EDIT_TYPES = ("pair_colour_swap", "pair_shape_swap")  # two objects: one object's colour / shape swapped
 
 
@@ -294,7 +296,7 @@ class EditCase:
     target_value: str
     untouched: tuple[str, ...]
     reweight: dict | None = None
-    source_truth: dict = field(default_factory=dict)
+    source_truth: dict = field(default_factory=dict)  # what the source caption names (and, drawn, the image shows)
     obj: int | None = None  # two objects: which one the edit names (0 left, 1 right); None: one object
 
 
@@ -307,6 +309,9 @@ def edit_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int, reweight_sc
         return pair_cases(spec, edit, shapes.sample_pairs(spec, n, g), g)
     if edit not in EDIT_TYPES:
         raise ValueError(f"t2i.eval.edits: unknown edit type {edit!r}; allowed: {', '.join(EDIT_TYPES + PAIR_EDIT_TYPES)}")
+    if edit == "refine_colour" and spec.colour_word_prob >= 1.0:
+        raise ValueError("t2i.eval.edits: refine_colour needs a model trained on captions without a colour word "
+                         "(t2i.data.colour_word_prob < 1)")
     g = make_generator(seed, f"t2i/eval/{edit}")
     return _cases(spec, edit, shapes.sample(spec, n, g), g, reweight_scale)
 
@@ -368,6 +373,12 @@ def _cases(spec: shapes.ShapeSpec, edit: str, b: shapes.ShapeBatch, g: torch.Gen
         elif edit == "refine_big":
             tgt = shapes.caption(truth["colour"], truth["shape"], truth["background"], "big")
             cases.append(EditCase(edit, i, src, tgt, "refine", "size", "big", ATTRS, None, truth))
+        elif edit == "refine_colour":  # a colour word added to a caption that names none: the colour is the model's
+            new = options["colour"][int(torch.randint(len(options["colour"]), (1,), generator=g))]
+            src = shapes.caption("", truth["shape"], truth["background"])
+            tgt = shapes.caption(new, truth["shape"], truth["background"])
+            named = {a: truth[a] for a in ("shape", "background")}
+            cases.append(EditCase(edit, i, src, tgt, "refine", "colour", new, ("shape", "background"), None, named))
         else:  # reweight_big: amplify "big" in a prompt that already says it
             src = tgt = shapes.caption(truth["colour"], truth["shape"], truth["background"], "big")
             cases.append(EditCase(edit, i, src, tgt, "reweight", "size", "big", ATTRS, {"words": ["big"], "scale": float(reweight_scale)}, truth))
@@ -387,7 +398,7 @@ def score_reads(case: EditCase, rs: attributes.Reading, re_: attributes.Reading,
         raise ValueError(f"{case.edit}: a two-object case is scored by score_pair_reads")
     reached = (re_.size_word == case.target_value) if case.attribute == "size" else getattr(re_, case.attribute) == case.target_value
     kept = [getattr(rs, a) == getattr(re_, a) for a in case.untouched]
-    source_ok = all(getattr(rs, a) == case.source_truth[a] for a in ATTRS)
+    source_ok = all(getattr(rs, a) == case.source_truth[a] for a in ATTRS if a in case.source_truth)
     return _scores(source_ok, reached, kept, rs, re_, source_img, edited_img, float("nan"))
 
 
@@ -531,7 +542,7 @@ def caption_roles(spec: shapes.ShapeSpec, prompt: str) -> dict[str, int] | None:
 
 def _roles(parsed: dict) -> dict[str, int]:
     """{role: token position} of a parsed caption (:func:`shapes.parse_caption`)."""
-    roles = [r for r in CAPTION_ROLES if r != "size word" or parsed["size_word"]]
+    roles = [r for r in CAPTION_ROLES if (r != "size word" or parsed["size_word"]) and (r != "colour word" or parsed["colour"])]
     return {r: i + 1 for i, r in enumerate(roles)}
 
 
@@ -552,7 +563,7 @@ def attention_localisation(reader: attributes.AttributeReader, records: list[tup
         if parsed is None:
             continue
         rd = reader.read(img)
-        if not rd.mask.any() or rd.mask.all() or any(getattr(rd, a) != parsed[a] for a in ATTRS):
+        if not rd.mask.any() or rd.mask.all() or any(parsed[a] and getattr(rd, a) != parsed[a] for a in ATTRS):
             continue
         i, o = inside_outside(maps[None], torch.from_numpy(rd.mask)[None])
         for role, pos in _roles(parsed).items():
@@ -621,7 +632,8 @@ def t2i_eval(model_dir: str, t2i_cfg: dict, seed: int, outputs: dict, device: st
 
 # --------------------------------------------------------------------------- showcased edits
 ATTRIBUTE_OF = {"shape_swap": "shape", "colour_swap": "colour", "background_swap": "background",
-                "refine_big": "size", "reweight_big": "size", "pair_colour_swap": "colour", "pair_shape_swap": "shape"}
+                "refine_big": "size", "refine_colour": "colour", "reweight_big": "size", "pair_colour_swap": "colour",
+                "pair_shape_swap": "shape"}
 SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "reached", "untouched_kept", "centroid_shift_px",
                     "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline", "settings_differ"]
 
@@ -647,7 +659,8 @@ def settings_differ(edit: dict, p2p_cfg: dict, eval_cfg: dict) -> str:
 def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
     """The evaluation's edit type of a configured ``p2p.edits`` entry, read from its prompts:
     (type or None, why not). A word swap of one attribute is ``<attribute>_swap``; adding "big" is
-    ``refine_big``; reweighting "big" in a prompt that says it is ``reweight_big``."""
+    ``refine_big``, adding a colour to a caption that names none ``refine_colour``; reweighting "big"
+    in a prompt that says it is ``reweight_big``."""
     pair = _pair_edit(spec, edit)
     if pair is not None:
         return pair
@@ -661,10 +674,12 @@ def edit_type(spec: shapes.ShapeSpec, edit: dict) -> tuple[str | None, str]:
             return "reweight_big", ""
         return None, (f"the reader reads attribute names, not how strongly an attribute shows, so reweighting "
                       f"{', '.join(repr(w) for w in words)} is not measured")
-    if len(changed) == 1 and changed[0] in ("shape", "colour", "background") and edit["mode"] == "replace":
+    if len(changed) == 1 and changed[0] in ("shape", "colour", "background") and edit["mode"] == "replace" and src["colour"] and tgt["colour"]:
         return f"{changed[0]}_swap", ""
     if changed == ["size_word"] and tgt["size_word"] == "big" and not src["size_word"] and edit["mode"] == "refine":
         return "refine_big", ""
+    if changed == ["colour"] and not src["colour"] and edit["mode"] == "refine":
+        return "refine_colour", ""
     return None, "the evaluation has no edit type that changes " + (", ".join(changed) or "nothing")
 
 
@@ -725,7 +740,7 @@ def judge(reader: attributes.AttributeReader, etype: str, source_caption: dict, 
     the object stays in place (centroid shift <= :data:`MAX_SHIFT_PX`); ``cause`` names what failed."""
     attr = ATTRIBUTE_OF[etype]
     rs, re_ = reader.read(source_img), reader.read(edited_img)
-    source_ok = all(getattr(rs, a) == source_caption[a] for a in ATTRS)
+    source_ok = all(getattr(rs, a) == source_caption[a] for a in ATTRS if source_caption[a])  # what the prompt names
     if attr == "size":
         reached = re_.size_word == "big"
     else:

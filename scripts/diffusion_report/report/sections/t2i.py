@@ -13,7 +13,7 @@ GOAL_IOU_GAIN = 0.2  # and keeps the layout better: mask IoU with the source >= 
 GOAL_SHIFT_PX = 1.0  # with the object's centroid moving at most 1 px on average
 # The edit types the three goals are set for (word swaps and refinement). A reweight of a prompt that
 # already says "big" has the unedited image as its baseline (IoU 1), so it is judged by its sweep instead.
-GOAL_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")
+GOAL_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big", "refine_colour")
 
 
 # With two objects the edit names one of them; the other must keep its shape, colour and place (centroid within
