@@ -117,6 +117,21 @@ def test_refine_colour_needs_a_model_trained_without_colour_words():
     assert any(e.startswith("t2i.eval.edits: refine_colour starts from captions that name no colour") for e in errs), errs
 
 
+def test_a_showcased_edit_without_a_colour_word_needs_such_a_model():
+    from test_t2i import TINY
+
+    t2i_cfg = copy.deepcopy(TINY)
+    edit = {"name": "refine", "source": "a circle on a white background", "target": "a red circle on a white background"}
+    p2p = {"num_inference_steps": 5, "edits": [edit]}
+    assert config_mod.t2i_errors(t2i_cfg, p2p) == []
+    t2i_cfg["data"]["colour_word_prob"] = 1.0
+    errs = [e for e in config_mod.t2i_errors(t2i_cfg, p2p) if e.startswith("p2p.")]
+    assert errs == ["p2p.edits[0] (refine).source: 'a circle on a white background' names no colour, which this model was not "
+                    "trained on (t2i.data.colour_word_prob is 1); name a colour, or set t2i.data.colour_word_prob below 1 and retrain"]
+    p2p["edits"] = [dict(edit, source="a blue circle on a white background")]  # both name a colour: fine
+    assert not [e for e in config_mod.t2i_errors(t2i_cfg, p2p) if e.startswith("p2p.")]
+
+
 def test_caption_roles_skip_the_colour_word_when_there_is_none():
     spec = colour_spec()
     with_colour = t2i_stage.caption_roles(spec, shapes.caption("red", "circle", "white"))

@@ -310,6 +310,14 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
         for label in ("source", "target"):
             out += vocabulary_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i,
                                      "; use p2p.model.source: pretrained for free text")
+    if float(data.get("colour_word_prob", 1.0)) >= 1.0:  # every training caption named a colour
+        for i, edit in enumerate(p2p["edits"]):
+            for label in ("source", "target"):
+                words = set(embedded_tokens(edit[label].lower()))
+                if words & set(data["shapes"]) and not words & set(data["colours"]):
+                    out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {edit[label]!r} names no colour, which this model "
+                               "was not trained on (t2i.data.colour_word_prob is 1); name a colour, or set "
+                               "t2i.data.colour_word_prob below 1 and retrain")
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
             out += window_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i)
