@@ -15,7 +15,11 @@ Prints the median wall time of each (measured interleaved) and its ratio to ``pl
 ``--memory`` also the peak memory of each, measured in a fresh process per variant (GPU: peak
 allocated; CPU: peak resident set above the loaded model, with glibc's allocator returning large
 blocks to the system so that the resident set follows the live tensors). Goals (issue 10): edit /
-plain <= 1.15 in time and <= 1.2 in peak memory. Writes bench/out/p2p.csv.
+plain <= 1.15 in time and <= 1.2 in peak memory. The edits inject self-attention as the pipeline
+does (``--self-replace-steps``, default 0.8 as config.yaml's edits; ``--self-max-tokens``, default
+``config``: ``p2p.self_max_tokens`` for the embedded model, 1/16 of the latent for Stable Diffusion;
+``--self-replace-steps 0.4 --self-max-tokens none`` gives the settings of the runs before round 6).
+Writes bench/out/p2p.csv.
 
     .venv/bin/python bench/bench_p2p.py --memory                 # the embedded model (models/t2i-shapes), 20 steps
     .venv/bin/python bench/bench_p2p.py --model CompVis/stable-diffusion-v1-4 --steps 50 --fp16 --memory
@@ -32,6 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from _common import machine, peak_memory, rss_bytes, side_by_side, write_rows
 
 from diffusion_report.core import attention
@@ -98,8 +103,18 @@ def load(args):
     return load_text2image(where, config_key="t2i.weights", device=args.device, fp16=args.fp16), "embedded (models/t2i-shapes)", "embedded"
 
 
-def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
-    """name -> a function that samples the variant's prompt pair once and returns its controller."""
+def self_max_tokens(arg: str, kind: str) -> int | None:
+    """``--self-max-tokens``: a number, ``none`` (the controller's default: 1/16 of the latent), or
+    ``config`` (what the pipeline runs: ``p2p.self_max_tokens`` of config.yaml for the embedded
+    model, the paper's default for Stable Diffusion, as presets/hw4.yaml)."""
+    if arg == "config":
+        return yaml.safe_load((ROOT / "config.yaml").read_text())["p2p"]["self_max_tokens"] if kind == "embedded" else None
+    return None if arg == "none" else int(arg)
+
+
+def variants(pipe, kind: str, steps: int, guidance: float, self_steps: float = 0.4, self_tokens: int | None = None) -> dict:
+    """name -> a function that samples the variant's prompt pair once and returns its controller
+    (self-attention injected for ``self_steps`` of the steps at maps of at most ``self_tokens`` pixels)."""
     x_T = initial_latents(pipe, 8888, "bench")
     pairs = PAIRS[kind]
     max_len = pipe.max_length
@@ -109,9 +124,10 @@ def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
 
         def fn():
             if explicit:
-                ctrl = ExplicitEverywhere(prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len)
+                ctrl = ExplicitEverywhere(prompts, pipe.tokenizer, steps, 0.8, self_steps, max_len, self_max_tokens=self_tokens)
             else:
-                ctrl = attention.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, 0.4, max_len=max_len)
+                ctrl = attention.make_controller(mode, prompts, pipe.tokenizer, steps, 0.8, self_steps, max_len=max_len,
+                                                 self_max_tokens=self_tokens)
             return generate(pipe, prompts, x_T, steps, guidance, ctrl)[1]
 
         return fn
@@ -132,7 +148,7 @@ def variants(pipe, kind: str, steps: int, guidance: float) -> dict:
 def memory_child(args) -> None:
     """Measure one variant's peak memory in this (fresh) process and print it as JSON."""
     pipe, _, kind = load(args)
-    fn = variants(pipe, kind, args.steps, args.guidance)[args.memory_of]
+    fn = variants(pipe, kind, args.steps, args.guidance, args.self_replace_steps, self_max_tokens(args.self_max_tokens, kind))[args.memory_of]
     fn()  # warm-up: one-time allocations (kernels, caches) are not the variant's working memory
     model_rss = rss_bytes()[0]
     peak = peak_memory(fn)
@@ -161,6 +177,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--self-replace-steps", type=float, default=0.8, help="share of steps with injected self-attention (as config.yaml's edits)")
+    ap.add_argument("--self-max-tokens", default="config",
+                    help="largest map (pixels) with injected self-attention: a number, none, or config (p2p.self_max_tokens for the embedded model)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (one process per variant)")
@@ -173,7 +192,8 @@ def main(argv=None) -> None:
         return memory_child(args)
 
     pipe, name, kind = load(args)
-    fns = variants(pipe, kind, args.steps, args.guidance)
+    self_tokens = self_max_tokens(args.self_max_tokens, kind)
+    fns = variants(pipe, kind, args.steps, args.guidance, args.self_replace_steps, self_tokens)
     med = side_by_side(fns, args.repeats)
     counts = {}  # how many attention calls took the explicit route
     for v in VARIANTS[1:]:
@@ -190,7 +210,8 @@ def main(argv=None) -> None:
     for v in VARIANTS:
         row = {"variant": v, "model": name, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
                "steps": args.steps, "batch": 2, "repeats": args.repeats, "median_s": round(med[v], 4),
-               "time_over_plain": round(med[v] / med["plain"], 3)}
+               "time_over_plain": round(med[v] / med["plain"], 3), "self_replace_steps": args.self_replace_steps,
+               "self_max_tokens": "default" if self_tokens is None else self_tokens}
         row["explicit_attention_calls"] = counts.get(v, "none")
         if v in mem:
             row["peak_mib"] = round(mem[v]["peak_bytes"] / 2**20, 1)
@@ -199,7 +220,8 @@ def main(argv=None) -> None:
             row["total_over_plain"] = round(mem[v]["total_bytes"] / max(1, mem["plain"]["total_bytes"]), 3)
         rows.append(row)
     cols = list(rows[0])
-    print(f"machine: {machine()}; model: {name}; {args.steps} steps, guidance {args.guidance}, batch 2")
+    print(f"machine: {machine()}; model: {name}; {args.steps} steps, guidance {args.guidance}, batch 2; self-attention "
+          f"injected for {args.self_replace_steps:g} of the steps at maps <= {self_tokens or 'the default'} pixels")
     print("  ".join(f"{c:>16}" for c in cols[0:1] + cols[7:]))
     for r in rows:
         print("  ".join(f"{str(r.get(c, '')):>16}" for c in cols[0:1] + cols[7:]))

@@ -12,6 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -91,7 +92,8 @@ def test_bench_pipeline_on_a_finished_run(tiny_run, tmp_path):
     assert summary["edit_change_jobs"] == "all:1 p2p_edit:1 p2p_metrics:1 report_html:1 report_pdf:1 t2i_showcase:1"
     rules = pd.read_csv(tmp_path / "pipeline.csv").set_index("rule")
     assert {"forward_mse", "ddim_train", "p2p_edit", "report_html"} <= set(rules.index)
-    assert rules.loc["p2p_edit", "jobs"] == 3 and (rules["max_rss_mib"] > 0).all()
+    edits = yaml.safe_load((ROOT / "config.yaml").read_text())["p2p"]["edits"]  # the tiny preset keeps them: a job each
+    assert rules.loc["p2p_edit", "jobs"] == len(edits) == 4 and (rules["max_rss_mib"] > 0).all()
     assert summary["report_render_s"] > 0 and summary["peak_rss_rule"] in rules.index
 
 

@@ -589,6 +589,9 @@ def test_rule_functions_and_report_section(tmp_path, root):
     assert list(loc.columns) == t2i_stage.LOCALISATION_COLUMNS and set(loc["word"]) <= set(t2i_stage.CAPTION_ROLES)
     assert html.count("<figure") == 3 and html.count("<table") == 3 + (ctx["localisation"] is not None)
     assert f"{ctx['summary']['steps']} steps" in html
+    # a model trained with captions that name no colour says so, and says what refine_colour edits
+    assert "the colour word in 75% of the captions; the others name none" in " ".join(html.split())
+    assert "The refine_colour edit adds a colour word to a caption that names none" in " ".join(html.split())
 
 
 def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):
