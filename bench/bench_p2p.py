@@ -112,7 +112,7 @@ def self_max_tokens(arg: str, kind: str) -> int | None:
     return None if arg == "none" else int(arg)
 
 
-def variants(pipe, kind: str, steps: int, guidance: float, self_steps: float = 0.4, self_tokens: int | None = None) -> dict:
+def variants(pipe, kind: str, steps: int, guidance: float, self_steps: float, self_tokens: int | None) -> dict:
     """name -> a function that samples the variant's prompt pair once and returns its controller
     (self-attention injected for ``self_steps`` of the steps at maps of at most ``self_tokens`` pixels)."""
     x_T = initial_latents(pipe, 8888, "bench")
