@@ -166,8 +166,9 @@ def test_per_image_null_text_inversion_in_one_batch_equals_separate_inversions(p
     assert nulls.shape == (4, 3, MAX_LEN, uncond.shape[-1]) and losses.shape == (4, 3)
     for i, (n_i, l_i) in enumerate(one):
         # Adam's step is about lr * sign(gradient) where a gradient is ~0, so rounding moves a few
-        # entries by ~1e-5 (seen: 3e-5 at most); a wrong gradient or stop moves them by ~lr = 0.1
-        assert torch.allclose(nulls[:, i], n_i, atol=2e-4), (i, float((nulls[:, i] - n_i).abs().max()))
+        # entries (seen: 3e-5 at most on an Intel CPU, 2.7e-4 on an AMD EPYC with AVX2 kernels); a wrong
+        # gradient or stop moves them by ~lr = 0.1
+        assert torch.allclose(nulls[:, i], n_i, atol=1e-3), (i, float((nulls[:, i] - n_i).abs().max()))
         assert torch.allclose(losses[:, i], l_i, rtol=1e-4, atol=1e-9), (i, losses[:, i], l_i)
     # the images did not all take the same number of Adam steps (so the per-image stop was exercised)
     full = inversion.null_text_invert(pipe.unet, pivot, cond, uncond, *args, inner_steps=6, lr=0.1, early_stop=0.0, per_image=True, **kw)
