@@ -130,6 +130,10 @@ def test_a_showcased_edit_without_a_colour_word_needs_such_a_model():
                     "trained on (t2i.data.colour_word_prob is 1); name a colour, or set t2i.data.colour_word_prob below 1 and retrain"]
     p2p["edits"] = [dict(edit, source="a blue circle on a white background")]  # both name a colour: fine
     assert not [e for e in config_mod.t2i_errors(t2i_cfg, p2p) if e.startswith("p2p.")]
+    # a colour word outside the vocabulary is that error only, not also "names no colour"
+    p2p["edits"] = [dict(edit, source="a purple circle on a white background")]
+    errs = [e for e in config_mod.t2i_errors(t2i_cfg, p2p) if e.startswith("p2p.")]
+    assert len(errs) == 1 and "'purple' not in the embedded model's vocabulary" in errs[0], errs
 
 
 def test_caption_roles_skip_the_colour_word_when_there_is_none():

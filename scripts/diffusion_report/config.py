@@ -306,18 +306,16 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
     both = sorted(set(data["colours"]) & set(data["backgrounds"]))
     if both:
         out.append(f"t2i.data: {', '.join(both)} is both a shape colour and a background word; the captions would be ambiguous")
+    every_colour_named = float(data.get("colour_word_prob", 1.0)) >= 1.0  # every training caption named a colour
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
-            out += vocabulary_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i,
-                                     "; use p2p.model.source: pretrained for free text")
-    if float(data.get("colour_word_prob", 1.0)) >= 1.0:  # every training caption named a colour
-        for i, edit in enumerate(p2p["edits"]):
-            for label in ("source", "target"):
-                words = set(embedded_tokens(edit[label].lower()))
-                if words & set(data["shapes"]) and not words & set(data["colours"]):
-                    out.append(f"p2p.edits[{i}] ({edit['name']}).{label}: {edit[label]!r} names no colour, which this model "
-                               "was not trained on (t2i.data.colour_word_prob is 1); name a colour, or set "
-                               "t2i.data.colour_word_prob below 1 and retrain")
+            key = f"p2p.edits[{i}] ({edit['name']}).{label}"
+            unknown = vocabulary_errors(key, edit[label], t2i, "; use p2p.model.source: pretrained for free text")
+            out += unknown
+            words = set(embedded_tokens(edit[label].lower()))
+            if every_colour_named and not unknown and words & set(data["shapes"]) and not words & set(data["colours"]):
+                out.append(f"{key}: {edit[label]!r} names no colour, which this model was not trained on "
+                           "(t2i.data.colour_word_prob is 1); name a colour, or set t2i.data.colour_word_prob below 1 and retrain")
     for i, edit in enumerate(p2p["edits"]):
         for label in ("source", "target"):
             out += window_errors(f"p2p.edits[{i}] ({edit['name']}).{label}", edit[label], t2i)
