@@ -195,10 +195,11 @@ def main(argv=None) -> None:
     self_tokens = self_max_tokens(args.self_max_tokens, kind)
     fns = variants(pipe, kind, args.steps, args.guidance, args.self_replace_steps, self_tokens)
     med = side_by_side(fns, args.repeats)
-    counts = {}  # how many attention calls took the explicit route
+    counts = {}  # how many attention calls took the explicit route, and the fused one on the source's queries
     for v in VARIANTS[1:]:
         procs = fns[v]().processors.values()
-        counts[v] = f"{sum(p.explicit_calls for p in procs)}/{sum(p.explicit_calls + p.sdpa_calls for p in procs)}"
+        total = sum(p.explicit_calls + p.source_calls + p.sdpa_calls for p in procs)
+        counts[v] = (f"{sum(p.explicit_calls for p in procs)}/{total}", f"{sum(p.source_calls for p in procs)}/{total}")
     mem = {}
     if args.memory:
         child_argv = [a for a in argv if a != "--memory"]
@@ -212,7 +213,7 @@ def main(argv=None) -> None:
                "steps": args.steps, "batch": 2, "repeats": args.repeats, "median_s": round(med[v], 4),
                "time_over_plain": round(med[v] / med["plain"], 3), "self_replace_steps": args.self_replace_steps,
                "self_max_tokens": "default" if self_tokens is None else self_tokens}
-        row["explicit_attention_calls"] = counts.get(v, "none")
+        row["explicit_attention_calls"], row["source_query_calls"] = counts.get(v, ("none", "none"))
         if v in mem:
             row["peak_mib"] = round(mem[v]["peak_bytes"] / 2**20, 1)
             row["peak_over_plain"] = round(mem[v]["peak_bytes"] / max(1, mem["plain"]["peak_bytes"]), 3)

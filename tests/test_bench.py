@@ -69,6 +69,8 @@ def test_bench_p2p_routes_attention_as_designed_and_measures_memory(tmp_path):
     assert calls["replace_explicit"] == (total, total)  # the original's approach: explicit everywhere
     assert 0 < calls["store"][0] < calls["replace"][0] < total  # ours: only where needed
     assert df.loc["plain", "explicit_attention_calls"] == "none"
+    source = {v: tuple(map(int, df.loc[v, "source_query_calls"].split("/"))) for v in ("store", "replace", "replace_explicit")}
+    assert source["store"][0] == source["replace_explicit"][0] == 0 < source["replace"][0]  # self injection: fused
     measured = df.loc[["plain", "replace_explicit"]]  # one process each
     assert (measured["peak_mib"] > 0).all() and (measured["total_mib"] >= measured["peak_mib"]).all()
     assert df.loc[["store", "replace", "refine"], "peak_mib"].isna().all()

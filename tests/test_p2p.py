@@ -203,7 +203,7 @@ def test_injection_windows_in_a_pndm_run_follow_the_reference(pipe):
         if big(n) and "attn2" in n:
             assert proc.explicit_calls == int(0.8 * (S + 1)), n
         if not big(n) and "attn1" in n:
-            assert proc.explicit_calls == int(1.0 * S), n
+            assert (proc.explicit_calls, proc.source_calls) == (0, int(1.0 * S)), n
 
 
 def test_replacement_mapper_spreads_multi_token_words(tok):
@@ -437,12 +437,13 @@ def test_processors_route_only_needed_layers_to_explicit_attention(pipe):
     cross = {n: p for n, p in procs.items() if "attn2" in n}
     self_ = {n: p for n, p in procs.items() if "attn1" in n}
     big = lambda n: n.startswith("down_blocks.0") or n.startswith("up_blocks.1")  # noqa: E731 - 16x16 maps
-    # self-attention: explicit only at the small (8x8 <= self_max_tokens) maps, and only in its window
+    # self-attention: never explicit; the source's queries only at the small (8x8 <= self_max_tokens)
+    # maps, and only in its window
     for n, p in self_.items():
-        assert (p.explicit_calls, p.sdpa_calls) == ((0, STEPS) if big(n) else (STEPS // 2, STEPS - STEPS // 2)), n
+        assert (p.explicit_calls, p.source_calls, p.sdpa_calls) == ((0, 0, STEPS) if big(n) else (0, STEPS // 2, STEPS - STEPS // 2)), n
     # cross-attention: explicit in the cross window everywhere; afterwards only at the stored 8x8 maps
     for n, p in cross.items():
-        assert (p.explicit_calls, p.sdpa_calls) == ((STEPS // 2, STEPS - STEPS // 2) if big(n) else (STEPS, 0)), n
+        assert (p.explicit_calls, p.source_calls, p.sdpa_calls) == ((STEPS // 2, 0, STEPS - STEPS // 2) if big(n) else (STEPS, 0, 0)), n
     # plain sampling with an attention store: explicit only for cross-attention at the stored size
     _, store = generate(pipe, prompts[:1], initial_latents(pipe, 1, "x"), 2, 5.0)
     for n, p in store.processors.items():
@@ -459,6 +460,43 @@ def test_explicit_and_default_attention_agree(pipe):
     edited, _ = generate(pipe, prompts, x_T, STEPS, 5.0, ctrl)
     plain, _ = generate(pipe, prompts, x_T, STEPS, 5.0, plain=True)
     torch.testing.assert_close(edited, plain, rtol=0, atol=1e-4)
+
+
+class _ExplicitReplace(attention.Replace):
+    """Explicit probabilities in every layer: self-attention injected by replacing the probabilities."""
+
+    def needs_probs(self, is_cross, n_query):
+        return True
+
+
+def test_self_injection_on_the_source_queries_equals_replacing_the_probabilities(pipe):
+    """The fused route (each edited branch attends with the source's queries and keys) gives what
+    replacing its self-attention probabilities by the source's gives, also in a batch where one edit
+    injects self-attention and the other does not; and the injection does change the target."""
+    prompts = ["a red circle on a white background", "a red square on a white background"]
+    x_T = initial_latents(pipe, 8888, "fused")
+    kw = dict(max_len=MAX_LEN, self_max_tokens=64)
+    fused = attention.make_controller("replace", prompts, pipe.tokenizer, STEPS, 0.5, 1.0, **kw)
+    img, store, lat = generate(pipe, prompts, x_T, STEPS, 5.0, fused, return_latents=True)
+    assert sum(p.source_calls for p in store.processors.values()) > 0
+    assert not any("attn1" in n and p.explicit_calls for n, p in store.processors.items())
+    ref = _ExplicitReplace(prompts, pipe.tokenizer, STEPS, 0.5, 1.0, **kw)
+    img_ref, _, lat_ref = generate(pipe, prompts, x_T, STEPS, 5.0, ref, return_latents=True)
+    torch.testing.assert_close(lat, lat_ref, rtol=0, atol=1e-4)
+    no_self = attention.make_controller("replace", prompts, pipe.tokenizer, STEPS, 0.5, 0.0, **kw)
+    _, _, lat_none = generate(pipe, prompts, x_T, STEPS, 5.0, no_self, return_latents=True)
+    assert (lat_none[1] - lat[1]).abs().max() > 1e-2  # self injection moved the target
+    torch.testing.assert_close(lat_none[0], lat[0], rtol=0, atol=1e-5)  # and left the source alone
+    # a batch: edit 0 injects self-attention, edit 1 does not
+    x_T2 = initial_latents(pipe, 7, "fused/2")
+    c0 = attention.make_controller("replace", prompts, pipe.tokenizer, STEPS, 0.5, 1.0, **kw)
+    c1 = attention.make_controller("replace", prompts, pipe.tokenizer, STEPS, 0.5, 0.0, **kw)
+    _, _, lat_b = generate(pipe, prompts * 2, torch.cat([x_T, x_T2]).repeat_interleave(2, dim=0), STEPS, 5.0,
+                           attention.ControllerBatch([c0, c1]), return_latents=True)
+    _, _, lat1 = generate(pipe, prompts, x_T2, STEPS, 5.0,
+                          _ExplicitReplace(prompts, pipe.tokenizer, STEPS, 0.5, 0.0, **kw), return_latents=True)
+    torch.testing.assert_close(lat_b[:2], lat_ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(lat_b[2:], lat1, rtol=0, atol=1e-4)
 
 
 def test_prompts_are_encoded_once_per_model_and_equal_direct_encoding(pipe):

@@ -23,8 +23,10 @@ cross-attention (``ptp_utils.get_time_words_attention_alpha`` counts S + 1 rows)
 
 Everything runs through diffusers' attention-processor API: :func:`install` puts one
 :class:`P2PAttnProcessor` on every attention layer with ``unet.set_attn_processor``; each call
-asks its controller whether this layer at this step needs explicit attention probabilities, and
-otherwise runs diffusers' default processor (``F.scaled_dot_product_attention``). Only the conditional
+asks its controller whether this layer at this step needs explicit attention probabilities
+(cross-attention edits, the attention store), or injects the source's self-attention (run by the
+fused kernel on the source's queries and keys: the source's map times the branch's own values, no
+(Q, Q) matrix), and otherwise runs diffusers' default processor (``F.scaled_dot_product_attention``). Only the conditional
 half of the classifier-free guidance batch is controlled, as in the original implementation.
 
 Shapes: B prompts; L tokens (the padded prompt length, 77 for CLIP); attention probabilities of one
@@ -323,11 +325,19 @@ class AttentionStore:
         """Whether this layer (at the current step) must compute explicit attention probabilities."""
         return is_cross and n_query == self.store_q
 
+    def self_source_rows(self, n_query: int) -> torch.Tensor | None:
+        """For a self-attention call that injects the source's map: row i of the (2B,) batch takes
+        the queries and keys of row ``rows[i]`` (its source's); None when nothing is injected."""
+        return None
+
     def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """Control one layer's probabilities (2B, heads, Q, K); only the conditional half is edited."""
         B = self.batch
-        cond = self.forward(probs[B:], is_cross)
-        return torch.cat([probs[:B], cond])
+        return torch.cat([probs[:B], self.edit_conditional(probs[B:], is_cross)])
+
+    def edit_conditional(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """The conditional half's probabilities (B, heads, Q, K) -> the same, edited (what the processor calls)."""
+        return self.forward(probs, is_cross)
 
     def forward(self, attn: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """(B, heads, Q, K) of the conditional branch -> the same, edited; stores cross maps."""
@@ -473,6 +483,8 @@ class AttentionEdit(AttentionStore):
         self.to_device(self.device, self.dtype)
         if self.local_blend is not None:
             self.local_blend.begin(self.device)
+        # unconditional rows keep their own queries and keys; the conditional ones take the source's
+        self._self_rows = torch.cat([torch.arange(batch), torch.full((batch,), batch)]).to(self.device)
 
     def to_device(self, device, dtype) -> None:
         """Copies of the edit's tensors on the sampling device, in the attention's dtype."""
@@ -491,9 +503,18 @@ class AttentionEdit(AttentionStore):
         return n_query <= self.self_max_tokens and self.self_on[self._row()]
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
+        """Cross-attention during the cross window or at the stored size. Self-attention never: its
+        injection takes the fused route (:meth:`self_source_rows`)."""
         if is_cross:
             return self.cross_active() or n_query == self.store_q
-        return self.self_active(n_query)
+        return False
+
+    def self_source_rows(self, n_query: int) -> torch.Tensor | None:
+        """During the self window at small maps, every edited branch attends with the source's
+        queries and keys to its own values: softmax(q_s k_s^T / sqrt(d)) v_i, the source's
+        self-attention map applied to branch i, which is what replacing its probabilities by the
+        source's gives (the explicit route below), computed by the fused kernel (no (Q, Q) matrix)."""
+        return self._self_rows if self.self_active(n_query) else None
 
     def forward(self, attn, is_cross):
         base, own = attn[0], attn[1:]
@@ -596,17 +617,31 @@ class ControllerBatch(AttentionStore):
         if batch != sum(self.sizes):
             raise ValueError(f"the controllers edit {sum(self.sizes)} prompts in all, got {batch}")
         self.batch, self.cur_step = batch, 0
+        self._rows_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         for c, n in zip(self.controllers, self.sizes):
             c.begin(unet, latent_hw, n)
 
     def needs_probs(self, is_cross: bool, n_query: int) -> bool:
         return any(c.needs_probs(is_cross, n_query) for c in self.controllers)
 
-    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
-        """(2B, heads, Q, K), unconditional half first: each controller edits its conditional slice."""
-        B = self.batch
-        parts = probs[B:].split(self.sizes)
-        return torch.cat([probs[:B], *(c.forward(p, is_cross) for c, p in zip(self.controllers, parts))])
+    def self_source_rows(self, n_query: int) -> torch.Tensor | None:
+        """Each controller's source row for its slice of the conditional half where it injects, the
+        slice's own rows where it does not. Built on the host once per pattern of injecting controllers."""
+        rows = [c.self_source_rows(n_query) for c in self.controllers]
+        key = tuple(r is not None for r in rows)
+        if not any(key):
+            return None
+        if key not in self._rows_cache:
+            off, parts = self.batch, [torch.arange(self.batch)]  # the unconditional half keeps its own
+            for r, n in zip(rows, self.sizes):
+                parts.append(torch.full((n,), off) if r is not None else torch.arange(off, off + n))
+                off += n
+            self._rows_cache[key] = torch.cat(parts).to(next(r for r in rows if r is not None).device)
+        return self._rows_cache[key]
+
+    def edit_conditional(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """(B, heads, Q, K) of the conditional half: each controller edits its slice."""
+        return torch.cat([c.forward(p, is_cross) for c, p in zip(self.controllers, probs.split(self.sizes))])
 
     def end_step(self, latents: torch.Tensor) -> torch.Tensor:
         out = torch.cat([c.end_step(x) for c, x in zip(self.controllers, latents.split(self.sizes))])
@@ -683,11 +718,17 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, scale: float, mask: 
 
 
 class P2PAttnProcessor:
-    """A diffusers attention processor that lets a prompt-to-prompt controller edit probabilities.
+    """A diffusers attention processor that lets a prompt-to-prompt controller edit attention.
 
-    When the controller says this call needs no explicit probabilities, diffusers' default
-    processor runs (``AttnProcessor2_0``: fused ``F.scaled_dot_product_attention``). Counts both
-    routes in ``explicit_calls`` and ``sdpa_calls``.
+    Three routes per call, asked of the controller:
+
+    * explicit (``controller.needs_probs``): attention probabilities are computed, edited by the
+      controller and applied to the values (cross-attention edits, the attention store);
+    * source queries (``controller.self_source_rows``): self-attention injection, run by the fused
+      kernel with each edited branch's queries and keys replaced by its source's;
+    * default: diffusers' ``AttnProcessor2_0`` (fused ``F.scaled_dot_product_attention``).
+
+    Counts the routes in ``explicit_calls``, ``source_calls`` and ``sdpa_calls``.
     """
 
     def __init__(self, controller: AttentionStore, name: str):
@@ -696,15 +737,17 @@ class P2PAttnProcessor:
         self.controller, self.name = controller, name
         self.default = AttnProcessor2_0()
         self.explicit_calls = 0
+        self.source_calls = 0
         self.sdpa_calls = 0
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         is_cross = encoder_hidden_states is not None
         n_query = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
-        if not self.controller.needs_probs(is_cross, n_query):
+        explicit = self.controller.needs_probs(is_cross, n_query)
+        rows = None if explicit or is_cross else self.controller.self_source_rows(n_query)
+        if not explicit and rows is None:
             self.sdpa_calls += 1
             return self.default(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        self.explicit_calls += 1
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -731,9 +774,21 @@ class P2PAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        probs = attention_probs(query, key, head_dim**-0.5, attention_mask)  # SDPA's default scale
-        probs = self.controller(probs, is_cross)
-        out = torch.matmul(probs.to(value.dtype), value)  # (N, heads, Q, d)
+        if explicit:  # the conditional half explicitly; the unconditional half, never edited, fused
+            self.explicit_calls += 1
+            u = batch - self.controller.batch
+            cond_mask = None if attention_mask is None else attention_mask[u:]
+            probs = attention_probs(query[u:], key[u:], head_dim**-0.5, cond_mask)  # SDPA's default scale
+            probs = self.controller.edit_conditional(probs, is_cross)
+            out = torch.matmul(probs.to(value.dtype), value[u:])  # (B, heads, Q, d)
+            if u:
+                uncond_mask = None if attention_mask is None else attention_mask[:u]
+                out = torch.cat([F.scaled_dot_product_attention(query[:u], key[:u], value[:u], attn_mask=uncond_mask), out])
+        else:  # softmax(q_src k_src^T / sqrt(d)) v: the source's map on each branch's own values
+            self.source_calls += 1
+            if attention_mask is not None:
+                attention_mask = attention_mask[rows]
+            out = F.scaled_dot_product_attention(query[rows], key[rows], value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
