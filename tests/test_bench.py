@@ -112,9 +112,11 @@ def test_bench_startup_times_each_rule_scripts_imports(tmp_path):
 def test_bench_t2i_eval_batches_with_the_same_table(tmp_path):
     out = tmp_path / "t2i_eval.csv"
     bench("bench_t2i_eval.py", "--seeds", "2", "--edits", "shape_swap", "--steps", "2", "--repeats", "1", "--threads", "1",
-          "--out", str(out))  # fails if a discrete result differs
+          "--out", str(out))
     df = pd.read_csv(out)
-    assert len(df) == 2 and df["max_abs_diff"].max() < 1e-3 and (df["seconds"] > 0).all()
+    assert len(df) == 3 and df["max_abs_diff"].max() < 1e-3 and (df["seconds"] > 0).all()
+    assert (df["rows_with_a_discrete_change"] == 0).all()
+    assert list(df["images_sampled"]) == [8, 8, 6]  # the shared source: three images a case, not four
 
 
 def test_bench_precision_runs_both_and_bf16_stays_close(tmp_path):

@@ -596,6 +596,15 @@ class Reweight(AttentionEdit):
         return base * _like(self._equalizer, base)[:, None, None, :]
 
 
+class Unedited(AttentionStore):
+    """A member of a :class:`ControllerBatch` that samples its prompts without control (and stores
+    their maps): a no-control baseline beside the edits, in their batch."""
+
+    def __init__(self, prompts: Sequence[str], store_level: int | None = None, keep_steps: bool = False):
+        super().__init__(store_level=store_level, keep_steps=keep_steps)
+        self.prompts = list(prompts)
+
+
 class ControllerBatch(AttentionStore):
     """Several edits sampled in one batch: controller i edits its own consecutive prompts (its
     source, then its targets), and the batch is the concatenation of their prompts in order.
@@ -606,7 +615,7 @@ class ControllerBatch(AttentionStore):
     then a batch gives each edit what sampling it alone gives, up to float rounding.
     """
 
-    def __init__(self, controllers: Sequence[AttentionEdit]):
+    def __init__(self, controllers: Sequence[AttentionEdit | Unedited]):
         super().__init__()
         self.controllers = list(controllers)
         if not self.controllers:
