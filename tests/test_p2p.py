@@ -427,6 +427,8 @@ def test_controller_moves_its_tensors_once_and_decides_steps_on_the_host(pipe, m
         for _ in range(3):
             ctrl(probs, True)
             ctrl.needs_probs(True, 64) and ctrl.needs_probs(False, 64)
+            rows = ctrl.self_source_rows(64)
+            assert (rows is not None) == ctrl.self_on[step] and (rows is None or rows.device == pipe.unet.device)
     assert calls == {"any": 0, "to": 0}
 
 
