@@ -545,8 +545,8 @@ def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
     for case, imgs in ex.values():
         assert torch.equal(imgs["p2p_source"], imgs["source"])
         _, old = t2i_stage.run_cases(pipe, rd, [case], 0, cfg["eval"]["num_steps"], cfg["eval"]["guidance_scale"],
-                                                   cfg["eval"]["cross_replace_steps"], cfg["eval"]["self_replace_steps"],
-                                                   cfg["eval"].get("self_max_tokens"), shared_source=False)[0]
+                                     cfg["eval"]["cross_replace_steps"], cfg["eval"]["self_replace_steps"],
+                                     cfg["eval"].get("self_max_tokens"), shared_source=False)[0]
         for key in ("source", "p2p_source", "p2p", "baseline"):
             torch.testing.assert_close(old[key], imgs[key], rtol=0, atol=1e-4)
         torch.testing.assert_close(old["plain_maps"], imgs["plain_maps"], rtol=0, atol=1e-5)
