@@ -4,6 +4,7 @@ edit is kept" measure on drawn images, the showcase's verdicts, config errors an
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -229,3 +230,138 @@ def test_the_other_object_is_also_scored_over_the_seeds_whose_source_is_right(ro
     assert "at least the goal's 90%: 5 of the 6 seeds that lose it are among the 12 whose source the model drew otherwise" in text
     assert "seeds that lose it" not in paragraph(0.75, 0.8)  # kept too rarely where the source is right: no such claim
     assert "goal met" in paragraph(0.95, 0.95) and "seeds that lose it" not in paragraph(0.95, 0.95)
+
+
+# --------------------------------------------------------------------------- drawn two-object images (editing given images)
+PAIR_DRAW = {"background": "white", "objects": [{"shape": "circle", "colour": "red", "cx": 3.5, "cy": 8.0, "radius": 3.0},
+                                                {"shape": "square", "colour": "blue", "cx": 12.0, "cy": 9.0, "radius": 3.0}]}
+PAIR_DATA = {"image_size": 16, "shapes": ["circle", "square", "triangle"], "colours": dict(shapes.ShapeSpec().colours),
+             "backgrounds": dict(shapes.ShapeSpec().backgrounds), "radius": [3.0, 6.0], "small_below": 3.8, "big_above": 5.2,
+             "size_word_prob": 0.5, "two_objects": 0.5, "pair_radius": [2.5, 3.25]}
+
+
+def test_drawn_pair_cases_are_the_generators_pairs_and_read_as_captioned(reader):
+    cases, images = t2i_stage.drawn_cases(pair_spec(), "pair_shape_swap", 8, seed=4)
+    b = shapes.sample_pairs(pair_spec(), 8, make_generator(4, "t2i/real_eval/pair_shape_swap"))
+    assert torch.equal(images, b.images) and [c.source for c in cases] == b.captions
+    assert {c.obj for c in cases} <= {0, 1} and all(c.edit == "pair_shape_swap" and c.attribute == "shape" for c in cases)
+    for c, img in zip(cases, images):
+        tgt = shapes.parse_pair_caption(pair_spec(), c.target)
+        assert tgt["objects"][c.obj][1] == c.target_value != c.source_truth["objects"][c.obj][1]
+        assert tgt["objects"][1 - c.obj] == c.source_truth["objects"][1 - c.obj]
+    # scored against itself: the drawn source is read as captioned, the target is not reached, the other object is kept
+    scores = [t2i_stage.score_pair(reader, c, img, img) for c, img in zip(cases, images)]
+    assert sum(s["source_ok"] for s in scores) >= 7 and not any(s["success"] for s in scores)
+    assert all(s["other_kept"] == 1.0 for s in scores)
+    with pytest.raises(ValueError, match="p2p.real_eval.edits: pair_colour_swap needs a model trained on two-object captions"):
+        t2i_stage.drawn_cases(shapes.ShapeSpec(), "pair_colour_swap", 2, seed=4)
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny model's ops are too small to share between threads (see test_inversion)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_drawn_two_object_image_is_inverted_edited_and_judged_object_by_object(reader, tmp_path, one_thread):
+    """p2p_real_edit on a drawing of two objects: the input is render_pair's, its truth the drawing, and
+    each two-object edit is judged by judge_pair against the drawing (the tiny model is random, so the
+    verdict's parts, not its success, are asserted); an edit whose prompts name one object is not measured."""
+    from diffusion_report.stages import p2p
+    from diffusion_report.testing import tiny_pipe
+
+    entry = {"name": "pair", "image": {"draw": PAIR_DRAW}, "prompt": "a red circle and a blue square on a white background",
+             "guidance_scale": 2.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1},
+             "edits": [{"name": "right_red", "target": "a red circle and a red square on a white background", "mode": "replace"}]}
+    image, truth, source = p2p.real_input(entry, PAIR_DATA)
+    expected, _ = shapes.render_pair(pair_spec(), [[("red", "circle"), ("blue", "square")]], ["white"], [[3.5, 12.0]], [[8.0, 9.0]], [[3.0, 3.0]])
+    assert torch.equal(image, expected[0]) and source == "drawn"
+    assert truth == {"objects": [("red", "circle"), ("blue", "square")], "background": "white"}
+    names = {"inversion": "inversion.safetensors", "metrics": "metrics.csv", "timing": "timing.csv", "edits": "edits"}
+    out = {k: str(tmp_path / names.get(k, f"{k}.png")) for k in p2p.REAL_ARTIFACTS}
+    df, _ = p2p.real_edit(tiny_pipe(), reader, entry, truth, source, image, out)
+    row = df[df["kind"] == "edit"].iloc[0]
+    assert row["edit_type"] == "pair_colour_swap" and bool(row["measured"]) and bool(row["source_ok"])  # the drawing is the truth
+    from PIL import Image
+
+    edited = torch.from_numpy(np.asarray(Image.open(tmp_path / "edits" / "right_red.png"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    verdict = t2i_stage.judge_pair(reader, "pair_colour_swap", truth, shapes.parse_pair_caption(pair_spec(), entry["edits"][0]["target"]),
+                                   image, edited)
+    assert {k: row[k] for k in ("reached", "untouched_kept", "success")} == {k: verdict[k] for k in ("reached", "untouched_kept", "success")}
+    # a one-object drawing under a two-object prompt: the verdict would compare different things, so none is given
+    single = dict(entry, name="single", image={"draw": {"shape": "circle", "colour": "red", "background": "white", "cx": 8.0, "cy": 8.0,
+                                                        "radius": 4.0}})
+    image1, truth1, _ = p2p.real_input(single, PAIR_DATA)
+    df1, _ = p2p.real_edit(tiny_pipe(), reader, single, truth1, "drawn", image1, {k: str(tmp_path / "one" / Path(v).name) for k, v in out.items()})
+    row1 = df1[df1["kind"] == "edit"].iloc[0]
+    assert not bool(row1["measured"]) and row1["cause"] == "the input shows one object, the edit's prompts two"
+
+
+def test_config_takes_two_object_drawings_and_names_what_is_wrong():
+    import yaml
+
+    from diffusion_report.config import ConfigError, validate_config
+    from diffusion_report.testing import ROOT
+
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    base["t2i"].update(train=True)
+    base["t2i"]["data"].update(two_objects=0.5, pair_radius=[2.5, 3.25])
+    base["t2i"]["model"]["max_length"] = 16
+    entry = base["p2p"]["real_edits"][0]
+    entry.update(image={"draw": copy.deepcopy(PAIR_DRAW)}, prompt="a red circle and a blue square on a white background",
+                 edits=[{"name": "c", "target": "a red circle and a green square on a white background", "mode": "replace"}])
+    base["p2p"]["real_eval"]["edits"] = ["shape_swap", "pair_colour_swap"]
+
+    def errors(change=None):
+        cfg = copy.deepcopy(base)
+        if change:
+            change(cfg)
+        try:
+            validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT, workflow_dir=ROOT)
+        except ConfigError as exc:
+            return str(exc)
+        return ""
+
+    assert errors() == ""
+    draw = lambda c: c["p2p"]["real_edits"][0]["image"]["draw"]  # noqa: E731
+    key = "p2p.real_edits[0] (red_circle).image.draw"
+    assert f"{key}.objects[0].cx: 6 puts the shape (radius 3) outside the left half (0..7.5); allowed 3..4.5" in errors(
+        lambda c: draw(c)["objects"][0].update(cx=6.0))
+    assert f"{key}.objects[1].cx: 8 puts the shape (radius 3) outside the right half (8.5..16); allowed 11.5..13" in errors(
+        lambda c: draw(c)["objects"][1].update(cx=8.0))
+    assert f"{key}.objects[1].colour: 'pink' is not in t2i.data" in errors(lambda c: draw(c)["objects"][1].update(colour="pink"))
+    assert f"{key}.background: 'teal' is not in t2i.data" in errors(lambda c: draw(c).update(background="teal"))
+    both = errors(lambda c: draw(c).update(shape="circle", colour="red"))
+    assert "p2p.real_edits[0].image.draw: one object needs shape, colour, cx, cy and radius; two objects need objects" in both
+    assert "it has objects and shape, colour" in both
+    assert "p2p.real_edits[0].image.draw.objects[1]: 'radius' is a required property" in errors(lambda c: draw(c)["objects"][1].pop("radius"))
+    assert "is too short" in errors(lambda c: draw(c)["objects"].pop())
+    one_object = lambda c: c["t2i"]["data"].update(two_objects=0.0)  # noqa: E731
+    msg = errors(one_object)
+    assert f"{key}.objects: a two-object drawing needs a model trained on two-object captions" in msg
+    assert "p2p.real_eval.edits: pair_colour_swap draw two objects, which this model was not trained on" in msg
+    from diffusion_report import config
+
+    assert config.PAIR_GAP == shapes.PAIR_GAP  # validation keeps its own copy (it imports no torch)
+
+
+def test_the_report_describes_a_two_object_drawing_and_the_other_object_kept(tmp_path):
+    from test_inversion import _real_eval_files
+
+    from diffusion_report.report.sections import p2p as section
+
+    assert section.describe_drawing(PAIR_DRAW) == ("two objects: a red circle of half-extent 3 px centred at (3.5, 8) in the left half "
+                                                   "and a blue square of half-extent 3 px centred at (12, 9) in the right half, on white")
+    assert section.describe_drawing({"shape": "circle", "colour": "red", "background": "gray", "cx": 7.5, "cy": 8.5, "radius": 4.5}) == (
+        "a red circle of half-extent 4.5 px centred at (7.5, 8.5) on gray")
+    files = _real_eval_files(tmp_path, 0.7, 0.75)
+    ev = section.real_eval_context(files, {})
+    assert "other object kept, drawn" not in ev["rows"][0]  # one-object types only: no such column
+    summary = pd.read_csv(files["real_eval_summary"])
+    pair = summary.assign(edit="pair_colour_swap", other_kept=[0.625, 0.5])
+    pd.concat([summary, pair]).to_csv(files["real_eval_summary"], index=False)
+    rows = {r["edit type"]: r for r in section.real_eval_context(files, {})["rows"]}
+    assert rows["pair_colour_swap"]["other object kept, drawn"] == 0.625 and rows["shape_swap"]["other object kept, drawn"] == ""

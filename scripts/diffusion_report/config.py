@@ -76,6 +76,18 @@ def _format_schema_error(error) -> str:
         hi = f"{sch['maximum']}]" if "maximum" in sch else f"{sch['exclusiveMaximum']})" if "exclusiveMaximum" in sch else "inf)"
         kind = "an integer" if sch.get("type") == "integer" else "a number"
         return f"{key}: {error.instance!r} is out of range; allowed: {kind} in {lo}, {hi}"
+    if error.validator == "oneOf" and key.endswith(".image.draw") and isinstance(error.instance, dict):
+        import jsonschema
+
+        one = ("shape", "colour", "cx", "cy", "radius")
+        branch = 1 if "objects" in error.instance else 0  # the form the drawing was meant to be
+        if branch and any(k in error.instance for k in one):
+            detail = f"; it has objects and {', '.join(k for k in one if k in error.instance)}"
+        else:
+            inner = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == branch]
+            detail = "; " + _format_schema_error(jsonschema.exceptions.best_match(inner)) if inner else ""
+        return (f"{key}: one object needs shape, colour, cx, cy and radius; two objects need objects (left, right) "
+                f"instead of those{detail}")
     if error.validator == "oneOf" and key.endswith(".image"):
         detail = ""
         if isinstance(error.instance, dict):  # the drawing branch: say what is wrong inside it
@@ -84,7 +96,8 @@ def _format_schema_error(error) -> str:
             inner = [e for e in error.context if e.validator != "type" or e.absolute_path != error.absolute_path]
             if inner:
                 detail = "; " + _format_schema_error(jsonschema.exceptions.best_match(inner))
-        return f"{key}: must be an image file (a path) or {{draw: {{shape, colour, background, cx, cy, radius}}}}{detail}"
+        return (f"{key}: must be an image file (a path) or {{draw: {{shape, colour, background, cx, cy, radius}}}} "
+                f"(two objects: {{draw: {{background, objects: [...]}}}}){detail}")
     if error.validator == "oneOf":
         return f"{key}: {error.instance!r} must be a fraction in [0, 1] or a mapping of words to such fractions"
     if error.validator in ("pattern", "minLength") and isinstance(error.instance, str) and not error.instance.strip():
@@ -299,6 +312,10 @@ def t2i_errors(t2i: dict, p2p: dict, base_dir: str | os.PathLike = ".", workflow
     if pair_edits and two <= 0:
         out.append(f"t2i.eval.edits: {', '.join(pair_edits)} edit two-object captions, which this model was not trained on "
                    "(t2i.data.two_objects is 0); set t2i.data.two_objects above 0 and retrain, or drop them")
+    drawn_pairs = [e for e in ((p2p.get("real_eval") or {}).get("edits") or []) if e.startswith("pair_")]
+    if drawn_pairs and two <= 0 and (p2p.get("real_eval") or {}).get("enabled", True):
+        out.append(f"p2p.real_eval.edits: {', '.join(drawn_pairs)} draw two objects, which this model was not trained on "
+                   "(t2i.data.two_objects is 0); set t2i.data.two_objects above 0 and retrain, or drop them")
     colourless = sorted({e for key in ("eval", "tradeoff") for e in (t2i.get(key) or {}).get("edits", []) if e == "refine_colour"})
     if colourless and float(data.get("colour_word_prob", 1.0)) >= 1.0:
         out.append("t2i.eval.edits: refine_colour starts from captions that name no colour, which this model was not trained on "
@@ -354,6 +371,39 @@ def window_errors(key: str, text: str, t2i: dict) -> list[str]:
             "the start and end tokens included); shorten the prompt"]
 
 
+PAIR_GAP = 1.0  # models.shapes.PAIR_GAP (not imported: validating the config imports no torch)
+
+
+def drawing_errors(key: str, draw: dict, data: dict) -> list[str]:
+    """A ``p2p.real_edits`` drawing outside the generator's vocabulary or its image: one object
+    anywhere in the image, or two (``objects``), each inside its half (left, then right; the
+    halves of :func:`models.shapes.sample_pairs`, which only a two-object model has seen)."""
+    out: list[str] = []
+    size = float(data["image_size"])
+    bg = list(data["backgrounds"])
+    if draw["background"] not in bg:
+        out.append(f"{key}.background: {draw['background']!r} is not in t2i.data ({', '.join(map(repr, bg))})")
+    pair = "objects" in draw
+    if pair and float(data.get("two_objects", 0.0)) <= 0:
+        out.append(f"{key}.objects: a two-object drawing needs a model trained on two-object captions (t2i.data.two_objects is 0); "
+                   "set t2i.data.two_objects above 0 and retrain, or draw one object")
+    half = (size - PAIR_GAP) / 2
+    objects = draw["objects"] if pair else [draw]
+    for k, obj in enumerate(objects):
+        at = f"{key}.objects[{k}]" if pair else key
+        for attr, allowed in (("shape", list(data["shapes"])), ("colour", list(data["colours"]))):
+            if obj[attr] not in allowed:
+                out.append(f"{at}.{attr}: {obj[attr]!r} is not in t2i.data ({', '.join(map(repr, allowed))})")
+        r = float(obj["radius"])
+        lo_x, hi_x = (0.0, size) if not pair else (0.0, half) if k == 0 else (half + PAIR_GAP, size)
+        for axis, (lo, hi) in (("cx", (lo_x, hi_x)), ("cy", (0.0, size))):
+            c = float(obj[axis])
+            if not lo + r <= c <= hi - r:
+                where = f"the {data['image_size']}-pixel image" if not pair or axis == "cy" else f"the {('left', 'right')[k]} half ({lo:g}..{hi:g})"
+                out.append(f"{at}.{axis}: {c:g} puts the shape (radius {r:g}) outside {where}; allowed {lo + r:g}..{hi - r:g}")
+    return out
+
+
 def real_edit_errors(t2i: dict | None, p2p: dict, base_dir: str | os.PathLike = ".") -> list[str]:
     """``p2p.real_edits``: an image file that cannot be read, duplicate names and the checks of
     ``p2p.edits`` (names, modes, words) on the edits; on the embedded model (``t2i`` given) also a
@@ -383,18 +433,8 @@ def real_edit_errors(t2i: dict | None, p2p: dict, base_dir: str | os.PathLike = 
         if t2i is None:
             continue
         data, T = t2i["data"], int(t2i["schedule"]["T"])
-        size = float(data["image_size"])
         if not isinstance(image, str):
-            draw = image["draw"]
-            for attr, allowed in (("shape", list(data["shapes"])), ("colour", list(data["colours"])), ("background", list(data["backgrounds"]))):
-                if draw[attr] not in allowed:
-                    out.append(f"{key}.image.draw.{attr}: {draw[attr]!r} is not in t2i.data ({', '.join(map(repr, allowed))})")
-            r = float(draw["radius"])
-            for axis in ("cx", "cy"):
-                c = float(draw[axis])
-                if not r <= c <= size - r:
-                    out.append(f"{key}.image.draw.{axis}: {c:g} puts the shape (radius {r:g}) outside the "
-                               f"{data['image_size']}-pixel image; allowed {r:g}..{size - r:g}")
+            out += drawing_errors(f"{key}.image.draw", image["draw"], data)
         steps = int(entry.get("num_inversion_steps", 20))
         if steps > T:
             out.append(f"{key}.num_inversion_steps: {steps} is above the embedded model's training T = {T} (t2i.schedule.T); allowed 1..{T}")

@@ -285,14 +285,16 @@ TIMING_COLUMNS = ["image", "step", "method", "seconds", "threads", "device"]
 
 def real_input(entry: dict, data_cfg: dict | None, base_dir: str = ".", image_file: str | None = None, image_size: int | None = None):
     """The image of a ``p2p.real_edits`` entry, (3, H, W) in [-1, 1] at ``image_size`` (default
-    ``t2i.data.image_size``), and its ground truth ({shape, colour, background, size_word}) with
-    where it came from.
+    ``t2i.data.image_size``), its ground truth and where that came from.
 
-    A drawn image (``image: {draw: ...}``) is rendered by :func:`shapes.render`; its truth is the
-    drawing (size word by the generator's thresholds). A file is read as ``forward.images`` are
-    (:func:`diffusion_report.images.load_image`: centre-cropped, resized); its truth is what its
-    prompt says (:func:`shapes.parse_caption`), or None when the prompt is not a caption or there
-    is no ``data_cfg`` (a pretrained model: the captioned shapes are the embedded model's).
+    The truth is {shape, colour, background, size_word} for one object, {objects: [(colour, shape)
+    left, right], background} for two (:func:`shapes.parse_pair_caption`'s form). A drawn image
+    (``image: {draw: ...}``) is rendered by :func:`shapes.render` (:func:`shapes.render_pair` with
+    ``objects``); its truth is the drawing (size word by the generator's thresholds). A file is
+    read as ``forward.images`` are (:func:`diffusion_report.images.load_image`: centre-cropped,
+    resized); its truth is what its prompt says (:func:`shapes.parse_caption`, then
+    :func:`shapes.parse_pair_caption`), or None when the prompt is not a caption or there is no
+    ``data_cfg`` (a pretrained model: the captioned shapes are the embedded model's).
     """
     from diffusion_report.images import load_image
     from diffusion_report.models import shapes
@@ -301,11 +303,16 @@ def real_input(entry: dict, data_cfg: dict | None, base_dir: str = ".", image_fi
     image = entry["image"]
     if isinstance(image, str):
         img = load_image(image_file or image, int(image_size or spec.image_size), base_dir, key=f"p2p.real_edits ({entry['name']}).image")
-        truth = shapes.parse_caption(spec, entry["prompt"]) if spec else None
+        truth = (shapes.parse_caption(spec, entry["prompt"]) or shapes.parse_pair_caption(spec, entry["prompt"])) if spec else None
         return img, truth, "prompt"
     if spec is None:
         raise ValueError(f"p2p.real_edits ({entry['name']}).image: a drawn image needs the embedded model (p2p.model.source: train)")
     d = image["draw"]
+    if "objects" in d:
+        objs = d["objects"]
+        objects = [(o["colour"], o["shape"]) for o in objs]
+        img, _ = shapes.render_pair(spec, [objects], [d["background"]], *([[float(o[k]) for o in objs]] for k in ("cx", "cy", "radius")))
+        return img[0], {"objects": objects, "background": d["background"]}, "drawn"
     img, _ = shapes.render(spec, [d["shape"]], [d["colour"]], [d["background"]], [float(d["cx"])], [float(d["cy"])], [float(d["radius"])])
     return img[0], {"shape": d["shape"], "colour": d["colour"], "background": d["background"],
                     "size_word": spec.size_word(float(d["radius"]))}, "drawn"
@@ -416,7 +423,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     from diffusion_report.io import atomic_path, save_png, save_tensors, to_uint8, write_csv
     from diffusion_report.models import shapes
     from diffusion_report.models.text2image import decode, encode_prompts
-    from diffusion_report.stages.t2i import edit_type, judge
+    from diffusion_report.stages.t2i import PAIR_EDIT_TYPES, edit_type, judge, judge_pair
 
     missing = [k for k in REAL_ARTIFACTS if k not in outputs]
     if missing:
@@ -459,10 +466,15 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
                "guidance_scale": g, "num_steps": steps, "truth": truth_from}
         times.append({"image": entry["name"], "step": "edit", "method": e["name"], "seconds": secs, **where})
         etype, why = edit_type(spec, e) if spec is not None else (None, "the attribute reader reads the embedded model's shapes only")
+        pair = etype in PAIR_EDIT_TYPES
         if etype is None or truth is None:
             row.update({"measured": False, "cause": why if etype is None else "the prompt is not a caption, so the input's attributes are unknown"})
+        elif pair != ("objects" in truth):
+            row.update({"measured": False, "cause": f"the input shows {'two objects' if 'objects' in truth else 'one object'}, "
+                                                    f"the edit's prompts {'two' if pair else 'one'}"})
         else:
-            row.update({"edit_type": etype, **judge(reader, etype, truth, shapes.parse_caption(spec, e["target"]), image, img)})
+            parse, verdict = (shapes.parse_pair_caption, judge_pair) if pair else (shapes.parse_caption, judge)
+            row.update({"edit_type": etype, **verdict(reader, etype, truth, parse(spec, e["target"]), image, img)})
         rows.append(row)
         shown.append(to_uint8(img))
         verdict = "" if not row.get("measured") else ("\nreader: success" if row["success"] else "\nreader: failure")
@@ -504,9 +516,10 @@ def p2p_real_edit(entry: dict, p2p_cfg: dict, t2i_cfg: dict, outputs: dict, *, s
 # --------------------------------------------------------------------------- drawn images, inverted then edited
 REAL_EVAL_ARTIFACTS = ("per_image", "summary", "timing", "examples")
 REAL_EVAL_COLUMNS = ["edit", "seed_index", "method", "source", "target", "psnr_ddim", "psnr_null_text", "ssim_ddim", "ssim_null_text",
-                     "source_ok", "success", "untouched_kept", "all_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae"]
+                     "source_ok", "success", "untouched_kept", "all_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae",
+                     "other_kept"]
 REAL_EVAL_SUMMARY_COLUMNS = ["edit", "method", "n", "source_ok", "success", "all_kept", "mask_iou", "centroid_shift_px",
-                             "psnr_ddim", "psnr_null_text", "gain_db", "generated_n", "generated_success", "generated_all_kept"]
+                             "other_kept", "other_kept_source_ok", "psnr_ddim", "psnr_null_text", "gain_db", "generated_n", "generated_success", "generated_all_kept"]
 REAL_EVAL_TIMING_COLUMNS = ["edit", "n", "ddim_inversion_s", "null_text_inversion_s", "edit_s", "per_image_s", "threads", "device"]
 
 

@@ -339,17 +339,24 @@ def pair_cases(spec: shapes.ShapeSpec, edit: str, b: shapes.PairBatch, g: torch.
     return cases
 
 
-DRAWN_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big")  # reweight_big needs a prompt saying "big"
+DRAWN_EDIT_TYPES = ("shape_swap", "colour_swap", "background_swap", "refine_big") + PAIR_EDIT_TYPES  # not reweight_big: its prompt says "big"
 
 
 def drawn_cases(spec: shapes.ShapeSpec, edit: str, n: int, seed: int) -> tuple[list[EditCase], torch.Tensor]:
     """``n`` drawn images and their cases of one edit type (``make_generator(seed, 't2i/real_eval/<edit>')``):
     the image is drawn by the shapes generator, so its attributes are known, and the case's source
-    prompt describes it (shape, colour, background; no size word). Returns (cases, images (n, 3, H, W)
-    in [-1, 1]). Not reweight_big: its prompt says "big", which a drawn image of any size would not show."""
+    prompt describes it (shape, colour, background; no size word). A two-object type draws pairs
+    (:func:`shapes.sample_pairs`, as the model was trained on) and its cases are :func:`pair_cases`'.
+    Returns (cases, images (n, 3, H, W) in [-1, 1]). Not reweight_big: its prompt says "big", which a
+    drawn image of any size would not show."""
     if edit not in DRAWN_EDIT_TYPES:
         raise ValueError(f"p2p.real_eval.edits: unknown edit type {edit!r}; allowed: {', '.join(DRAWN_EDIT_TYPES)}")
     g = make_generator(seed, f"t2i/real_eval/{edit}")
+    if edit in PAIR_EDIT_TYPES:
+        if spec.two_objects <= 0:
+            raise ValueError(f"p2p.real_eval.edits: {edit} needs a model trained on two-object captions (t2i.data.two_objects > 0)")
+        b = shapes.sample_pairs(spec, n, g)
+        return pair_cases(spec, edit, b, g), b.images
     b = shapes.sample(spec, n, g)
     return _cases(spec, edit, b, g, 1.0), b.images
 
@@ -546,7 +553,7 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
         df[c] = df[c].astype(float)
     if "other_kept" in df:  # the other object kept over the seeds whose source is as captioned (nan where none is)
         df["other_kept_source_ok"] = df["other_kept"].where(df["source_ok"] == 1.0)
-    columns = [c for c in SUMMARY_COLUMNS if c in df]  # other_kept: written by t2i_eval, not by the drawn-image evaluation
+    columns = [c for c in SUMMARY_COLUMNS if c in df]  # other_kept: written by the evaluations, not by every caller
     out = df.groupby(["edit", "method"], sort=False)[columns].mean().reset_index()
     out.insert(2, "n", df.groupby(["edit", "method"], sort=False).size().values)
     return out

@@ -148,7 +148,7 @@ def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
         image = entry["image"]
         out.append({
             "name": name, "prompt": entry["prompt"], "figure": files.get(f"real_{name}_figure"), "rows": table, "gain": gain,
-            "drawn": not isinstance(image, str), "draw": image.get("draw") if isinstance(image, dict) else None,
+            "drawn": not isinstance(image, str), "drawing": describe_drawing(image["draw"]) if isinstance(image, dict) else None,
             "file": image if isinstance(image, str) else None,
             "guidance_scale": entry.get("guidance_scale", 2.0), "num_steps": entry.get("num_inversion_steps", 20),
             "null_text": {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})},
@@ -156,6 +156,20 @@ def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
             "device": t_image["device"] if t_image else None, "edits": edits,
         })
     return out
+
+
+def describe_drawing(draw: dict) -> str:
+    """A ``p2p.real_edits`` drawing in words: its object (or its two objects, left and right), each
+    with its half-extent and centre, and the background."""
+    from diffusion_report.report.render import fmt
+
+    def one(o):
+        return f"a {o['colour']} {o['shape']} of half-extent {fmt(o['radius'], 3)} px centred at ({fmt(o['cx'], 3)}, {fmt(o['cy'], 3)})"
+
+    if "objects" in draw:
+        left, right = draw["objects"]
+        return f"two objects: {one(left)} in the left half and {one(right)} in the right half, on {draw['background']}"
+    return f"{one(draw)} on {draw['background']}"
 
 
 def real_summary(real: list[dict]) -> dict | None:
@@ -203,6 +217,9 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                      "kept, drawn": p["all_kept"], "kept, generated": p["generated_all_kept"] if has_gen else None,
                      "no control: reached, kept": f"{fmt(b['success'], 2)}, {fmt(b['all_kept'], 2)}" if b else "",
                      f"within {fmt(RATE_GAP_GOAL * 100, 2)} points": ("yes" if within else "no") if has_gen else "not evaluated"})
+        if any(k[0].startswith("pair_") for k in summary):  # two objects: the one the edit does not name, kept (part of "kept")
+            other = p.get("other_kept")
+            rows[-1]["other object kept, drawn"] = other if edit.startswith("pair_") and other == other else ""
         if has_gen:
             types.append({"edit": edit.replace("_", " "), "within": within, "drawn_s": p["success"], "gen_s": p["generated_success"],
                           "drawn_k": p["all_kept"], "gen_k": p["generated_all_kept"], "free_s": b.get("success")})
