@@ -219,7 +219,7 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                      f"within {fmt(RATE_GAP_GOAL * 100, 2)} points": ("yes" if within else "no") if has_gen else "not evaluated"})
         if any(k[0].startswith("pair_") for k in summary):  # two objects: the one the edit does not name, kept (part of "kept")
             other = p.get("other_kept")
-            rows[-1]["other object kept, drawn"] = other if edit.startswith("pair_") and other == other else ""
+            rows[-1]["other object kept, drawn"] = other if edit.startswith("pair_") and other is not None else ""
         if has_gen:
             types.append({"edit": edit.replace("_", " "), "within": within, "drawn_s": p["success"], "gen_s": p["generated_success"],
                           "drawn_k": p["all_kept"], "gen_k": p["generated_all_kept"], "free_s": b.get("success")})
