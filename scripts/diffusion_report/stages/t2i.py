@@ -852,7 +852,9 @@ def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, n
     source and the edited image), plus the no-control baseline (one point, drawn once).
 
     Every case keeps its x_T across fractions (the evaluation's ``t2i/eval/<edit>/<i>``), so the
-    points differ only by the injection.
+    points differ only by the injection. With nothing injected (fraction 0 and ``self_`` 0) the
+    controllers leave every attention call alone, so that point is the baseline's images, not
+    sampled again (tested byte for byte against sampling it).
     """
     from diffusion_report.models.text2image import generate
 
@@ -869,7 +871,11 @@ def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, n
 
     rows = [point("baseline", float("nan"), plain)]
     for frac in fractions:
-        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, cases, num_steps, float(frac), float(self_), self_max_tokens))
+        if float(frac) == 0.0 and float(self_) == 0.0:  # no injection: the plain pair itself
+            edited = plain
+        else:
+            edited, _ = generate(pipe, prompts, x_T, num_steps, guidance,
+                                 case_controllers(pipe, cases, num_steps, float(frac), float(self_), self_max_tokens))
         rows.append(point("p2p", float(frac), edited))
     return pd.DataFrame(rows, columns=TRADEOFF_COLUMNS)
 
