@@ -412,6 +412,8 @@ def test_the_report_subsection_shows_each_image_with_its_figure_table_and_verdic
     html = render_p2p(ctx, config)
     text = " ".join(html.split())
     assert '<h3 id="p2p-real">' in html and "Prompt &#8220;a red circle on a white background&#8221;" in text
+    assert ("The input is drawn by the captioned-shapes generator (a red circle of half-extent 4.5 px centred at (7.5, 8.5) "
+            "on white), so its attributes are known.") in text
     assert r["gain"]["text"].replace("'", "&#39;") in text
     # every figure and table of the section is referenced from its text
     ids = re.findall(r'<(?:figure|table) id="((?:fig|tab)-\d+)"', html)
