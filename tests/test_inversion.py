@@ -548,13 +548,28 @@ def test_the_report_states_the_rate_goal_from_the_numbers(tmp_path, drawn, gener
     text = " ".join(ev["text"])
     assert f"is met for {int(within)} of 1 edit types" in text
     assert f"reached in {drawn * 100:.3g}% of the drawn images and {generated * 100:.3g}% of the generated ones" in text
-    assert ("(within the goal)" if within else "(outside the goal)") in text
+    side = "(within the goal)" if within else "(outside the goal, higher on the drawn images)" if drawn > generated else (
+        "(outside the goal, lower on the drawn images)")
+    assert side in text
     # a shortfall of the target rate is traced: the no-control sample from the same x_T reaches it in 100%
     short = not within and drawn < generated
     assert ("reaches the target in 100% of the drawn images, so the inversion leaves room for the edit" in text) == short
     # the reconstruction goal per image: one of the two images gains 17 dB, the other 4 dB
     assert "the gain is at least 5 dB (the goal) in 1 of 2 images (smallest gain 4 dB)" in text
     assert ev["per_image"] == {"seconds": 2.0, "threads": 2, "device": "cpu"}  # (3 + 1) s over 2 images
+
+
+def test_a_missed_rate_goal_says_on_which_side():
+    from diffusion_report.report.sections import p2p as section
+
+    def side(ds, gs, dk, gk):
+        within = abs(ds - gs) <= 0.1 and abs(dk - gk) <= 0.1
+        return section._goal_side({"within": within, "drawn_s": ds, "gen_s": gs, "drawn_k": dk, "gen_k": gk})
+
+    assert side(0.83, 0.83, 1.0, 0.83) == "outside the goal, higher on the drawn images"  # the default run's colour swap
+    assert side(0.5, 0.9, 0.95, 0.9) == "outside the goal, lower on the drawn images"  # the kept rate is within: not counted
+    assert side(0.5, 0.9, 1.0, 0.8) == "outside the goal"  # one higher, one lower
+    assert side(0.85, 0.9, 1.0, 0.95) == "within the goal"
 
 
 def test_the_report_shows_the_drawn_image_evaluation_with_its_table(tmp_path):

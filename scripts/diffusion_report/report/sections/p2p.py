@@ -236,7 +236,7 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
         for t in types:
             text.append(f"{t['edit'].capitalize()}: the target is reached in {pct(t['drawn_s'], 3)} of the drawn images and "
                         f"{pct(t['gen_s'], 3)} of the generated ones, the untouched attributes are kept in {pct(t['drawn_k'], 3)} "
-                        f"and {pct(t['gen_k'], 3)} ({'within' if t['within'] else 'outside'} the goal).")
+                        f"and {pct(t['gen_k'], 3)} ({_goal_side(t)}).")
             if not t["within"] and t["drawn_s"] < t["gen_s"] and t["free_s"] is not None:
                 # where the target falls short: does the inverted x_T allow it without control?
                 text.append(Markup("Without control, the target prompt sampled from the same inverted x<sub>T</sub> reaches the target in "
@@ -255,6 +255,19 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                 "cross_replace_steps": _fmt_steps(eval_cfg.get("cross_replace_steps", 0.8)),
                 "self_replace_steps": _fmt_steps(eval_cfg.get("self_replace_steps", 0.4))},
             "types_met": sum(t["within"] for t in types), "types_compared": len(types)}
+
+
+def _goal_side(t: dict) -> str:
+    """Where one edit type stands against the rate goal: within it, or outside it and on which side
+    (the rates that miss it higher or lower on the drawn images than on the generated ones)."""
+    if t["within"]:
+        return "within the goal"
+    gaps = [d - g for d, g in ((t["drawn_s"], t["gen_s"]), (t["drawn_k"], t["gen_k"])) if abs(d - g) > RATE_GAP_GOAL + 1e-9]
+    if gaps and all(g > 0 for g in gaps):
+        return "outside the goal, higher on the drawn images"
+    if gaps and all(g < 0 for g in gaps):
+        return "outside the goal, lower on the drawn images"
+    return "outside the goal"
 
 
 def report_context(files: dict[str, str], config: dict) -> dict:
