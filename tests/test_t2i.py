@@ -612,6 +612,10 @@ def test_rule_functions_and_report_section(tmp_path, root):
     # a model trained with captions that name no colour says so, and says what refine_colour edits
     assert "the colour word in 75% of the captions; the others name none" in " ".join(html.split())
     assert "The refine_colour edit adds a colour word to a caption that names none" in " ".join(html.split())
+    # a one-object model points to the preset whose model draws two (and that one does not)
+    assert ctx["two_objects"] == 0 and "CONFIG=presets/two_objects.yaml" in " ".join(html.split())
+    two = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c={**ctx, "two_objects": 0.5})
+    assert "presets/two_objects.yaml" not in two and "of two smaller objects, one in each half" in " ".join(two.split())
 
 
 def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from diffusion_report.report.sections.t2i import GOAL_SHIFT_PX  # the reader's "in place": the centroid moves at most this
+from diffusion_report.report.sections.t2i import (  # the reader's "in place": the centroid moves at most GOAL_SHIFT_PX
+    GOAL_OTHER_KEPT,
+    GOAL_SHIFT_PX,
+)
 
 
 def _fmt_steps(v) -> str:
@@ -164,7 +167,7 @@ def describe_drawing(draw: dict) -> str:
     from diffusion_report.report.render import fmt
 
     def one(o):
-        return f"a {o['colour']} {o['shape']} of half-extent {fmt(o['radius'], 3)} px centred at ({fmt(o['cx'], 3)}, {fmt(o['cy'], 3)})"
+        return f"a {o['colour']} {o['shape']} of half-extent {fmt(o['radius'], 6)} px centred at ({fmt(o['cx'], 6)}, {fmt(o['cy'], 6)})"
 
     if "objects" in draw:
         left, right = draw["objects"]
@@ -221,7 +224,8 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
             other = p.get("other_kept")
             rows[-1]["other object kept, drawn"] = other if edit.startswith("pair_") and other is not None else ""
         if has_gen:
-            types.append({"edit": edit.replace("_", " "), "within": within, "drawn_s": p["success"], "gen_s": p["generated_success"],
+            types.append({"split": shared_word_split(per, edit) if edit.startswith("pair_") else None,
+                          "edit": edit.replace("_", " "), "within": within, "drawn_s": p["success"], "gen_s": p["generated_success"],
                           "drawn_k": p["all_kept"], "gen_k": p["generated_all_kept"], "free_s": b.get("success")})
     n_img = len(images)
     met = int((gains >= NULL_TEXT_GAIN_DB).sum())
@@ -245,6 +249,14 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                     "the inversion leaves room for the edit and the shortfall comes with the injected attention, which holds the drawn "
                     "layout more firmly than a generated one." if t["free_s"] >= t["gen_s"] else
                     Markup("the inverted x<sub>T</sub> and null-text embeddings themselves hold the image to the input.")))
+            sp = t["split"]
+            n = sp and sp["shared"][0] + sp["rest"][0]
+            if sp and sp["shared"][0] and sp["rest"][0] and 1 - sp["lost"] / n < GOAL_OTHER_KEPT:
+                # where the other object is lost, when it is lost too often: counts by the edited word, not a causal measurement
+                text.append(f"{t['edit'].capitalize()} loses the other object in {sp['lost']} of {n} drawn images, {sp['lost_shared']} of "
+                            f"them images where the edited word, before or after the edit, also names the other object (a count, not a "
+                            f"measured cause): there the other object is kept in {pct(sp['shared'][1] / sp['shared'][0], 3)} of "
+                            f"{sp['shared'][0]} images, elsewhere in {pct(sp['rest'][1] / sp['rest'][0], 3)} of {sp['rest'][0]}.")
     per_image = None
     if timing is not None and len(timing):
         per_image = {"seconds": float((timing["null_text_inversion_s"] + timing["edit_s"]).sum() / timing["n"].sum()),
@@ -255,6 +267,39 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                 "cross_replace_steps": _fmt_steps(eval_cfg.get("cross_replace_steps", 0.8)),
                 "self_replace_steps": _fmt_steps(eval_cfg.get("self_replace_steps", 0.4))},
             "types_met": sum(t["within"] for t in types), "types_compared": len(types)}
+
+
+def pair_edit_words(source: str, target: str) -> tuple[str, str, str] | None:
+    """(old, new, other) of an edit between two-object captions ("a red circle and a blue square on a
+    white background", the generator's form): the edited object's word before and after the edit,
+    and the other object's word for the same attribute. None unless the prompts are two such
+    captions that differ in one colour or shape word."""
+    s, t = str(source).lower().split(), str(target).lower().split()
+    if len(s) != 11 or len(t) != 11 or s[3] != "and" or t[3] != "and":
+        return None
+    changed = [i for i in range(11) if s[i] != t[i]]
+    if len(changed) != 1 or changed[0] not in (1, 2, 5, 6):
+        return None
+    i = changed[0]
+    return s[i], t[i], s[i + 4 if i < 5 else i - 4]
+
+
+def shared_word_split(per_image, edit: str) -> dict | None:
+    """Prompt-to-prompt's "other object kept" on the drawn images of one two-object edit type, split
+    by whether the edited word, before or after the edit, also names the other object ("a red
+    square and a red circle" -> "a red square and a green circle"): {shared: (images, kept),
+    rest: (images, kept), lost_shared: images losing the other object among the shared}. None
+    without such rows."""
+    rows = per_image[(per_image["edit"] == edit) & (per_image["method"] == "p2p")]
+    if "other_kept" not in rows or not len(rows):
+        return None
+    words = [pair_edit_words(s, t) for s, t in zip(rows["source"], rows["target"])]
+    shared = [w is not None and w[2] in (w[0], w[1]) for w in words]
+    kept = [bool(k == 1) for k in rows["other_kept"]]
+    n_shared, k_shared = sum(shared), sum(k for k, sh in zip(kept, shared) if sh)
+    n_rest, k_rest = len(kept) - n_shared, sum(k for k, sh in zip(kept, shared) if not sh)
+    return {"shared": (n_shared, k_shared), "rest": (n_rest, k_rest), "lost_shared": n_shared - k_shared,
+            "lost": len(kept) - sum(kept)}
 
 
 def _goal_side(t: dict) -> str:
