@@ -565,6 +565,27 @@ def test_evaluation_of_a_tiny_setup_is_reproducible(tmp_path):
         torch.testing.assert_close(old["plain_maps"], imgs["plain_maps"], rtol=0, atol=1e-5)
 
 
+def test_a_clipped_ddim_step_re_derives_the_noise_from_the_clipped_x0():
+    """Pixel-space DDIM with clip_sample steps as guided-diffusion's ddim_sample: x_{t'} =
+    sqrt(abar_t') x0c + sqrt(1 - abar_t') eps', eps' = (x_t - sqrt(abar_t) x0c) / sqrt(1 - abar_t),
+    x0c the clipped x0; diffusers' default (the unclipped eps) is not that where x0 was clipped."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    from diffusion_report.models.text2image import step_options
+
+    sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    sched.set_timesteps(10)
+    g = make_generator(0, "test/clipped-step")
+    x, eps = torch.randn(2, 3, 4, 4, generator=g), 3.0 * torch.randn(2, 3, 4, 4, generator=g)  # guided: x0 far outside [-1, 1]
+    t, t_prev = sched.timesteps[3], sched.timesteps[4]
+    a, a_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t_prev]
+    x0c = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    expected = a_prev.sqrt() * x0c + (1 - a_prev).sqrt() * (x - a.sqrt() * x0c) / (1 - a).sqrt()
+    torch.testing.assert_close(sched.step(eps, t, x, **step_options(sched)).prev_sample, expected, rtol=0, atol=1e-5)
+    assert (sched.step(eps, t, x).prev_sample - expected).abs().max() > 0.5
+    assert step_options(DDIMScheduler(clip_sample=False)) == {} and step_options(PNDMScheduler()) == {}  # latent models: unchanged
+
+
 # --------------------------------------------------------------------------- shipped weights, rules, report
 def test_shipped_weights_match_the_default_config(root):
     import yaml

@@ -340,9 +340,11 @@ def sample(model: T2IModel, prompts: list[str], x_T: torch.Tensor, num_steps: in
     """Deterministic DDIM (eta 0) with classifier-free guidance. x_T (B,3,H,W) -> images (B,3,H,W) in [-1,1].
 
     A reference sampler independent of the prompt-to-prompt module (used for the sample grid and
-    the model's attribute accuracy).
+    the model's attribute accuracy); a clipped x_0 steps as in :func:`text2image.step_options`.
     """
     from diffusers import DDIMScheduler
+
+    from diffusion_report.models.text2image import step_options
 
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(int(num_steps))
@@ -354,7 +356,7 @@ def sample(model: T2IModel, prompts: list[str], x_T: torch.Tensor, num_steps: in
         eps = model.unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         e_u, e_c = eps.chunk(2)
         eps = e_u + guidance_scale * (e_c - e_u)
-        x = sched.step(eps, t, x).prev_sample
+        x = sched.step(eps, t, x, **step_options(sched)).prev_sample
     return x.clamp(-1, 1)
 
 

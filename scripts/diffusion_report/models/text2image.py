@@ -207,13 +207,14 @@ def generate(
     if controller is not None:
         controller.begin(pipe.unet, latents.shape[-2:], B)
         restore = install(pipe.unet, controller)
+    step = step_options(sched)
     try:
         for t in sched.timesteps:
             model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
             out = pipe.unet(model_in, t, encoder_hidden_states=context).sample
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            latents = sched.step(out, t, latents).prev_sample
+            latents = sched.step(out, t, latents, **step).prev_sample
             if controller is not None:
                 latents = controller.end_step(latents)
     finally:
@@ -223,6 +224,23 @@ def generate(
     if return_latents:
         return images, controller, latents
     return images, controller
+
+
+def step_options(sched) -> dict:
+    """Keyword arguments for ``sched.step``: with a clipped x_0 (DDIM on a pixel-space model with
+    ``clip_sample``), the direction term uses the noise re-derived from the clipped x_0.
+
+    DDIM's step is x_{t'} = sqrt(abar_t') x0 + sqrt(1 - abar_t') eps (eq. 12, sigma = 0). Once x0 is
+    clipped to [-1, 1], guided-diffusion's ``ddim_sample`` (the pixel-space classifier-free-guidance
+    reference: GLIDE) re-derives eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) from it, so both
+    terms agree on one x0; diffusers' default keeps the unclipped eps. Under guidance the unclipped
+    eps carries the extrapolated x0 that clipping removed, and the next step reads an x0 pushed the
+    other way: the embedded model's colours flip (README, Performance, round 12). A latent model
+    (``clip_sample`` false) and PNDM get no option: their steps are unchanged.
+    """
+    if type(sched).__name__ == "DDIMScheduler" and getattr(sched.config, "clip_sample", False):
+        return {"use_clipped_model_output": True}
+    return {}
 
 
 @torch.no_grad()
