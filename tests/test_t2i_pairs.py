@@ -369,22 +369,16 @@ def test_the_report_describes_a_two_object_drawing_and_the_other_object_kept(tmp
     assert rows["pair_colour_swap"]["other object kept, drawn"] == 0.625 and rows["shape_swap"]["other object kept, drawn"] == ""
 
 
-def _overlay(base: dict, over: dict) -> dict:
-    """Snakemake's --configfile merge: mappings merge key by key, anything else (lists) replaces."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def test_the_two_object_preset_installs_its_shipped_weights(root, tmp_path):
     """presets/two_objects.yaml is valid, and rule t2i_train's install path accepts models/t2i-pairs for it:
     checksums, and the recipe in the weights equal to the preset's (a drifted key would ask for a retrain)."""
     import json
 
     import yaml
+    from snakemake.utils import update_config  # what --configfile does: mappings merge key by key, lists replace
 
-    cfg = _overlay(yaml.safe_load((root / "config.yaml").read_text()), yaml.safe_load((root / "presets" / "two_objects.yaml").read_text()))
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((root / "presets" / "two_objects.yaml").read_text()))
     config_mod.validate_config(cfg, root / "schemas" / "config.schema.yaml", base_dir=root)  # fills the schema's defaults, as the workflow does
     assert any("objects" in e["image"].get("draw", {}) for e in cfg["p2p"]["real_edits"] if isinstance(e["image"], dict))
     weights = root / cfg["t2i"]["weights"]

@@ -351,12 +351,13 @@ def sample(model: T2IModel, prompts: list[str], x_T: torch.Tensor, num_steps: in
     cond = model.encode(list(prompts))
     uncond = model.encode([""] * len(prompts))
     x = x_T.clone()
+    step = step_options(sched)
     for t in sched.timesteps:
         inp = torch.cat([x, x])
         eps = model.unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         e_u, e_c = eps.chunk(2)
         eps = e_u + guidance_scale * (e_c - e_u)
-        x = sched.step(eps, t, x, **step_options(sched)).prev_sample
+        x = sched.step(eps, t, x, **step).prev_sample
     return x.clamp(-1, 1)
 
 

@@ -250,10 +250,9 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                     "layout more firmly than a generated one." if t["free_s"] >= t["gen_s"] else
                     Markup("the inverted x<sub>T</sub> and null-text embeddings themselves hold the image to the input.")))
             sp = t["split"]
-            n = sp and sp["shared"][0] + sp["rest"][0]
-            if sp and sp["shared"][0] and sp["rest"][0] and 1 - sp["lost"] / n < GOAL_OTHER_KEPT:
+            if sp and sp["shared"][0] and sp["rest"][0] and 1 - sp["lost"] / sp["n"] < GOAL_OTHER_KEPT:
                 # where the other object is lost, when it is lost too often: counts by the edited word, not a causal measurement
-                text.append(f"{t['edit'].capitalize()} loses the other object in {sp['lost']} of {n} drawn images, {sp['lost_shared']} of "
+                text.append(f"{t['edit'].capitalize()} loses the other object in {sp['lost']} of {sp['n']} drawn images, {sp['lost_shared']} of "
                             f"them images where the edited word, before or after the edit, also names the other object (a count, not a "
                             f"measured cause): there the other object is kept in {pct(sp['shared'][1] / sp['shared'][0], 3)} of "
                             f"{sp['shared'][0]} images, elsewhere in {pct(sp['rest'][1] / sp['rest'][0], 3)} of {sp['rest'][0]}.")
@@ -288,8 +287,8 @@ def shared_word_split(per_image, edit: str) -> dict | None:
     """Prompt-to-prompt's "other object kept" on the drawn images of one two-object edit type, split
     by whether the edited word, before or after the edit, also names the other object ("a red
     square and a red circle" -> "a red square and a green circle"): {shared: (images, kept),
-    rest: (images, kept), lost_shared: images losing the other object among the shared}. None
-    without such rows."""
+    rest: (images, kept), n: images, lost: images losing the other object, lost_shared: those among
+    the shared}. None without such rows."""
     rows = per_image[(per_image["edit"] == edit) & (per_image["method"] == "p2p")]
     if "other_kept" not in rows or not len(rows):
         return None
@@ -298,8 +297,8 @@ def shared_word_split(per_image, edit: str) -> dict | None:
     kept = [bool(k == 1) for k in rows["other_kept"]]
     n_shared, k_shared = sum(shared), sum(k for k, sh in zip(kept, shared) if sh)
     n_rest, k_rest = len(kept) - n_shared, sum(k for k, sh in zip(kept, shared) if not sh)
-    return {"shared": (n_shared, k_shared), "rest": (n_rest, k_rest), "lost_shared": n_shared - k_shared,
-            "lost": len(kept) - sum(kept)}
+    return {"shared": (n_shared, k_shared), "rest": (n_rest, k_rest), "n": len(kept), "lost": len(kept) - sum(kept),
+            "lost_shared": n_shared - k_shared}
 
 
 def _goal_side(t: dict) -> str:
