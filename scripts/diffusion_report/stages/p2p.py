@@ -428,7 +428,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     missing = [k for k in REAL_ARTIFACTS if k not in outputs]
     if missing:
         raise ValueError(f"real_edit: no output path for {', '.join(missing)}")
-    prompt, g = entry["prompt"], float(entry.get("guidance_scale", 2.0))
+    prompt, g = entry["prompt"], float(entry.get("guidance_scale", 5.0))
     steps = int(entry.get("num_inversion_steps", 20))
     nt = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})}
     edits = [dict(e, source=prompt) for e in entry["edits"]]

@@ -880,6 +880,39 @@ def tradeoff_points(pipe, reader, edit: str, cases: list[EditCase], seed: int, n
     return pd.DataFrame(rows, columns=TRADEOFF_COLUMNS)
 
 
+def tradeoff_labels(points: pd.DataFrame, tol_x: float = 0.15, tol_y: float = 0.06) -> list[tuple[float, float, str]]:
+    """One label per cluster of the trade-off curve's points, so that labels never overlap.
+
+    ``points``: one edit type's p2p rows (cross_replace_steps, mask_iou, success) in sweep order.
+    A point joins the first cluster whose first point lies within ``tol_x`` (mask IoU: a label's
+    width on the figure's unit axes) and ``tol_y`` (share of seeds) of it; clusters need not be
+    consecutive in the sweep (0.6 can leave the cluster of 0.4 and 0.8).
+    Returns (x, y, text) at each cluster's rightmost point (clear of the no-control star, which
+    keeps less of the layout) and its mean share; the text lists the cluster's fractions, runs of
+    consecutive swept fractions with an en dash ("0–0.4, 0.8–1")."""
+    fractions = [float(f) for f in points["cross_replace_steps"]]
+    clusters: list[tuple[float, float, list[int]]] = []
+    for i, (x, y) in enumerate(zip(points["mask_iou"], points["success"])):
+        for cx, cy, members in clusters:
+            if abs(x - cx) < tol_x and abs(y - cy) < tol_y:
+                members.append(i)
+                break
+        else:
+            clusters.append((float(x), float(y), [i]))
+    xs, ys = [float(v) for v in points["mask_iou"]], [float(v) for v in points["success"]]
+    out = []
+    for _, _, members in clusters:
+        runs: list[list[int]] = []
+        for i in members:
+            if runs and i == runs[-1][-1] + 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        text = ", ".join(f"{fractions[r[0]]:g}" if len(r) == 1 else f"{fractions[r[0]]:g}–{fractions[r[-1]]:g}" for r in runs)
+        out.append((max(xs[i] for i in members), sum(ys[i] for i in members) / len(members), text))
+    return out
+
+
 def tradeoff_figure(path, df: pd.DataFrame) -> None:
     """Target reached (y) against layout kept (x) per edit type: the p2p curve over the swept
     fractions (labelled) and the baseline's single point."""
@@ -898,18 +931,8 @@ def tradeoff_figure(path, df: pd.DataFrame) -> None:
         d = df[df["edit"] == edit]
         p, b = d[d["method"] == "p2p"].sort_values("cross_replace_steps"), d[d["method"] == "baseline"]
         ax.plot(p["mask_iou"], p["success"], "o-", color="C0", label="prompt-to-prompt")
-        # one label per group of points that lie together ("0-0.6"), so that labels never overlap
-        groups: list[list] = []
-        for _, r in p.iterrows():
-            if groups and abs(r["mask_iou"] - groups[-1][0]["mask_iou"]) < 0.06 and abs(r["success"] - groups[-1][0]["success"]) < 0.06:
-                groups[-1].append(r)
-            else:
-                groups.append([r])
-        for k, grp in enumerate(groups):
-            first, last = grp[0]["cross_replace_steps"], grp[-1]["cross_replace_steps"]
-            text = f"{first:g}" if len(grp) == 1 else f"{first:g}-{last:g}"
-            ax.annotate(text, (grp[0]["mask_iou"], grp[0]["success"]), textcoords="offset points",
-                        xytext=(5, 5 if k % 2 == 0 else -11), fontsize=8, color="C0")
+        for k, (x, y, text) in enumerate(tradeoff_labels(p)):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5 if k % 2 == 0 else -11), fontsize=8, color="C0")
         ax.plot(b["mask_iou"], b["success"], "*", ms=12, color="C3", label="no control")
         ax.set_xlim(0, 1.02)
         ax.set_ylim(-0.03, 1.05)

@@ -201,6 +201,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "accuracy_rows": acc.to_dict("records"),
         "acc_at_g": at_g,
         "acc_best": best,
+        "acc_best_scales": [float(v) for v in acc.loc[acc["all_acc"] == best["all_acc"], "guidance"]],  # ties: every scale at the best
         "acc_worst": worst,
         "eval_rows": rows,
         "comparisons": comparisons,
