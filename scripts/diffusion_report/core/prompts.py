@@ -13,6 +13,20 @@ MODES = ("replace", "refine", "reweight")
 _PUNCT = string.punctuation
 
 
+PAIR_WORD = "and"  # joins the two objects of a two-object caption of the shapes generator
+
+
+def split_pair_caption(text: str) -> tuple[list[tuple[str, str]], str] | None:
+    """([(colour, shape) left, (colour, shape) right], background) of a caption in the shapes
+    generator's two-object form, "a <colour> <shape> and a <colour> <shape> on a <background>
+    background", by word position only (the vocabulary is checked by
+    ``models.shapes.parse_pair_caption``); None when the text does not have that form."""
+    w = " ".join(str(text).lower().split()).split(" ")
+    if len(w) != 11 or [w[0], w[3], w[4], w[7], w[8], w[10]] != ["a", PAIR_WORD, "a", "on", "a", "background"]:
+        return None
+    return [(w[1], w[2]), (w[5], w[6])], w[9]
+
+
 def normalize_word(word: str) -> str:
     """Case- and punctuation-insensitive form of a word, for matching config words to prompts."""
     return word.strip().strip(_PUNCT).lower()

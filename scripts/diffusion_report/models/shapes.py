@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffusion_report.core.prompts import PAIR_WORD, split_pair_caption
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 SPECIAL_WORDS = ("a", "on", "background")
-PAIR_WORD = "and"  # joins the two objects of a pair caption
 PAIR_GAP = 1.0  # pixels between a pair's two halves that neither object enters
 
 
@@ -127,13 +128,13 @@ def pair_caption(objects: list[tuple[str, str]], background: str) -> str:
 def parse_pair_caption(spec: "ShapeSpec", text: str) -> dict | None:
     """{objects: [(colour, shape) left, (colour, shape) right], background} of a caption in
     :func:`pair_caption`'s form, or None when the text is not one in ``spec``'s vocabulary."""
-    w = " ".join(str(text).lower().split()).split(" ")
-    if len(w) != 11 or [w[0], w[3], w[4], w[7], w[8], w[10]] != ["a", PAIR_WORD, "a", "on", "a", "background"]:
+    split = split_pair_caption(text)
+    if split is None:
         return None
-    objects = [(w[1], w[2]), (w[5], w[6])]
-    if any(c not in spec.colours or s not in spec.shapes for c, s in objects) or w[9] not in spec.backgrounds:
+    objects, background = split
+    if any(c not in spec.colours or s not in spec.shapes for c, s in objects) or background not in spec.backgrounds:
         return None
-    return {"objects": objects, "background": w[9]}
+    return {"objects": objects, "background": background}
 
 
 def parse_caption(spec: "ShapeSpec", text: str) -> dict | None:

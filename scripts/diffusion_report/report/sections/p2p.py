@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from diffusion_report.core.prompts import split_pair_caption
 from diffusion_report.report.sections.t2i import (  # the reader's "in place": the centroid moves at most GOAL_SHIFT_PX
     GOAL_OTHER_KEPT,
     GOAL_SHIFT_PX,
@@ -273,14 +274,14 @@ def pair_edit_words(source: str, target: str) -> tuple[str, str, str] | None:
     white background", the generator's form): the edited object's word before and after the edit,
     and the other object's word for the same attribute. None unless the prompts are two such
     captions that differ in one colour or shape word."""
-    s, t = str(source).lower().split(), str(target).lower().split()
-    if len(s) != 11 or len(t) != 11 or s[3] != "and" or t[3] != "and":
+    s, t = split_pair_caption(source), split_pair_caption(target)
+    if s is None or t is None or s[1] != t[1]:
         return None
-    changed = [i for i in range(11) if s[i] != t[i]]
-    if len(changed) != 1 or changed[0] not in (1, 2, 5, 6):
+    changed = [(i, k) for i in range(2) for k in range(2) if s[0][i][k] != t[0][i][k]]
+    if len(changed) != 1:
         return None
-    i = changed[0]
-    return s[i], t[i], s[i + 4 if i < 5 else i - 4]
+    (i, k), = changed  # object i (0 left, 1 right), attribute k (0 colour, 1 shape)
+    return s[0][i][k], t[0][i][k], s[0][1 - i][k]
 
 
 def shared_word_split(per_image, edit: str) -> dict | None:
