@@ -649,6 +649,18 @@ def test_rule_functions_and_report_section(tmp_path, root):
     assert ctx["two_objects"] == 0 and "CONFIG=presets/two_objects.yaml" in " ".join(html.split())
     two = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c={**ctx, "two_objects": 0.5})
     assert "presets/two_objects.yaml" not in two and "of two smaller objects, one in each half" in " ".join(two.split())
+    # scales that tie for the best caption accuracy are all named, and a re-weighting sweep that keeps every
+    # seed says so (the default run at guidance 5: 100% at 2, 3 and 5; kept at every scale)
+    sweep = pd.DataFrame([{"scale": sc, "seed_index": i, "source": "", "source_area_px": 10, "area_px": 10 + sc * (i + 1),
+                           "area_change_px": sc * (i + 1), "radius_change_px": 0.0, "read_big": True, "all_kept": True,
+                           "centroid_shift_px": 0.1} for i in range(2) for sc in (0.0, 1.0, 2.0)])
+    tie = {**ctx, "acc_at_g": {**ctx["acc_at_g"], "guidance": 5.0, "all_acc": 1.0}, "acc_best": {**ctx["acc_best"], "guidance": 2.0, "all_acc": 1.0},
+           "acc_best_scales": [2.0, 3.0, 5.0], "reweight": t2i_section.reweight_summary(sweep), "reweight_png": files["samples"],
+           "reweight_examples": files["samples"], "eval": {**ctx["eval"], "edits": ["shape_swap", "refine_big"]}}  # no refine_colour sentence
+    text = " ".join(env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c=tie).split())
+    assert "no scale measured does better (100% at guidance 2, 3, 5)" in text and "the best guidance scale measured" not in text
+    assert "shape, colour and background are kept in every seed at every scale" in text
+    assert "unedited image itself. The injection settings" in text
 
 
 def test_a_refinement_that_misses_its_rate_names_the_size_it_keeps(root):
