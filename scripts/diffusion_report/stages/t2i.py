@@ -891,17 +891,17 @@ def tradeoff_labels(points: pd.DataFrame, tol_x: float = 0.15, tol_y: float = 0.
     keeps less of the layout) and its mean share; the text lists the cluster's fractions, runs of
     consecutive swept fractions with an en dash ("0–0.4, 0.8–1")."""
     fractions = [float(f) for f in points["cross_replace_steps"]]
-    clusters: list[tuple[float, float, list[int]]] = []
-    for i, (x, y) in enumerate(zip(points["mask_iou"], points["success"])):
-        for cx, cy, members in clusters:
-            if abs(x - cx) < tol_x and abs(y - cy) < tol_y:
+    xs, ys = [float(v) for v in points["mask_iou"]], [float(v) for v in points["success"]]
+    clusters: list[list[int]] = []  # member indices; the first is the cluster's anchor
+    for i in range(len(xs)):
+        for members in clusters:
+            if abs(xs[i] - xs[members[0]]) < tol_x and abs(ys[i] - ys[members[0]]) < tol_y:
                 members.append(i)
                 break
         else:
-            clusters.append((float(x), float(y), [i]))
-    xs, ys = [float(v) for v in points["mask_iou"]], [float(v) for v in points["success"]]
+            clusters.append([i])
     out = []
-    for _, _, members in clusters:
+    for members in clusters:
         runs: list[list[int]] = []
         for i in members:
             if runs and i == runs[-1][-1] + 1:

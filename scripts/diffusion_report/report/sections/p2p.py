@@ -154,7 +154,7 @@ def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
             "name": name, "prompt": entry["prompt"], "figure": files.get(f"real_{name}_figure"), "rows": table, "gain": gain,
             "drawn": not isinstance(image, str), "drawing": describe_drawing(image["draw"]) if isinstance(image, dict) else None,
             "file": image if isinstance(image, str) else None,
-            "guidance_scale": entry.get("guidance_scale", 5.0), "num_steps": entry.get("num_inversion_steps", 20),
+            "guidance_scale": rows[0]["guidance_scale"], "num_steps": rows[0]["num_steps"],  # as run (every row holds them)
             "null_text": {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})},
             "seconds": t_image["seconds"] if t_image else None, "threads": t_image["threads"] if t_image else None,
             "device": t_image["device"] if t_image else None, "edits": edits,
