@@ -219,7 +219,7 @@ SPEC_DATA = {"image_size": 16, "shapes": ["circle", "square", "triangle"],
              "backgrounds": {"white": "#ffffff", "black": "#000000", "gray": "#808080"},
              "radius": [3.0, 6.0], "small_below": 3.8, "big_above": 5.2, "size_word_prob": 0.5}
 ENTRY = {"name": "red_circle", "image": {"draw": {"shape": "circle", "colour": "red", "background": "white", "cx": 7.5, "cy": 8.5, "radius": 4.5}},
-         "prompt": PROMPT, "guidance_scale": 3.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1},
+         "prompt": PROMPT, "guidance_scale": 3.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1, "early_stop": 1e-5},
          "edits": [{"name": "shape_swap", "target": "a red square on a white background", "mode": "replace"},
                    {"name": "same", "target": PROMPT, "mode": "replace"}]}
 
@@ -299,7 +299,7 @@ def test_a_latent_model_inverts_a_photo_through_its_vae(tmp_path):
         pipe.unet.conv_out.bias.mul_(SMOOTH)
     assert pipe.image_size == 16 and pipe.latent_shape == (4, 16, 16)  # the tiny VAE has one level: no downsampling
     entry = {"name": "photo", "image": "camera", "prompt": "a photo of a cat", "guidance_scale": 3.0, "num_inversion_steps": 4,
-             "null_text": {"inner_steps": 5, "learning_rate": 0.1},
+             "null_text": {"inner_steps": 5, "learning_rate": 0.1, "early_stop": 1e-5},
              "edits": [{"name": "dog", "target": "a photo of a dog", "mode": "replace"}]}
     image, truth, source = p2p.real_input(entry, None, image_size=pipe.image_size)
     assert image.shape == (3, 16, 16) and truth is None and source == "prompt"

@@ -342,6 +342,42 @@ def test_showcase_verdicts_are_written_beside_the_evaluation_rates(tmp_path):
                                      dict(ev, self_max_tokens=256)) == ""
     assert t2i_stage.settings_differ({"cross_replace_steps": 0.8, "self_replace_steps": 0.4}, dict(same, self_max_tokens=64),
                                      dict(ev, self_max_tokens=256)) == "self_max_tokens 64 here, 256 in the evaluation"
+    # the evaluation's per-word schedule: a word swap shows it by its swapped-in word, other modes are unaffected
+    per_word = dict(ev, edited_word_cross_replace_steps=0.4)
+    swap = {"mode": "replace", "source": "a red circle on a white background", "target": "a red square on a white background",
+            "self_replace_steps": 0.4}
+    assert t2i_stage.settings_differ(dict(swap, cross_replace_steps={"default": 0.8, "square": 0.4}), same, per_word) == ""
+    assert t2i_stage.settings_differ(dict(swap, cross_replace_steps={"default_": 0.8, "square": 0.4, "red": 0.8}), same, per_word) == ""
+    assert (t2i_stage.settings_differ(dict(swap, cross_replace_steps=0.8), same, per_word)
+            == "cross_replace_steps 0.8 here, {default: 0.8, square: 0.4} in the evaluation")
+    assert (t2i_stage.settings_differ(dict(swap, cross_replace_steps={"default": 0.8, "square": 0.4}), same, ev)
+            == "cross_replace_steps {default: 0.8, square: 0.4} here, 0.8 in the evaluation")
+    refine = {"mode": "refine", "source": "a circle on a white background", "target": "a red circle on a white background",
+              "cross_replace_steps": 0.8, "self_replace_steps": 0.4}
+    assert t2i_stage.settings_differ(refine, same, per_word) == ""
+
+
+def test_edited_word_schedule_of_a_case():
+    """t2i.eval.edited_word_cross_replace_steps: in a word swap the swapped-in word's tokens are injected
+    for their own fraction of the steps, every other token for cross_replace_steps; refine and reweight
+    cases, and None, keep one fraction for every token."""
+    from types import SimpleNamespace
+
+    spec = shapes.ShapeSpec.from_config(dict(TINY["data"], colour_word_prob=0.75))
+    pipe = SimpleNamespace(tokenizer=t2i.build_tokenizer(spec.vocabulary(), 12))
+    steps, rows = 10, 11  # the alpha has S + 1 rows (the reference's window)
+    swap = t2i_stage.edit_cases(spec, "shape_swap", 1, 0, 3.0)[0]
+    assert t2i_stage.case_cross_steps(swap, 0.8, 0.4) == {"default": 0.8, swap.target_value: 0.4}
+    alpha = t2i_stage.case_controller(pipe, swap, steps, 0.8, 0.0, edited_word=0.4).cross_alpha[:, 0]  # (S + 1, L)
+    new = swap.target.split().index(swap.target_value) + 1  # one token per word after <bos>
+    assert alpha[:, new].tolist() == [1.0] * int(0.4 * rows) + [0.0] * (rows - int(0.4 * rows))
+    others = [i for i in range(alpha.shape[1]) if i != new]
+    assert (alpha[:, others].sum(0) == int(0.8 * rows)).all()
+    plain = t2i_stage.case_controller(pipe, swap, steps, 0.8, 0.0).cross_alpha[:, 0]
+    assert (plain.sum(0) == int(0.8 * rows)).all()  # None: the word swap as before
+    for edit in ("refine_colour", "reweight_big"):
+        case = t2i_stage.edit_cases(spec, edit, 1, 0, 3.0)[0]
+        assert t2i_stage.case_cross_steps(case, 0.8, 0.4) == 0.8, edit
 
 
 def test_the_reader_and_the_report_share_one_in_place_bound():
@@ -643,8 +679,13 @@ def test_rule_functions_and_report_section(tmp_path, root):
     assert html.count("<figure") == 3 and html.count("<table") == 3 + (ctx["localisation"] is not None)
     assert f"{ctx['summary']['steps']} steps" in html
     # a model trained with captions that name no colour says so, and says what refine_colour edits
-    assert "the colour word in 75% of the captions; the others name none" in " ".join(html.split())
+    assert "white background&#8221; (the colour word in 75% of the captions; the others name none" in " ".join(html.split())
     assert "The refine_colour edit adds a colour word to a caption that names none" in " ".join(html.split())
+    # the per-word schedule of the word swaps is stated where the evaluation's injection is, and only when set
+    assert ("swapped-in" in html) == (ctx["eval"].get("edited_word_cross_replace_steps") is not None)
+    per_word = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(
+        c={**ctx, "eval": {**ctx["eval"], "edited_word_cross_replace_steps": 0.4}})
+    assert "% (in a word swap, the swapped-in word's for 40%, the reference's per-word schedule" in " ".join(per_word.split())
     # a one-object model points to the preset whose model draws two (and that one does not)
     assert ctx["two_objects"] == 0 and "CONFIG=presets/two_objects.yaml" in " ".join(html.split())
     two = env.from_string('{% with ctx = c %}{% include "sections/t2i.html.j2" %}{% endwith %}').render(c={**ctx, "two_objects": 0.5})

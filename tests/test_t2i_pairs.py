@@ -275,7 +275,7 @@ def test_a_drawn_two_object_image_is_inverted_edited_and_judged_object_by_object
     from diffusion_report.testing import tiny_pipe
 
     entry = {"name": "pair", "image": {"draw": PAIR_DRAW}, "prompt": "a red circle and a blue square on a white background",
-             "guidance_scale": 2.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1},
+             "guidance_scale": 2.0, "num_inversion_steps": 3, "null_text": {"inner_steps": 2, "learning_rate": 0.1, "early_stop": 1e-5},
              "edits": [{"name": "right_red", "target": "a red circle and a red square on a white background", "mode": "replace"}]}
     image, truth, source = p2p.real_input(entry, PAIR_DATA)
     expected, _ = shapes.render_pair(pair_spec(), [[("red", "circle"), ("blue", "square")]], ["white"], [[3.5, 12.0]], [[8.0, 9.0]], [[3.0, 3.0]])

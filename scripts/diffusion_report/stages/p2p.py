@@ -400,6 +400,8 @@ def invert_batch(pipe, images, prompts: Sequence[str], steps: int, guidance: flo
 def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, image, outputs: dict, *,
               mask_threshold: float = 0.3, self_max_tokens: int | None = None):
     """Invert one given image and edit it; write :data:`REAL_ARTIFACTS` and return the metrics rows.
+    ``entry``: one ``p2p.real_edits`` entry as validated (the schema fills in its defaults: guidance,
+    steps and ``null_text``, read here without fallbacks of their own).
 
     1. DDIM inversion under the prompt at guidance 1: the pivot x_0 .. x_T (:func:`core.inversion.ddim_invert`);
     2. its reconstruction: guided DDIM from x_T with the empty prompt's embedding at every step;
@@ -428,9 +430,7 @@ def real_edit(pipe, reader, entry: dict, truth: dict | None, truth_from: str, im
     missing = [k for k in REAL_ARTIFACTS if k not in outputs]
     if missing:
         raise ValueError(f"real_edit: no output path for {', '.join(missing)}")
-    prompt, g = entry["prompt"], float(entry.get("guidance_scale", 5.0))
-    steps = int(entry.get("num_inversion_steps", 20))
-    nt = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})}
+    prompt, g, steps, nt = entry["prompt"], float(entry["guidance_scale"]), int(entry["num_inversion_steps"]), entry["null_text"]
     edits = [dict(e, source=prompt) for e in entry["edits"]]
     errors = validate_edits(edits, prefix=f"p2p.real_edits ({entry['name']}).edits")
     if errors:
@@ -543,7 +543,7 @@ def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: di
     args = (inv["timesteps"], inv["alphas_cumprod"], guidance)
     start = time.perf_counter()
     ctrl = case_controllers(pipe, cases, steps, float(eval_cfg["cross_replace_steps"]), float(eval_cfg["self_replace_steps"]),
-                            eval_cfg.get("self_max_tokens"))
+                            eval_cfg.get("self_max_tokens"), eval_cfg.get("edited_word_cross_replace_steps"))
     pairs = encode_prompts(pipe, [p for c in cases for p in (c.source, c.target)])
     edited = decode(pipe, inversion.sample_with_nulls(pipe.unet, inv["x_T"].repeat_interleave(2, dim=0), pairs,
                                                       inv["nulls"].repeat_interleave(2, dim=1), *args, ctrl, **inv["kw"]))
@@ -603,7 +603,7 @@ def p2p_real_eval(eval_summary: str, p2p_cfg: dict, t2i_cfg: dict, outputs: dict
     if missing:
         raise ValueError(f"p2p_real_eval: no output path for {', '.join(missing)}")
     rc = p2p_cfg["real_eval"]
-    null_text = {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(rc.get("null_text") or {})}
+    null_text = rc["null_text"]
     pipe = load_model(p2p_cfg, device, model_dir)
     if pipe.vae is not None:
         raise ValueError("p2p.real_eval: only pixel-space models (the embedded one) are inverted here")

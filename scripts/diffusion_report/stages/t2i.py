@@ -473,20 +473,33 @@ def case_batch(pipe, cases: list[EditCase], seed: int, rows: int = 2) -> tuple[l
     return prompts, x_T
 
 
-def case_controller(pipe, case: EditCase, num_steps: int, cross: float, self_: float, self_max_tokens: int | None = None):
-    """The prompt-to-prompt controller of one case (its mode; a reweight edits its own prompt)."""
-    return make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, cross, self_, reweight=case.reweight,
-                           **({"base_mode": "none"} if case.mode == "reweight" else {}), self_max_tokens=self_max_tokens)
+def case_cross_steps(case: EditCase, cross: float, edited_word: float | None = None) -> float | dict:
+    """The cross-attention injection of one case: ``cross`` for every token, or, for a word swap with
+    ``edited_word`` set, the reference's per-word schedule ``{default: cross, <new word>: edited_word}``
+    (``t2i.eval.edited_word_cross_replace_steps``: the swapped-in word attends by its own map sooner)."""
+    if edited_word is None or case.mode != "replace":
+        return cross
+    return {"default": cross, case.target_value: edited_word}
+
+
+def case_controller(pipe, case: EditCase, num_steps: int, cross: float, self_: float, self_max_tokens: int | None = None,
+                    edited_word: float | None = None):
+    """The prompt-to-prompt controller of one case (its mode; a reweight edits its own prompt);
+    ``edited_word``: as :func:`case_cross_steps`."""
+    return make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, case_cross_steps(case, cross, edited_word),
+                           self_, reweight=case.reweight, **({"base_mode": "none"} if case.mode == "reweight" else {}),
+                           self_max_tokens=self_max_tokens)
 
 
 def case_controllers(pipe, cases: list[EditCase], num_steps: int, cross: float, self_: float,
-                     self_max_tokens: int | None = None) -> ControllerBatch:
+                     self_max_tokens: int | None = None, edited_word: float | None = None) -> ControllerBatch:
     """One prompt-to-prompt controller per case, batched."""
-    return ControllerBatch([case_controller(pipe, c, num_steps, cross, self_, self_max_tokens) for c in cases])
+    return ControllerBatch([case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word) for c in cases])
 
 
 def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, cross: float, self_: float,
-              self_max_tokens: int | None = None, shared_source: bool = True) -> list[tuple[list[dict], dict]]:
+              self_max_tokens: int | None = None, shared_source: bool = True,
+              edited_word: float | None = None) -> list[tuple[list[dict], dict]]:
     """Both methods on each case, each case from its own x_T, all cases in one batch.
 
     Returns per case (two metric rows, images {source, p2p, baseline, p2p_source} and
@@ -494,7 +507,8 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
     one edit type share the controller's windows, so the batch gives each case what it alone gives
     (:class:`~diffusion_report.core.attention.ControllerBatch`), up to float rounding.
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
-    the attention module's default, 1/16 of the image but at least 8x8).
+    the attention module's default, 1/16 of the image but at least 8x8). ``edited_word``: the
+    swapped-in word's own injection fraction (:func:`case_cross_steps`; None: ``cross``).
 
     ``shared_source`` (the default): each case is three rows of one batch, its source, the p2p
     target and the no-control target (:class:`~diffusion_report.core.attention.Unedited`):
@@ -512,13 +526,14 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
         prompts, x_T = case_batch(pipe, cases, seed, rows=3)
         members = []
         for c in cases:
-            members += [case_controller(pipe, c, num_steps, cross, self_, self_max_tokens), Unedited([c.target])]
+            members += [case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word), Unedited([c.target])]
         images, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(members))
         triples = [(images[3 * i], images[3 * i], images[3 * i + 1], images[3 * i + 2]) for i in range(len(cases))]
         maps = [torch.stack([members[2 * i].average()[0], members[2 * i + 1].average()[0]]) for i in range(len(cases))]
     else:
         prompts, x_T = case_batch(pipe, cases, seed)
-        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance, case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens))
+        edited, _ = generate(pipe, prompts, x_T, num_steps, guidance,
+                             case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens, edited_word))
         plain, store = generate(pipe, prompts, x_T, num_steps, guidance)
         avg = store.average()  # (2N, h, w, L): where each plain image's prompt tokens attend
         triples = [(plain[2 * i], edited[2 * i], edited[2 * i + 1], plain[2 * i + 1]) for i in range(len(cases))]
@@ -535,9 +550,9 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
 
 
 def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: float, cross: float, self_: float,
-             self_max_tokens: int | None = None) -> tuple[list[dict], dict]:
+             self_max_tokens: int | None = None, edited_word: float | None = None) -> tuple[list[dict], dict]:
     """:func:`run_cases` for one case."""
-    return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens)[0]
+    return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens, edited_word=edited_word)[0]
 
 
 SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae",
@@ -625,7 +640,7 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
             chunk = cases[start: start + batch]
             done = run_cases(pipe, reader, chunk, seed, int(ec["num_steps"]), float(ec["guidance_scale"]),
                              float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"),
-                             shared_source=shared_source)
+                             shared_source=shared_source, edited_word=ec.get("edited_word_cross_replace_steps"))
             for case, (r, imgs) in zip(chunk, done):
                 rows.extend(r)
                 if records is not None:
@@ -670,21 +685,47 @@ SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "rea
                     "mask_iou", "success", "cause", "eval_n", "eval_success", "eval_success_baseline", "settings_differ"]
 
 
+def _cross_spec(steps) -> float | dict | None:
+    """A cross_replace_steps value in one form: the fraction itself when every token has it, else
+    {"default": f, word: f, ...} listing only the words whose fraction differs from the default."""
+    if not isinstance(steps, dict):
+        return None if steps is None else float(steps)
+    per_word = dict(steps)
+    default = float(per_word.pop("default", per_word.pop("default_", 1.0)))
+    words = {w: float(f) for w, f in sorted(per_word.items()) if float(f) != default}
+    return {"default": default, **words} if words else default
+
+
+def _eval_cross_spec(edit: dict, eval_cfg: dict) -> float | dict | None:
+    """What the evaluation injects for an edit like ``edit`` (:func:`case_cross_steps`): the
+    swapped-in words of a word swap at ``edited_word_cross_replace_steps`` when it is set."""
+    cross, edited = eval_cfg.get("cross_replace_steps"), eval_cfg.get("edited_word_cross_replace_steps")
+    if cross is None or edited is None or edit.get("mode") != "replace":
+        return _cross_spec(cross)
+    new = [t for s, t in zip(edit["source"].split(), edit["target"].split()) if s != t]
+    return _cross_spec({"default": cross, **{w: edited for w in new}})
+
+
 def settings_differ(edit: dict, p2p_cfg: dict, eval_cfg: dict) -> str:
     """The settings in which a showcased edit differs from the evaluation ("" when none): steps,
     guidance, cross/self injection fractions, the largest map with injected self-attention."""
     pairs = {
         "steps": (p2p_cfg.get("num_inference_steps"), eval_cfg.get("num_steps")),
         "guidance": (p2p_cfg.get("guidance_scale"), eval_cfg.get("guidance_scale")),
-        "cross_replace_steps": (edit.get("cross_replace_steps", 0.8), eval_cfg.get("cross_replace_steps")),
+        "cross_replace_steps": (_cross_spec(edit.get("cross_replace_steps", 0.8)), _eval_cross_spec(edit, eval_cfg)),
         "self_replace_steps": (edit.get("self_replace_steps", 0.4), eval_cfg.get("self_replace_steps")),
         "self_max_tokens": (p2p_cfg.get("self_max_tokens"), eval_cfg.get("self_max_tokens")),
     }
+    def say(v) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {f:g}" for k, f in v.items()) + "}"
+        return "default" if v is None else str(v)
+
     out = []
     for key, (shown, evaluated) in pairs.items():
         same = shown == evaluated or (isinstance(shown, (int, float)) and isinstance(evaluated, (int, float)) and float(shown) == float(evaluated))
         if not same:
-            out.append(f"{key} {shown if shown is not None else 'default'} here, {evaluated if evaluated is not None else 'default'} in the evaluation")
+            out.append(f"{key} {say(shown)} here, {say(evaluated)} in the evaluation")
     return "; ".join(out)
 
 

@@ -155,7 +155,7 @@ def real_edits_context(files: dict[str, str], cfg: dict) -> list[dict]:
             "drawn": not isinstance(image, str), "drawing": describe_drawing(image["draw"]) if isinstance(image, dict) else None,
             "file": image if isinstance(image, str) else None,
             "guidance_scale": rows[0]["guidance_scale"], "num_steps": rows[0]["num_steps"],  # as run (every row holds them)
-            "null_text": {"inner_steps": 10, "learning_rate": 0.1, "early_stop": 1e-5, **(entry.get("null_text") or {})},
+            "null_text": entry["null_text"],  # the schema's defaults filled in
             "seconds": t_image["seconds"] if t_image else None, "threads": t_image["threads"] if t_image else None,
             "device": t_image["device"] if t_image else None, "edits": edits,
         })
@@ -264,7 +264,9 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
     return {"rows": rows, "text": text, "n_images": n_img, "n_types": len(rows), "per_image": per_image,
             "examples": files.get("real_eval_examples"), "gain_met": met, "rate_goal": RATE_GAP_GOAL, "settings": {
                 "num_steps": eval_cfg.get("num_steps"), "guidance_scale": eval_cfg.get("guidance_scale"),
-                "cross_replace_steps": _fmt_steps(eval_cfg.get("cross_replace_steps", 0.8)),
+                "cross_replace_steps": _fmt_steps(eval_cfg.get("cross_replace_steps", 0.8)) + (
+                    "" if eval_cfg.get("edited_word_cross_replace_steps") is None
+                    else f" (the swapped-in word's: {_fmt_steps(eval_cfg['edited_word_cross_replace_steps'])})"),
                 "self_replace_steps": _fmt_steps(eval_cfg.get("self_replace_steps", 0.4))},
             "types_met": sum(t["within"] for t in types), "types_compared": len(types)}
 
