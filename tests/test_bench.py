@@ -95,7 +95,7 @@ def test_bench_pipeline_on_a_finished_run(tiny_run, tmp_path):
     rules = pd.read_csv(tmp_path / "pipeline.csv").set_index("rule")
     assert {"forward_mse", "ddim_train", "p2p_edit", "report_html"} <= set(rules.index)
     edits = yaml.safe_load((ROOT / "config.yaml").read_text())["p2p"]["edits"]  # the tiny preset keeps them: a job each
-    assert rules.loc["p2p_edit", "jobs"] == len(edits) == 4 and (rules["max_rss_mib"] > 0).all()
+    assert rules.loc["p2p_edit", "jobs"] == len(edits) == 5 and (rules["max_rss_mib"] > 0).all()
     assert summary["report_render_s"] > 0 and summary["peak_rss_rule"] in rules.index
 
 

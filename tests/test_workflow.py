@@ -232,6 +232,7 @@ def test_changing_one_edit_reruns_only_that_edit_and_the_report(tiny_run, tmp_pa
     work, _ = tiny_run
     edits = load_yaml(work / "config.yaml")["p2p"]["edits"]
     edits[1]["target"] = "a green circle on a white background"
+    edits[1]["cross_replace_steps"] = {"default": 0.8, "green": 0.4}  # the swapped-in word's window, as t2i.eval's
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"p2p": {"edits": edits}}, sort_keys=False))
     jobs = _dry_run_jobs(work, str(overlay))
