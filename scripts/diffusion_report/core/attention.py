@@ -45,6 +45,7 @@ from diffusion_report.core.prompts import (
     MODES,
     _norm_prompt,
     normalize_word,
+    per_word_steps,
     prompt_words,
     word_positions,
 )
@@ -250,8 +251,7 @@ def cross_replace_alpha(prompts: Sequence[str], num_steps: int, steps, tokenizer
     ``steps`` is a fraction of the steps, or a dict {word: fraction} with key ``default`` for the
     other tokens (the words are looked up in the target prompts).
     """
-    per_word = dict(steps) if isinstance(steps, dict) else {"default": steps}
-    default = per_word.pop("default", per_word.pop("default_", 1.0))
+    default, per_word = per_word_steps(steps)
     rows = num_steps + 1
     alpha = torch.zeros(rows, len(prompts) - 1, max_len)
     a, b = step_window(default, rows)

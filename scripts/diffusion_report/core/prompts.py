@@ -43,6 +43,17 @@ def word_positions(text: str, word: str) -> list[int]:
     return [i for i, w in enumerate(prompt_words(text)) if normalize_word(w) == key]
 
 
+def per_word_steps(steps) -> tuple:
+    """(default, {word: fraction}) of a ``cross_replace_steps`` value: a fraction for every token, or
+    the reference's per-word dict whose key ``default`` (or ``default_``) is the other tokens'
+    fraction (1 when absent, as the reference); values are returned as given."""
+    if not isinstance(steps, dict):
+        return steps, {}
+    per_word = dict(steps)
+    default = per_word.pop("default", per_word.pop("default_", 1.0))
+    return default, per_word
+
+
 def _norm_prompt(text: str) -> list[str]:
     return [normalize_word(w) for w in prompt_words(text)]
 
@@ -97,9 +108,7 @@ def validate_edits(edits: Sequence[dict], tokenizer_max_words: int | None = None
         for w in e.get("blend_words") or []:
             if not word_positions(src, w) and not word_positions(tgt, w):
                 errors.append(f"{key}: blend word {w!r} is in neither prompt")
-        cross = e.get("cross_replace_steps")
-        if isinstance(cross, dict):
-            for w in cross:
-                if w not in ("default", "default_") and not word_positions(tgt, w):
-                    errors.append(f"{key}: cross_replace_steps word {w!r} is not in the target prompt {tgt!r}")
+        for w in per_word_steps(e.get("cross_replace_steps"))[1]:
+            if not word_positions(tgt, w):
+                errors.append(f"{key}: cross_replace_steps word {w!r} is not in the target prompt {tgt!r}")
     return errors

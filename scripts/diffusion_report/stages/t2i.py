@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from diffusion_report.core.attention import ControllerBatch, make_controller
+from diffusion_report.core.prompts import per_word_steps, prompt_words
 from diffusion_report.io import make_generator
 from diffusion_report.models import attributes, shapes, t2i
 from diffusion_report.models.t2i import (
@@ -688,12 +689,11 @@ SHOWCASE_COLUMNS = ["edit", "edit_type", "method", "measured", "source_ok", "rea
 def _cross_spec(steps) -> float | dict | None:
     """A cross_replace_steps value in one form: the fraction itself when every token has it, else
     {"default": f, word: f, ...} listing only the words whose fraction differs from the default."""
-    if not isinstance(steps, dict):
-        return None if steps is None else float(steps)
-    per_word = dict(steps)
-    default = float(per_word.pop("default", per_word.pop("default_", 1.0)))
-    words = {w: float(f) for w, f in sorted(per_word.items()) if float(f) != default}
-    return {"default": default, **words} if words else default
+    if steps is None:
+        return None
+    default, per_word = per_word_steps(steps)
+    words = {w: float(f) for w, f in sorted(per_word.items()) if float(f) != float(default)}
+    return {"default": float(default), **words} if words else float(default)
 
 
 def _eval_cross_spec(edit: dict, eval_cfg: dict) -> float | dict | None:
@@ -702,7 +702,7 @@ def _eval_cross_spec(edit: dict, eval_cfg: dict) -> float | dict | None:
     cross, edited = eval_cfg.get("cross_replace_steps"), eval_cfg.get("edited_word_cross_replace_steps")
     if cross is None or edited is None or edit.get("mode") != "replace":
         return _cross_spec(cross)
-    new = [t for s, t in zip(edit["source"].split(), edit["target"].split()) if s != t]
+    new = [t for s, t in zip(prompt_words(edit["source"]), prompt_words(edit["target"])) if s != t]
     return _cross_spec({"default": cross, **{w: edited for w in new}})
 
 

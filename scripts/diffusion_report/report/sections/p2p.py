@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from diffusion_report.core.prompts import split_pair_caption
+from diffusion_report.core.prompts import per_word_steps, split_pair_caption
 from diffusion_report.report.sections.t2i import (  # the reader's "in place": the centroid moves at most GOAL_SHIFT_PX
     GOAL_OTHER_KEPT,
     GOAL_SHIFT_PX,
@@ -15,11 +15,8 @@ def _fmt_steps(v) -> str:
     def pct(x):
         return f"{float(x) * 100:.0f}%"
 
-    if isinstance(v, dict):
-        rest = {k: x for k, x in v.items() if k not in ("default", "default_")}
-        head = pct(v.get("default", v.get("default_", 1.0)))
-        return head + (" (" + ", ".join(f"{k}: {pct(x)}" for k, x in rest.items()) + ")" if rest else "")
-    return pct(v)
+    default, rest = per_word_steps(v)
+    return pct(default) + (" (" + ", ".join(f"{k}: {pct(x)}" for k, x in rest.items()) + ")" if rest else "")
 
 
 def _records(path: str) -> list[dict]:
