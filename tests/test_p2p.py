@@ -77,6 +77,22 @@ def test_alignment_maps_shared_words_and_leaves_new_ones_unmapped(tok):
     assert alphas2[2].item() == 0.0 and mapper2[3].item() == 2 and mapper2[6].item() == 5
 
 
+def test_token_indices_take_a_word_by_its_place(tok):
+    """An int names one word by its place (the reference's get_word_inds), where a word given as text
+    names every occurrence: "red" is both objects' colour, place 5 the second's only."""
+    text = "a red square and a red house"
+    spans = [list(range(*s)) for s in attention.word_token_spans(text, tok)]  # this tokenizer may split a word
+    assert attention.token_indices(text, "red", tok) == spans[1] + spans[5]
+    assert attention.token_indices(text, [5, 6], tok) == spans[5] + spans[6]
+    assert attention.token_indices(text, [5, "square"], tok) == spans[2] + spans[5]
+    with pytest.raises(ValueError, match="word place 7 is outside"):
+        attention.token_indices(text, 7, tok)
+    blend = attention.LocalBlend([text, text.replace("a red house", "a blue house")], [5, 6], tok, MAX_LEN)
+    target_spans = [list(range(*s)) for s in attention.word_token_spans(text.replace("a red house", "a blue house"), tok)]
+    assert blend.alpha[0].nonzero()[:, 0].tolist() == spans[5] + spans[6]
+    assert blend.alpha[1].nonzero()[:, 0].tolist() == target_spans[5] + target_spans[6]
+
+
 def test_global_alignment_matches_repeated_elements_in_order():
     assert attention.global_alignment(list("abcab"), list("abxcab")) == [0, 1, -1, 2, 3, 4]
     assert attention.global_alignment(list("abc"), list("abc")) == [0, 1, 2]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from diffusion_report import config as config_mod
+from diffusion_report.core import attention
 from diffusion_report.io import make_generator
 from diffusion_report.models import attributes, shapes, t2i
 from diffusion_report.report.sections import t2i as t2i_section
@@ -216,11 +217,14 @@ def test_the_other_object_is_also_scored_over_the_seeds_whose_source_is_right(ro
     one = t2i_stage.summarise(pd.DataFrame([dict(r, edit="shape_swap", other_kept=float("nan")) for r in rows]))
     assert one["other_kept_source_ok"].isna().all()
 
-    def paragraph(p_other, p_other_ok):
+    from markupsafe import escape
+
+    def paragraph(p_other, p_other_ok, pair_settings=""):
         c = {"edit": "pair_colour_swap", "n": 24, "p2p_success": 1.0, "baseline_success": 1.0, "p2p_other": p_other, "baseline_other": 0.5,
              "p2p_other_ok": p_other_ok, "baseline_other_ok": 0.6, "n_source_ok": 12,
              "pair_goals": t2i_section.meets_pair_goals(1.0, 1.0, p_other, p_other_ok), "losses": 6, "losses_elsewhere": 5}
-        ctx = {"pair_comparisons": [c, c], "goal": {"rate": 0.9, "shift": 1.0, "other": t2i_section.GOAL_OTHER_KEPT}}
+        ctx = {"pair_comparisons": [c, c], "goal": {"rate": 0.9, "shift": 1.0, "other": t2i_section.GOAL_OTHER_KEPT},
+               "pair_settings": pair_settings}
         env = report.environment(root / "report" / "templates")
         return " ".join(env.get_template("sections/t2i_pairs.html.j2").render(ctx=ctx).split())
 
@@ -231,6 +235,17 @@ def test_the_other_object_is_also_scored_over_the_seeds_whose_source_is_right(ro
     assert "at least the goal's 90%: 5 of the&nbsp;6 seeds that lose it are among the 12 whose source the model drew otherwise" in text
     assert "seeds that lose it" not in paragraph(0.75, 0.8)  # kept too rarely where the source is right: no such claim
     assert "goal met" in paragraph(0.95, 0.95) and "seeds that lose it" not in paragraph(0.95, 0.95)
+    # t2i.eval.two_object: the pair edits' own settings are stated where they are set, and only there
+    assert "settings of their own" not in text
+    own = t2i_section.two_object_settings({"two_object": {"self_replace_steps": 0.5, "blend_threshold": 0.6}})
+    assert own == ("self-attention injected during the first 50% of the steps and a local blend on the edited object's colour and "
+                   "shape words, found by their place in the caption since one word may name both objects, at mask threshold 0.6, so "
+                   "that outside the mask the edit keeps the source")
+    # autoescaped (object&#39;s), a sentence of its own between the goal and the first edit type's
+    assert f"as often as without control. These edits have settings of their own: {escape(own)}. pair_colour_swap:" in paragraph(0.95, 0.95, own)
+    assert "as often as without control. pair_colour_swap:" in paragraph(0.95, 0.95)
+    assert t2i_section.two_object_settings({"two_object": {"self_replace_steps": None, "blend_threshold": 0.5}}).startswith("a local blend")
+    assert t2i_section.two_object_settings({"two_object": {"self_replace_steps": None, "blend_threshold": None}}) == ""
 
 
 # --------------------------------------------------------------------------- drawn two-object images (editing given images)
@@ -256,6 +271,54 @@ def test_drawn_pair_cases_are_the_generators_pairs_and_read_as_captioned(reader)
     assert all(s["other_kept"] == 1.0 for s in scores)
     with pytest.raises(ValueError, match="p2p.real_eval.edits: pair_colour_swap needs a model trained on two-object captions"):
         t2i_stage.drawn_cases(shapes.ShapeSpec(), "pair_colour_swap", 2, seed=4)
+
+
+def test_two_object_settings_give_pair_cases_a_blend_on_the_edited_objects_words_by_place():
+    """t2i.eval.two_object: a two-object case gets its own self-attention window and a local blend on
+    the edited object's colour and shape tokens, found by place (a colour word shared by both objects
+    must not blend the other one); one-object cases and an empty block keep the common settings."""
+    from types import SimpleNamespace
+
+    pipe = SimpleNamespace(tokenizer=t2i.build_tokenizer(pair_spec().vocabulary(), 16))
+    cases, _ = t2i_stage.drawn_cases(pair_spec(), "pair_colour_swap", 24, seed=0)
+    shared = [c for c in cases if c.source_truth["objects"][0][0] == c.source_truth["objects"][1][0]]
+    assert {c.obj for c in shared} == {0, 1}  # both objects edited among the cases whose colour word names both
+    settings = {"self_replace_steps": 0.5, "blend_threshold": 0.6}
+    for c in shared:
+        ctrl = t2i_stage.case_controller(pipe, c, 10, 0.8, 0.8, two_object=settings)
+        tokens = [2, 3] if c.obj == 0 else [6, 7]  # <bos>, then one token per word
+        assert ctrl.local_blend.alpha.nonzero()[:, 1].tolist() == tokens * 2 and ctrl.local_blend.threshold == 0.6
+        assert ctrl.self_window == attention.step_window(0.5, 10)
+        plain = t2i_stage.case_controller(pipe, c, 10, 0.8, 0.8, two_object={"self_replace_steps": None, "blend_threshold": None})
+        assert plain.local_blend is None and plain.self_window == attention.step_window(0.8, 10)
+    one = t2i_stage.edit_cases(pair_spec(), "colour_swap", 1, 0, 3.0)[0]
+    ctrl = t2i_stage.case_controller(pipe, one, 10, 0.8, 0.8, two_object=settings)
+    assert ctrl.local_blend is None and ctrl.self_window == attention.step_window(0.8, 10)
+    with pytest.raises(ValueError, match="not a two-object case"):
+        t2i_stage.pair_object_words(one)
+
+
+def test_a_blended_pair_edit_keeps_the_source_outside_the_edited_objects_mask(tmp_path):
+    """The evaluation's pair cases sampled with the two-object blend (tiny random model of the
+    embedded architecture): outside each case's mask the edited image is the source's, inside it is
+    not (the edit acts there)."""
+    from diffusion_report.models.text2image import generate, load_text2image
+
+    cfg = {"seed": 0, "data": PAIR_DATA, "schedule": {"kind": "cosine", "T": 50, "clip_sample": True},
+           "model": {"channels": [16, 32], "attention_levels": 2, "layers_per_block": 1, "attention_heads": 2, "text_width": 16,
+                     "text_layers": 0, "text_heads": 2, "max_length": 16}, "training": {}}
+    t2i.save_model(t2i.build_model(cfg), tmp_path / "m", t2i.model_config(cfg))
+    pipe = load_text2image(str(tmp_path / "m"), config_key="t2i.weights", device="cpu", scheduler="ddim")
+    cases = t2i_stage.edit_cases(pair_spec(), "pair_shape_swap", 2, 0, 3.0)
+    ctrl = t2i_stage.case_controllers(pipe, cases, 4, 0.8, 0.0, two_object={"blend_threshold": 0.9})
+    prompts, x_T = t2i_stage.case_batch(pipe, cases, 0)
+    images, _ = generate(pipe, prompts, x_T, 4, 2.0, ctrl)
+    for i, c in enumerate(ctrl.controllers):
+        mask = c.local_blend.last_mask[1, 0]
+        assert 0 < int(mask.sum()) < mask.numel()
+        source, edited = images[2 * i], images[2 * i + 1]
+        assert torch.equal(source[:, ~mask], edited[:, ~mask])
+        assert not torch.equal(source[:, mask], edited[:, mask])
 
 
 @pytest.fixture
@@ -440,3 +503,9 @@ def test_the_report_counts_where_drawn_pairs_lose_the_other_object(tmp_path, kep
     assert (expected in text) == (lost > 0), text
     if halves:
         assert "there the other object is kept in 50% of 4 images, elsewhere in 100% of 4" in text
+    # the drawn pairs' own settings (t2i.eval.two_object) are named beside the common ones; one-object types have none
+    own = {"two_object": {"self_replace_steps": 0.5, "blend_threshold": 0.5}}
+    assert section.real_eval_context(files, own)["settings"]["two_object"] == t2i_section.two_object_settings(own) != ""
+    per.assign(edit="colour_swap").to_csv(files["real_eval_per_image"], index=False)
+    summary.assign(edit="colour_swap").to_csv(files["real_eval_summary"], index=False)
+    assert section.real_eval_context(files, own)["settings"]["two_object"] == ""

@@ -110,13 +110,20 @@ def core_token_range(text: str, tokenizer) -> tuple[int, int]:
     return spans[0][0], spans[-1][1]
 
 
-def token_indices(text: str, words: str | Sequence[str], tokenizer) -> list[int]:
-    """Token positions of every occurrence of the given word(s) in ``text``."""
-    if isinstance(words, str):
+def token_indices(text: str, words: str | int | Sequence[str | int], tokenizer) -> list[int]:
+    """Token positions of every occurrence of the given word(s) in ``text``; an int names one word
+    by its place (0-based, as the reference's ``get_word_inds`` takes a word place), for a word
+    that occurs more than once ("a red circle and a red square": 1 is the circle's colour)."""
+    if isinstance(words, (str, int)):
         words = [words]
     spans = word_token_spans(text, tokenizer)
     out: list[int] = []
     for w in words:
+        if isinstance(w, int):
+            if not 0 <= w < len(spans):
+                raise ValueError(f"word place {w} is outside {text!r} ({len(spans)} words)")
+            out.extend(range(*spans[w]))
+            continue
         for i in word_positions(text, w):
             out.extend(range(*spans[i]))
     return sorted(set(out))
@@ -389,7 +396,8 @@ class LocalBlend:
     LocalBlend uses 0.2.
     """
 
-    def __init__(self, prompts: Sequence[str], words: Sequence[str], tokenizer, max_len: int, threshold: float = 0.3, start_blend: float = 0.0):
+    def __init__(self, prompts: Sequence[str], words: Sequence[str | int], tokenizer, max_len: int, threshold: float = 0.3,
+                 start_blend: float = 0.0):
         self.alpha = torch.zeros(len(prompts), max_len)  # (B, L)
         for i, p in enumerate(prompts):
             idx = token_indices(p, list(words), tokenizer)
@@ -666,7 +674,7 @@ def make_controller(
     cross_replace_steps=0.8,
     self_replace_steps=0.4,
     reweight: dict | None = None,
-    blend_words: Sequence[str] | None = None,
+    blend_words: Sequence[str | int] | None = None,
     mask_threshold: float = 0.3,
     *,
     base_mode: str | None = None,

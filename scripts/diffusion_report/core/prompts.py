@@ -14,6 +14,7 @@ _PUNCT = string.punctuation
 
 
 PAIR_WORD = "and"  # joins the two objects of a two-object caption of the shapes generator
+PAIR_OBJECT_WORDS = ((1, 2), (5, 6))  # word places of the (colour, shape) of the left and the right object in that caption
 
 
 def split_pair_caption(text: str) -> tuple[list[tuple[str, str]], str] | None:
@@ -24,7 +25,7 @@ def split_pair_caption(text: str) -> tuple[list[tuple[str, str]], str] | None:
     w = " ".join(str(text).lower().split()).split(" ")
     if len(w) != 11 or [w[0], w[3], w[4], w[7], w[8], w[10]] != ["a", PAIR_WORD, "a", "on", "a", "background"]:
         return None
-    return [(w[1], w[2]), (w[5], w[6])], w[9]
+    return [(w[c], w[s]) for c, s in PAIR_OBJECT_WORDS], w[9]
 
 
 def normalize_word(word: str) -> str:

@@ -543,7 +543,7 @@ def real_eval_edit_type(pipe, reader, edit: str, n: int, seed: int, eval_cfg: di
     args = (inv["timesteps"], inv["alphas_cumprod"], guidance)
     start = time.perf_counter()
     ctrl = case_controllers(pipe, cases, steps, float(eval_cfg["cross_replace_steps"]), float(eval_cfg["self_replace_steps"]),
-                            eval_cfg.get("self_max_tokens"), eval_cfg.get("edited_word_cross_replace_steps"))
+                            eval_cfg.get("self_max_tokens"), eval_cfg.get("edited_word_cross_replace_steps"), eval_cfg.get("two_object"))
     pairs = encode_prompts(pipe, [p for c in cases for p in (c.source, c.target)])
     edited = decode(pipe, inversion.sample_with_nulls(pipe.unet, inv["x_T"].repeat_interleave(2, dim=0), pairs,
                                                       inv["nulls"].repeat_interleave(2, dim=1), *args, ctrl, **inv["kw"]))

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from diffusion_report.core.attention import ControllerBatch, make_controller
-from diffusion_report.core.prompts import per_word_steps, prompt_words
+from diffusion_report.core.prompts import PAIR_OBJECT_WORDS, per_word_steps, prompt_words, split_pair_caption
 from diffusion_report.io import make_generator
 from diffusion_report.models import attributes, shapes, t2i
 from diffusion_report.models.t2i import (
@@ -483,24 +483,43 @@ def case_cross_steps(case: EditCase, cross: float, edited_word: float | None = N
     return {"default": cross, case.target_value: edited_word}
 
 
+def pair_object_words(case: EditCase) -> list[int]:
+    """Word places (0-based) of the edited object's colour and shape words in a two-object case's
+    captions (:data:`core.prompts.PAIR_OBJECT_WORDS`: "a red circle and a blue square on ...", the
+    left object is words 1-2, the right one 5-6): by place, since one word may name both objects."""
+    if case.obj is None or any(split_pair_caption(t) is None for t in (case.source, case.target)):
+        raise ValueError(f"{case.edit}: {case.source!r} -> {case.target!r} is not a two-object case")
+    return list(PAIR_OBJECT_WORDS[case.obj])
+
+
 def case_controller(pipe, case: EditCase, num_steps: int, cross: float, self_: float, self_max_tokens: int | None = None,
-                    edited_word: float | None = None):
+                    edited_word: float | None = None, two_object: dict | None = None):
     """The prompt-to-prompt controller of one case (its mode; a reweight edits its own prompt);
-    ``edited_word``: as :func:`case_cross_steps`."""
+    ``edited_word``: as :func:`case_cross_steps`. ``two_object`` (``t2i.eval.two_object``), for a
+    two-object case: ``self_replace_steps`` replaces ``self_`` where set, and ``blend_threshold``
+    adds a local blend (paper, sec. 3.2) on the edited object's colour and shape words, chosen by
+    place (:func:`pair_object_words`), with that mask threshold."""
+    blend = {}
+    if case.obj is not None and two_object:
+        if two_object.get("self_replace_steps") is not None:
+            self_ = float(two_object["self_replace_steps"])
+        if two_object.get("blend_threshold") is not None:
+            blend = {"blend_words": pair_object_words(case), "mask_threshold": float(two_object["blend_threshold"])}
     return make_controller(case.mode, [case.source, case.target], pipe.tokenizer, num_steps, case_cross_steps(case, cross, edited_word),
                            self_, reweight=case.reweight, **({"base_mode": "none"} if case.mode == "reweight" else {}),
-                           self_max_tokens=self_max_tokens)
+                           self_max_tokens=self_max_tokens, **blend)
 
 
 def case_controllers(pipe, cases: list[EditCase], num_steps: int, cross: float, self_: float,
-                     self_max_tokens: int | None = None, edited_word: float | None = None) -> ControllerBatch:
-    """One prompt-to-prompt controller per case, batched."""
-    return ControllerBatch([case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word) for c in cases])
+                     self_max_tokens: int | None = None, edited_word: float | None = None,
+                     two_object: dict | None = None) -> ControllerBatch:
+    """One prompt-to-prompt controller per case (:func:`case_controller`), batched."""
+    return ControllerBatch([case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word, two_object) for c in cases])
 
 
 def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, guidance: float, cross: float, self_: float,
               self_max_tokens: int | None = None, shared_source: bool = True,
-              edited_word: float | None = None) -> list[tuple[list[dict], dict]]:
+              edited_word: float | None = None, two_object: dict | None = None) -> list[tuple[list[dict], dict]]:
     """Both methods on each case, each case from its own x_T, all cases in one batch.
 
     Returns per case (two metric rows, images {source, p2p, baseline, p2p_source} and
@@ -509,7 +528,8 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
     (:class:`~diffusion_report.core.attention.ControllerBatch`), up to float rounding.
     ``self_max_tokens``: self-attention is injected at maps of at most this many pixels (None:
     the attention module's default, 1/16 of the image but at least 8x8). ``edited_word``: the
-    swapped-in word's own injection fraction (:func:`case_cross_steps`; None: ``cross``).
+    swapped-in word's own injection fraction (:func:`case_cross_steps`; None: ``cross``);
+    ``two_object``: the two-object cases' settings (:func:`case_controller`).
 
     ``shared_source`` (the default): each case is three rows of one batch, its source, the p2p
     target and the no-control target (:class:`~diffusion_report.core.attention.Unedited`):
@@ -527,14 +547,14 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
         prompts, x_T = case_batch(pipe, cases, seed, rows=3)
         members = []
         for c in cases:
-            members += [case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word), Unedited([c.target])]
+            members += [case_controller(pipe, c, num_steps, cross, self_, self_max_tokens, edited_word, two_object), Unedited([c.target])]
         images, _ = generate(pipe, prompts, x_T, num_steps, guidance, ControllerBatch(members))
         triples = [(images[3 * i], images[3 * i], images[3 * i + 1], images[3 * i + 2]) for i in range(len(cases))]
         maps = [torch.stack([members[2 * i].average()[0], members[2 * i + 1].average()[0]]) for i in range(len(cases))]
     else:
         prompts, x_T = case_batch(pipe, cases, seed)
         edited, _ = generate(pipe, prompts, x_T, num_steps, guidance,
-                             case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens, edited_word))
+                             case_controllers(pipe, cases, num_steps, cross, self_, self_max_tokens, edited_word, two_object))
         plain, store = generate(pipe, prompts, x_T, num_steps, guidance)
         avg = store.average()  # (2N, h, w, L): where each plain image's prompt tokens attend
         triples = [(plain[2 * i], edited[2 * i], edited[2 * i + 1], plain[2 * i + 1]) for i in range(len(cases))]
@@ -551,9 +571,10 @@ def run_cases(pipe, reader, cases: list[EditCase], seed: int, num_steps: int, gu
 
 
 def run_case(pipe, reader, case: EditCase, seed: int, num_steps: int, guidance: float, cross: float, self_: float,
-             self_max_tokens: int | None = None, edited_word: float | None = None) -> tuple[list[dict], dict]:
+             self_max_tokens: int | None = None, edited_word: float | None = None, two_object: dict | None = None) -> tuple[list[dict], dict]:
     """:func:`run_cases` for one case."""
-    return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens, edited_word=edited_word)[0]
+    return run_cases(pipe, reader, [case], seed, num_steps, guidance, cross, self_, self_max_tokens, edited_word=edited_word,
+                     two_object=two_object)[0]
 
 
 SUMMARY_COLUMNS = ["source_ok", "success", "all_kept", "untouched_kept", "mask_iou", "centroid_shift_px", "radius_change_px", "pixel_mae",
@@ -641,7 +662,8 @@ def evaluate_edits(pipe, reader, t2i_cfg: dict, seed: int, keep_examples: int = 
             chunk = cases[start: start + batch]
             done = run_cases(pipe, reader, chunk, seed, int(ec["num_steps"]), float(ec["guidance_scale"]),
                              float(ec["cross_replace_steps"]), float(ec["self_replace_steps"]), ec.get("self_max_tokens"),
-                             shared_source=shared_source, edited_word=ec.get("edited_word_cross_replace_steps"))
+                             shared_source=shared_source, edited_word=ec.get("edited_word_cross_replace_steps"),
+                             two_object=ec.get("two_object"))
             for case, (r, imgs) in zip(chunk, done):
                 rows.extend(r)
                 if records is not None:

@@ -7,6 +7,8 @@ from diffusion_report.core.prompts import per_word_steps, split_pair_caption
 from diffusion_report.report.sections.t2i import (  # the reader's "in place": the centroid moves at most GOAL_SHIFT_PX
     GOAL_OTHER_KEPT,
     GOAL_SHIFT_PX,
+    PAIR_EDIT_TYPES,
+    two_object_settings,
 )
 
 
@@ -264,7 +266,8 @@ def real_eval_context(files: dict[str, str], eval_cfg: dict) -> dict | None:
                 "cross_replace_steps": _fmt_steps(eval_cfg.get("cross_replace_steps", 0.8)) + (
                     "" if eval_cfg.get("edited_word_cross_replace_steps") is None
                     else f" (the swapped-in word's: {_fmt_steps(eval_cfg['edited_word_cross_replace_steps'])})"),
-                "self_replace_steps": _fmt_steps(eval_cfg.get("self_replace_steps", 0.4))},
+                "self_replace_steps": _fmt_steps(eval_cfg.get("self_replace_steps", 0.4)),
+                "two_object": two_object_settings(eval_cfg) if any(t in PAIR_EDIT_TYPES for t in per["edit"].unique()) else ""},
             "types_met": sum(t["within"] for t in types), "types_compared": len(types)}
 
 

@@ -22,6 +22,19 @@ GOAL_OTHER_KEPT = 0.9
 PAIR_EDIT_TYPES = ("pair_colour_swap", "pair_shape_swap")
 
 
+def two_object_settings(eval_cfg: dict) -> str:
+    """The two-object edit types' own settings (``t2i.eval.two_object``) in words; "" when they have none."""
+    own = eval_cfg.get("two_object") or {}
+    parts = []
+    if own.get("self_replace_steps") is not None:
+        parts.append(f"self-attention injected during the first {float(own['self_replace_steps']) * 100:.0f}% of the steps")
+    if own.get("blend_threshold") is not None:
+        parts.append(f"a local blend on the edited object's colour and shape words, found by their place in the caption since one "
+                     f"word may name both objects, at mask threshold {float(own['blend_threshold']):g}, so that outside the mask the edit "
+                     f"keeps the source")
+    return " and ".join(parts)
+
+
 def meets_pair_goals(p_success: float, b_success: float, p_other: float, p_other_ok: float = float("nan")) -> dict:
     """Which goals one two-object prompt-to-prompt result meets: the target rate against the
     baseline's (as :func:`meets_goals`) and the object not named kept in >= :data:`GOAL_OTHER_KEPT`.
@@ -216,6 +229,7 @@ def report_context(files: dict[str, str], config: dict) -> dict:
         "n_goals": sum(c["goals"]["all"] for c in comparisons if c["edit"] in GOAL_EDIT_TYPES),
         "goal": {"rate": GOAL_RATE, "iou_gain": GOAL_IOU_GAIN, "shift": GOAL_SHIFT_PX, "other": GOAL_OTHER_KEPT},
         "pair_comparisons": pairs,
+        "pair_settings": two_object_settings(cfg["eval"]) if pairs else "",
         "n_pair_goals": sum(c["pair_goals"]["all"] for c in pairs),
         "has_reweight": any(c["edit"] == "reweight_big" for c in comparisons),
         "tradeoff": tradeoff_summary(pd.read_csv(files["tradeoff"])) if files.get("tradeoff") else None,
