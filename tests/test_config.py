@@ -454,3 +454,23 @@ def test_snakemake_stops_early_when_the_hub_does_not_answer(tmp_path, silent_hub
     assert "within 3 s" in out and "Traceback" not in out
     assert not (work / "results").exists()
     assert elapsed < 30, elapsed
+
+
+def test_the_table1_preset_is_valid_and_its_eta0_cells_are_the_ddim_samples():
+    """presets/ddim_table1.yaml (Table 1 at 768 samples a cell on a CPU): valid over config.yaml, only the
+    DDIM stage on, and every quality S also sampled by rule ddim_sample, so the eta = 0 column reuses
+    those samples instead of drawing them again."""
+    from snakemake.utils import update_config
+
+    from diffusion_report.stages.ddim_cells import quality_variants, reused_cells
+
+    cfg = load_yaml(ROOT / "config.yaml")
+    update_config(cfg, load_yaml(ROOT / "presets" / "ddim_table1.yaml"))
+    validate_config(cfg, SCHEMA, base_dir=ROOT)
+    assert [cfg[k]["enabled"] for k in ("forward", "theory", "p2p", "ddim")] == [False, False, False, True]
+    d = cfg["ddim"]
+    assert d["num_samples"] >= 700 and not d["ddpm_baseline"]
+    variants = quality_variants(d["quality"]["etas"], d["quality"]["sigma_hat"])
+    for steps in d["quality"]["step_counts"]:
+        assert reused_cells(d, steps, d["step_counts"], variants, T=cfg["schedule"]["T"]) == {"eta=0": f"ddim_{steps}"}, steps
+

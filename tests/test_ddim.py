@@ -19,6 +19,7 @@ from diffusion_report.models import ddpm
 from diffusion_report.models.loading import ModelNotFoundError, autocast, native_bf16, resolve_precision
 from diffusion_report.report.sections import ddim as ddim_section
 from diffusion_report.stages import ddim as ddim_stage
+from diffusion_report.stages import ddim_cells
 from diffusion_report.testing import tiny_unet_config
 
 ROOT_TEMPLATES = __import__("pathlib").Path(__file__).resolve().parents[1] / "report" / "templates"
@@ -256,6 +257,19 @@ def test_figures_metrics_and_report_context(stage_run, tmp_path):
     assert '<section id="ddim">' in html and "data:image/png;base64" in html
     assert "new x<sub>T</sub> for each step count" in html and "not clipped" in html
     assert report.fmt(ctx["fewest_ssim"], 3) in html
+    # samples with a pixel beyond the bound, counted per step count; the sentence names the most
+    bound = ddim_cells.PIXEL_BOUND
+    for lab in labels:
+        x = io.load_tensor(out / f"{lab}.safetensors")[0]
+        assert m.loc[lab, "outside_bound"] == int((x.flatten(1).abs().amax(1) > bound).sum())
+    plain = " ".join(html.split())
+    assert "steps, and." not in plain
+    assert ("steps, and DDPM's ancestral sampler" in plain) == bool(ctx["ddpm"])
+    over = dict(ctx, max_abs_pixel=3.2, outside_bound=1, num_samples=768)
+    text = " ".join(env.get_template("sections/ddim.html.j2").render(ctx=over, config=cfg).split())
+    assert "those samples are not digits (1 of the 768 samples at the step count with the most)." in text
+    no_ddpm = " ".join(env.get_template("sections/ddim.html.j2").render(ctx=dict(ctx, ddpm=None), config=cfg).split())
+    assert "steps, and" not in no_ddpm.split("Timesteps:")[0] and "steps. Timesteps:" in no_ddpm
 
 
 def test_missing_model_error_names_id_and_fix(monkeypatch):

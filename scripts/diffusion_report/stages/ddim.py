@@ -31,6 +31,7 @@ from diffusion_report.io import (
 from diffusion_report.models.ddpm import ddpm_scheduler, image_shape_and_T, load_model, unet_config
 from diffusion_report.models.files import DDIM_WEIGHT_FILES as WEIGHT_FILES
 from diffusion_report.models.training import train_ddpm
+from diffusion_report.stages.ddim_cells import PIXEL_BOUND
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,7 @@ def ddim_figures(
             "reference": ref_label, "mse": float(d["mse"].mean()), "psnr": float(np.mean(d["psnr"])),
             "ssim": float(d["ssim"].mean()), "ssim_min": float(d["ssim"].min()),
             "max_abs_pixel": float(x.abs().max()),
+            "outside_bound": int((x.flatten(1).abs().amax(1) > PIXEL_BOUND).sum()),  # samples with a pixel beyond it
         }
         if clf is not None:
             row.update(clf.recognisability(x))

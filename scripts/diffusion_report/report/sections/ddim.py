@@ -117,6 +117,8 @@ def report_context(files: dict[str, str], config: dict) -> dict:
                         "weights": str(dcfg.get("weights", ""))}
     # every DDIM sample's largest |pixel| before display clamping (the data range is [-1, 1])
     ctx["max_abs_pixel"] = float(m.loc[m["sampler"] == "ddim", "max_abs_pixel"].max()) if "max_abs_pixel" in m.columns else None
+    # and how many samples of the step count with the most have a pixel beyond the bound
+    ctx["outside_bound"] = int(m.loc[m["sampler"] == "ddim", "outside_bound"].max()) if "outside_bound" in m.columns else None
     ctx["pixel_bound"] = C.PIXEL_BOUND
     ctx.update(experiments_context(files, ctx))
     if ctx.get("quality"):
