@@ -593,6 +593,9 @@ def test_quality_goals_and_neighbour_resolution_flip():
     assert ok["confident_ok"] and ok["recog_ok"] and ok["pixel_ok"]
     bad = quality_goals(_quality_table(fd, conf=0.85, pix=3.0, recog=0.9), "eta=0", 0.98)
     assert not bad["confident_ok"] and not bad["recog_ok"] and not bad["pixel_ok"]
+    assert ok["outside"] is None and ok["num_samples"] == 64  # a table from before the count
+    counted = quality_goals(_quality_table(fd, pix=3.0).assign(outside_bound=[5, 2, 1]), "eta=0", 0.98)
+    assert counted["outside"] == 2  # the most in one cell at S >= 20 (S = 10's 5 is not among them)
     pairs = pd.DataFrame({"fd_change": [-1.0, -0.1], "change_boot_std": [0.2, 0.2]})
     assert neighbours_resolved(pairs) == {"resolved": 1, "total": 2, "factor": 2.0}
     # rows of two variants that are not neighbours in the table are not counted
@@ -632,6 +635,9 @@ def test_experiment_rules_and_report_sentences(stage_run, model_dir, tmp_path):
     # the reused cell is ddim_sample's file: its score is that of those very samples
     x5 = io.load_tensor(out / "ddim_5.safetensors")[0]
     assert float(df[(df.variant == "eta=0") & (df.steps == 5)]["max_abs_pixel"].iloc[0]) == pytest.approx(float(x5.abs().max()))
+    cell = df[(df.variant == "eta=0") & (df.steps == 5)]
+    assert int(cell["outside_bound"].iloc[0]) == int((x5.flatten(1).abs().amax(1) > ddim_cells.PIXEL_BOUND).sum())
+    assert int(df[df.variant == "real digits"]["outside_bound"].iloc[0]) == 0
     r = {"recon_csv": tmp_path / "r.csv", "recon_png": tmp_path / "r.png"}
     ddim_experiments.ddim_reconstruction(str(model_dir), r["recon_csv"], r["recon_png"], step_counts=[2, 10, T_TINY], num_images=4,
                          sampling=sampling, seed=3, device="cpu")

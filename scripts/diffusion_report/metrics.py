@@ -58,6 +58,11 @@ def pairwise(a: torch.Tensor, b: torch.Tensor) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Frechet distance between feature distributions (Heusel et al. 2017, eq. 6; Dowson & Landau 1982)
 # --------------------------------------------------------------------------------------------
+def samples_outside(x: torch.Tensor, bound: float) -> int:
+    """How many samples of a batch (N, ...) have a pixel with |value| > ``bound``."""
+    return int((x.flatten(1).abs().amax(1) > bound).sum())
+
+
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean (D,), covariance (D, D)) of features (N, D), float64, unbiased covariance (N - 1)."""
     f = np.asarray(features, dtype=np.float64)

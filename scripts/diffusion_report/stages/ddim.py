@@ -270,7 +270,7 @@ def ddim_figures(
             "reference": ref_label, "mse": float(d["mse"].mean()), "psnr": float(np.mean(d["psnr"])),
             "ssim": float(d["ssim"].mean()), "ssim_min": float(d["ssim"].min()),
             "max_abs_pixel": float(x.abs().max()),
-            "outside_bound": int((x.flatten(1).abs().amax(1) > PIXEL_BOUND).sum()),  # samples with a pixel beyond it
+            "outside_bound": M.samples_outside(x, PIXEL_BOUND),
         }
         if clf is not None:
             row.update(clf.recognisability(x))

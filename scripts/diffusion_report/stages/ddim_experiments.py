@@ -46,6 +46,7 @@ from diffusion_report.stages.ddim_cells import (
     PAPER_RECON_MSE,
     PAPER_RECON_STEPS,
     PAPER_STEPS,
+    PIXEL_BOUND,
     RECON_FAIL_MSE,
 )
 
@@ -127,14 +128,16 @@ def ddim_quality(quality_files: dict[int, str], reused_files: dict[int, list[tup
             fd[(v, s)] = metrics.feature_frechet(f, ref)
             rows.append({"variant": v, "steps": s, "num_samples": int(x.shape[0]),
                          "fd": fd[(v, s)], "fd_boot_std": float(boot[(v, s)].std(ddof=1)),
-                         **clf.recognisability(x), "max_abs_pixel": float(x.abs().max())})
+                         **clf.recognisability(x), "max_abs_pixel": float(x.abs().max()),
+                         "outside_bound": metrics.samples_outside(x, PIXEL_BOUND)})
     # the floor: real digits the DDPM never saw (clf split, same size as a cell) against the test split
     real = split["clf"][0][: n]
     f_real = clf.features(real)
     rows.append({"variant": "real digits", "steps": 0, "num_samples": int(real.shape[0]),
                  "fd": metrics.feature_frechet(f_real, ref),
                  "fd_boot_std": float(metrics.bootstrap_frechet(f_real, ref, idx % real.shape[0]).std(ddof=1)),
-                 **clf.recognisability(real), "max_abs_pixel": float(real.abs().max())})
+                 **clf.recognisability(real), "max_abs_pixel": float(real.abs().max()),
+                 "outside_bound": metrics.samples_outside(real, PIXEL_BOUND)})
     df = pd.DataFrame(rows)
     paper = {v: dict(zip(PAPER_STEPS, vals)) for v, vals in PAPER_FID.items()}
     df["paper_cifar10_fid"] = [paper.get(r["variant"], {}).get(int(r["steps"]), float("nan")) for _, r in df.iterrows()]

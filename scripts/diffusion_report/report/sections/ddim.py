@@ -265,6 +265,9 @@ def quality_goals(df, eta_label: str, ddpm_recognisability: float | None) -> dic
         "worst_recog": worst_recog, "recog_gap": C.RECOG_GAP,
         "recog_ok": None if ddpm_recognisability is None else worst_recog >= ddpm_recognisability - C.RECOG_GAP,
         "max_abs_pixel": max_pix, "pixel_bound": C.PIXEL_BOUND, "pixel_ok": max_pix <= C.PIXEL_BOUND,
+        # the most samples beyond the bound in one of those cells, and the cell size
+        "outside": int(sub["outside_bound"].max()) if "outside_bound" in sub.columns else None,
+        "num_samples": int(sub["num_samples"].max()),
     }
 
 
