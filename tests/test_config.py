@@ -94,6 +94,7 @@ CASES = [
     ("cross_replace_steps above one", "p2p.edits.0.cross_replace_steps", 1.5, ["p2p.edits[0].cross_replace_steps"]),
     ("edited word's fraction above one", "t2i.eval.edited_word_cross_replace_steps", 1.5, ["t2i.eval.edited_word_cross_replace_steps", "1.5"]),
     ("two-object blend threshold of zero", "t2i.eval.two_object", {"blend_threshold": 0}, ["t2i.eval.two_object.blend_threshold", "0"]),
+    ("two-object blend threshold of one (an empty mask)", "t2i.eval.two_object", {"blend_threshold": 1}, ["t2i.eval.two_object.blend_threshold", "1"]),
     ("unknown two-object key", "t2i.eval.two_object", {"blend": 0.5}, ["t2i.eval.two_object", "'blend'"]),
     ("reweight block on a replace edit", "p2p.edits.0.reweight", {"words": ["red"], "scale": 2.0}, ["reweight is only used with mode reweight"]),
     ("base_mode none with a different target", "p2p.edits.2.target", "a red square on a white background", ["base_mode none reweights the source prompt itself"]),
