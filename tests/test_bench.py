@@ -7,6 +7,7 @@ variant takes, the data share of a training step, and the CSV columns.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -126,3 +127,69 @@ def test_bench_precision_runs_both_and_bf16_stays_close(tmp_path):
     assert list(df["steps"]) == [3] and (df["float32_s"] > 0).all() and (df["bfloat16_s"] > 0).all()
     # bf16 was applied (the samples moved) and stayed close to float32 (random-weight UNet, 3 steps)
     assert (df["mean_abs_diff"] > 0).all() and (df["mean_abs_diff"] < 0.02).all() and (df["max_abs_diff"] < 0.1).all()
+
+
+def test_random_models_have_the_hub_layouts_the_homework_preset_loads(tmp_path):
+    """bench/random_models.py: google/ddpm-cifar10-32's architecture and schedule, and Stable Diffusion's folder
+    layout (here at the tests' sizes), loaded by the pipeline's own loaders and accepted by the preset's config check."""
+    import copy
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import random_models
+
+    from diffusion_report.config import ConfigError, validate_config
+    from diffusion_report.models import ddpm
+    from diffusion_report.models.text2image import load_text2image
+
+    cifar = random_models.write_ddpm(tmp_path / random_models.CIFAR10)
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"} <= {p.name for p in cifar.iterdir()}
+    unet, schedule, prediction = ddpm.load_model(str(cifar))
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 35.7 and prediction == "epsilon"
+    assert schedule.T == 1000 and abs(float(schedule.betas[1]) - 1e-4) < 1e-9 and abs(float(schedule.betas[-1]) - 0.02) < 1e-9
+    sd = random_models.write_sd(tmp_path / random_models.SD, smoke=True)
+    assert {p.name for p in sd.iterdir()} == {"unet", "text_encoder", "tokenizer", "vae", "scheduler"}
+    pipe = load_text2image(sd, config_key="p2p.model.pretrained", device="cpu", scheduler="pndm")
+    assert pipe.vae is not None and pipe.max_length == 77 and type(pipe.scheduler).__name__ == "PNDMScheduler"
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    preset = yaml.safe_load((ROOT / "presets" / "hw4.yaml").read_text())
+    for block in ("ddim", "p2p"):
+        cfg[block].update(copy.deepcopy(preset[block]))
+    cfg["ddim"]["model"]["pretrained"], cfg["p2p"]["model"]["pretrained"] = str(cifar), str(sd)
+    validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT, workflow_dir=ROOT)  # no error
+    (sd / "vae" / "config.json").unlink()
+    with pytest.raises(ConfigError, match="p2p.model.pretrained"):
+        validate_config(cfg, ROOT / "schemas" / "config.schema.yaml", base_dir=ROOT, workflow_dir=ROOT)
+
+
+def test_bench_gpu_runs_every_step_end_to_end_at_the_smoke_size(tmp_path):
+    """The prepared GPU script on the CPU: each step ran, the homework preset's rules on the random folders, the
+    two-object model's recipe, Table 1's cells, and only what the device tool brings back written to --out."""
+    import tarfile
+
+    out = tmp_path / "out"
+    # the steps that drive the workflow, and one benchmark script (the others: their own tests above)
+    bench("bench_gpu.py", "--smoke", "--only", "t2i_train", "ddim_cifar10", "hw4", "ddim_table1", "--out", str(out),
+          "--scratch", str(tmp_path / "scratch"), "--deadline", "1500", timeout=1800)
+    df = pd.read_csv(out / "gpu.csv")
+    walls = df[df["what"] == "wall time of the step"].set_index("step")
+    assert list(walls.index) == ["t2i_train", "ddim_cifar10", "hw4", "ddim_table1"]
+    assert (walls["status"] == "ok").all(), walls
+    jobs = df[(df["step"] == "hw4") & df["what"].str.startswith("job ")]["what"].str.split().str[1]
+    assert {"ddim_sample", "ddim_reconstruction", "ddim_interpolation", "p2p_edit", "p2p_real_edit"} <= set(jobs)
+    assert "report_html" not in set(jobs)
+    per_image = df[df["what"] == "job ddim_sample 2: per image (2 samples)"]
+    job = df[df["what"] == "job ddim_sample 2"]
+    assert len(per_image) == 1 and float(per_image["value"].iloc[0]) == pytest.approx(float(job["value"].iloc[0]) / 2, abs=1e-3)
+    ddim = df[df["step"] == "ddim_cifar10"]
+    assert float(ddim[ddim["what"] == "steps=2, batch=2: max_abs_diff"]["value"].iloc[0]) <= 1e-5  # against DDIMPipeline
+    with tarfile.open(out / "t2i_model.tar") as tf:
+        recipe = json.load(tf.extractfile("results/t2i/model/t2i_config.json"))
+    assert recipe["data"]["two_objects"] == 0.5 and recipe["data"]["colour_word_prob"] == 0.75
+    assert recipe["model"]["max_length"] == 16 and recipe["training"]["steps"] == 4
+    with tarfile.open(out / "ddim_table1.tar") as tf:
+        names = tf.getnames()
+        quality = pd.read_csv(tf.extractfile(next(n for n in names if n.endswith("quality.csv"))))
+    assert sorted(set(quality["steps"]) - {0}) == [2, 5]  # (0: the real held-out digits' row)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.tar", "ddim_table1.tar", "gpu.csv", "gpu.log", "hw4.tar", "t2i_model.tar"]
+    assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())  # the device tool's limit per file

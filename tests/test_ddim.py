@@ -272,6 +272,24 @@ def test_figures_metrics_and_report_context(stage_run, tmp_path):
     assert "steps, and" not in no_ddpm.split("Timesteps:")[0] and "steps. Timesteps:" in no_ddpm
 
 
+def test_figures_with_one_step_count_and_no_baseline(stage_run, tmp_path):
+    """``ddim.step_counts`` may hold one S (schema: minItems 1): the only run is its own reference (distance 0),
+    which a log axis cannot show; the figures and the table are still written."""
+    out, cfg, labels = stage_run
+    lab = labels[0]
+    files = {"grid": tmp_path / "grid.png", "convergence": tmp_path / "conv.png", "metrics": tmp_path / "metrics.csv",
+             "timing": tmp_path / "timing.csv"}
+    ddim_stage.ddim_figures({lab: str(out / f"{lab}.safetensors")}, {lab: str(out / f"{lab}.json")},
+                            grid_png=str(files["grid"]), convergence_png=str(files["convergence"]),
+                            metrics_csv=str(files["metrics"]), timing_csv=str(files["timing"]),
+                            png_dir=str(tmp_path / "png"), seed=cfg["seed"])
+    import pandas as pd
+
+    m = pd.read_csv(files["metrics"])
+    assert list(m["label"]) == [lab] and m["mse"].iloc[0] == 0 and m["reference"].iloc[0] == lab
+    assert files["convergence"].stat().st_size > 0 and files["grid"].stat().st_size > 0
+
+
 def test_missing_model_error_names_id_and_fix(monkeypatch):
     import huggingface_hub.constants as hc
 

@@ -199,7 +199,7 @@ def _convergence_figure(df, ref_label: str):
         if len(dp):
             ax.axhline(float(dp[col].iloc[0]), color="C3", ls="--", lw=1, label=f"DDPM {int(dp['steps'].iloc[0])} steps")
         ax.set_xscale("log")
-        if logy:
+        if logy and ((sub[col] > 0).any() or (len(dp) and float(dp[col].iloc[0]) > 0)):  # one step count: nothing but the reference
             ax.set_yscale("log")
         ax.set_xlabel("sampling steps", fontsize=8)
         ax.set_title(title, fontsize=8)
