@@ -144,6 +144,12 @@ class Runner:
                 for f in sorted(base.glob(p)):
                     tf.add(f, arcname=str(f.relative_to(base)))
 
+    def bench_csv(self, name: str) -> Path:
+        """Where a benchmark script of this run writes its CSV (none left from an earlier run on the machine)."""
+        path = self.scratch / f"{name}.csv"
+        path.unlink(missing_ok=True)
+        return path
+
     def csv_rows(self, step: str, path: Path, what_cols: list[str], value_cols: dict[str, str]) -> None:
         """One gpu.csv row per (row of a benchmark CSV, value column): ``what`` names the row by ``what_cols``."""
         if not path.exists():
@@ -172,7 +178,7 @@ def t2i_train(run: Runner, budget: float) -> int:
 
 
 def p2p_sd(run: Runner, budget: float) -> int:
-    out = run.scratch / "p2p_sd.csv"
+    out = run.bench_csv("p2p_sd")
     args = ["--tiny", "--steps", "3", "--repeats", "1"] if run.smoke else \
         ["--random-sd", "--fp16", "--steps", "50", "--guidance", "7.5", "--repeats", "3"]
     rc = run.sh([sys.executable, BENCH / "bench_p2p.py", *args, "--device", run.device, "--memory", "--out", out], budget)
@@ -182,7 +188,7 @@ def p2p_sd(run: Runner, budget: float) -> int:
 
 
 def ddim_cifar10(run: Runner, budget: float) -> int:
-    out = run.scratch / "ddim_cifar10.csv"
+    out = run.bench_csv("ddim_cifar10")
     args = ["--steps", "2", "--num-samples", "2", "--repeats", "1"] if run.smoke else \
         ["--steps", "10", "50", "100", "--num-samples", "64", "--repeats", "3"]
     rc = run.sh([sys.executable, BENCH / "bench_ddim.py", "--arch", "cifar10", *args, "--device", run.device,
@@ -193,7 +199,7 @@ def ddim_cifar10(run: Runner, budget: float) -> int:
 
 
 def inversion_sd(run: Runner, budget: float) -> int:
-    out = run.scratch / "inversion_sd.csv"
+    out = run.bench_csv("inversion_sd")
     args = ["--images", "2", "--steps", "3", "--repeats", "1"] if run.smoke else \
         ["--random-sd", "--fp16", "--images", "2", "--steps", "50", "--guidance", "7.5", "--repeats", "1"]
     rc = run.sh([sys.executable, BENCH / "bench_inversion.py", *args, "--device", run.device, "--out", out], budget)
