@@ -42,6 +42,7 @@ Here, a check of the whole script on the CPU at the tests' sizes (tests/test_ben
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import shutil
@@ -70,7 +71,7 @@ CORES = min(16, os.cpu_count() or 2)  # Snakemake's --cores (the GPU machines ha
 def step_caps(smoke: bool) -> dict[str, int]:
     """Seconds each step may take at most (the H100 estimates with room; the CPU smoke run's sizes)."""
     if smoke:
-        return dict.fromkeys(("t2i_train", "p2p_sd", "ddim_cifar10", "hw4", "inversion_sd", "ddim_table1"), 600)
+        return dict.fromkeys(STEPS, 600)
     return {"t2i_train": 240, "p2p_sd": 150, "ddim_cifar10": 90, "hw4": 240, "inversion_sd": 120, "ddim_table1": 240}
 
 
@@ -165,7 +166,7 @@ class Runner:
 # ---------------------------------------------------------------------------------------------- steps
 def t2i_train(run: Runner, budget: float) -> int:
     work = run.scratch / "t2i"
-    cfg = yaml.safe_load(yaml.safe_dump(T2I_BOTH))
+    cfg = copy.deepcopy(T2I_BOTH)
     cfg["device"] = run.device
     if run.smoke:
         cfg["t2i"]["training"].update(steps=4, batch_size=8)
@@ -235,6 +236,7 @@ def hw4(run: Runner, budget: float) -> int:
 
     work = run.scratch / "hw4"
     folders = run.scratch / "random-models"
+    preset = yaml.safe_load((ROOT / "presets" / "hw4.yaml").read_text())
     t0 = time.monotonic()
     if not (folders / random_models.SD).exists():
         random_models.write_ddpm(folders / random_models.CIFAR10, run.smoke)
@@ -244,7 +246,6 @@ def hw4(run: Runner, budget: float) -> int:
            "ddim": {"model": {"pretrained": str(folders / random_models.CIFAR10)}},
            "p2p": {"model": {"pretrained": str(folders / random_models.SD)}}}
     if run.smoke:  # the preset's rules at the tests' sizes: one edit of each kind (a blend, a given photo)
-        preset = yaml.safe_load((ROOT / "presets" / "hw4.yaml").read_text())
         cfg["forward"] = {"enabled": False}
         cfg["ddim"].update(step_counts=[2], num_samples=2, ddpm_baseline=False, reconstruction={"step_counts": [2], "num_images": 2},
                            interpolation={"pairs": 1, "points": 3, "steps": 2})
@@ -257,7 +258,6 @@ def hw4(run: Runner, budget: float) -> int:
             CORES, "cores")
     if peak is not None:
         run.add("hw4", "ok", "peak GPU memory in use during the run (nvidia-smi)", peak, "MiB")
-    preset = yaml.safe_load((ROOT / "presets" / "hw4.yaml").read_text())
     n_ddim = cfg["ddim"].get("num_samples", preset["ddim"]["num_samples"])
     for tsv in sorted((work / "benchmarks").glob("*/*.tsv")):  # one file per job: benchmarks/<rule>/<job>.tsv
         rule, job = tsv.parent.name, tsv.stem

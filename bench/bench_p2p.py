@@ -67,7 +67,7 @@ class ExplicitEverywhere(attention.Replace):
 
 def random_sd(device: str, fp16: bool, sample_size: int = 64):
     """Stable Diffusion v1.4's UNet, CLIP text encoder and VAE shapes with random weights (timing only)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from diffusion_report.models.loading import resolve_device
@@ -85,9 +85,16 @@ def random_sd(device: str, fp16: bool, sample_size: int = 64):
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
     for m in (unet, te, vae):
         m.to(dev, dtype).eval().requires_grad_(False)
-    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                          set_alpha_to_one=False, steps_offset=1)
-    return Text2Image(unet=unet, text_encoder=te, tokenizer=tiny_tokenizer(77), scheduler=sched, vae=vae, device=dev, dtype=dtype)
+    return Text2Image(unet=unet, text_encoder=te, tokenizer=tiny_tokenizer(77), scheduler=sd_scheduler(), vae=vae, device=dev,
+                      dtype=dtype)
+
+
+def sd_scheduler():
+    """The PNDM scheduler of Stable Diffusion v1.4's hub folder."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                         set_alpha_to_one=False, steps_offset=1)
 
 
 def load(args):

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 CIFAR10 = "ddpm-cifar10-32"
 SD = "stable-diffusion-v1-4"
 
@@ -54,27 +52,14 @@ def write_ddpm(folder: Path, smoke: bool = False) -> Path:
 
 
 def smoke_sd():
-    """Stable Diffusion's layout at the tests' tiny sizes, with a 77-token window."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """Stable Diffusion's layout (a VAE, SD's PNDM scheduler, CLIP's 77-token window) at the tests' tiny sizes."""
+    from bench_p2p import sd_scheduler
 
-    from diffusion_report.models.text2image import Text2Image
-    from diffusion_report.testing import tiny_tokenizer
+    from diffusion_report.testing import tiny_pipe
 
-    torch.manual_seed(0)
-    tok = tiny_tokenizer(77)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                      num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=1))
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8)
-    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                          set_alpha_to_one=False, steps_offset=1)
-    return Text2Image(unet=unet, text_encoder=te, tokenizer=tok, scheduler=sched, vae=vae)
+    pipe = tiny_pipe(pixel=False, max_len=77)
+    pipe.scheduler = sd_scheduler()
+    return pipe
 
 
 def write_sd(folder: Path, smoke: bool = False, device: str = "auto") -> Path:

@@ -50,7 +50,7 @@ def tiny_tokenizer(max_len: int = MAX_LEN):
     return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=max_len)
 
 
-def tiny_pipe(pixel: bool = True, seed: int = 0) -> Text2Image:
+def tiny_pipe(pixel: bool = True, seed: int = 0, max_len: int = MAX_LEN) -> Text2Image:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -58,9 +58,9 @@ def tiny_pipe(pixel: bool = True, seed: int = 0) -> Text2Image:
     from diffusion_report.models.text2image import Text2Image
 
     torch.manual_seed(seed)  # weight init of the tiny test models only
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(max_len)
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                      num_hidden_layers=2, max_position_embeddings=MAX_LEN, bos_token_id=0, eos_token_id=1,
+                                      num_hidden_layers=2, max_position_embeddings=max_len, bos_token_id=0, eos_token_id=1,
                                       pad_token_id=1)).eval()
     ch = 3 if pixel else 4
     unet = UNet2DConditionModel(sample_size=16, in_channels=ch, out_channels=ch, block_out_channels=(32, 64), layers_per_block=1,
